@@ -110,7 +110,9 @@ def convert_gguf(gguf: Path) -> Path:
     if (target / "atlas.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model.hf_quantizer = None
@@ -167,7 +169,10 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str | 
                device_map: str | None = None) -> LoadedModel:
     """Load ``spec`` (alias, .gguf, folder or hub id) for scoring; parameters are frozen."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     torch_device = resolve_device(device)
     dtype_name = resolve_dtype(dtype, torch_device)
     name, source, revision = _source_of(spec)

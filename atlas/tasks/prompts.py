@@ -5,8 +5,9 @@ demonstrations (user = input, assistant = output), then the query with its gold 
 
 Special tokens are found by rendering, never by hard-coded ids. A probe conversation with
 sentinel contents is rendered with empty BOS/EOS strings; the template text that opens the
-second user message and the second assistant message gives the user and assistant *role markers* (``<|im_start|>user``, ``[INST]``, ``[/INST]`` ...). Every token of
-every occurrence of a marker in the template text of a rendered prompt is a target.
+second user message and the second assistant message gives the user and assistant
+*role markers* (``<|im_start|>user``, ``[INST]``, ``[/INST]`` ...). Every token of every
+occurrence of a marker in the template text of a rendered prompt is a target.
 """
 
 from __future__ import annotations

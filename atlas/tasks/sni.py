@@ -171,10 +171,8 @@ def load_task(name: str, sni_dir: str | Path | None = None) -> Task:
     if path.suffix in {".jsonl", ".csv", ".parquet"} or (path.suffix == ".json" and path.exists()):
         if not path.is_file():
             raise AtlasError(f"task file not found: {path}")
-        if path.suffix == ".json":
-            head = path.read_text(encoding="utf-8", errors="replace")[:4096]
-            if '"Definition"' in head or '"Instances"' in head:
-                return load_sni_file(path)
+        if path.suffix == ".json" and path.read_text(encoding="utf-8", errors="replace").lstrip()[:1] != "[":
+            return load_sni_file(path)
         return load_table_file(path)
     dirs = search_dirs(sni_dir)
     for folder in dirs:

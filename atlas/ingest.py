@@ -1,0 +1,297 @@
+"""The ingestion job: score every (task, method) for one loaded model into the store.
+
+Runs are idempotent (same model, task, method and params reuse the complete run), checkpointed
+every ``checkpoint_every`` examples and resumable after an interruption; a run becomes
+``complete`` in the same transaction that writes all of its score rows and its default set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from atlas.errors import AtlasError
+from atlas.models.loading import LoadedModel
+from atlas.scoring.engine import reduce_neurons
+from atlas.scoring.methods import Method, get_method, lape_scores, random_scores
+from atlas.scoring.selection import parse_rule, select
+from atlas.store import repository as repo
+from atlas.tasks.prompts import Example, PromptFormat, scoring_examples
+from atlas.tasks.sni import Task, load_task
+from atlas.tasks.split import split_task, subsample
+from atlas.versions import library_versions
+
+LOSS_RULE = "mean cross-entropy over each example's targets; |.| per example, summed"
+
+
+@dataclass
+class IngestOptions:
+    methods: list[str] = field(default_factory=lambda: ["cgvst"])
+    shots: int = 5
+    examples: int | None = None
+    seed: int = 0
+    split_seed: int = 0
+    score_fraction: float = 0.5
+    batch_size: int = 8
+    max_batch_tokens: int | None = None
+    max_tokens: int | None = None
+    checkpoint_every: int = 16
+    rule: str = "top:0.05"
+    force: bool = False
+    skip_missing: bool = False
+    sni_dir: str | None = None
+
+
+@dataclass
+class IngestResult:
+    task: str
+    method: str
+    run_id: int
+    status: str  # computed | resumed | reused
+    n_examples: int
+    n_tokens: int
+    n_skipped: int
+    seconds: float
+    n_selected: int
+
+
+@dataclass
+class Prepared:
+    task: Task
+    task_id: int
+    examples: list[Example]
+    n_skipped: int
+    split: dict
+
+
+class Reporter:
+    """Progress callbacks; the CLI plugs a rich progress bar in, the library stays silent."""
+
+    def start(self, label: str, total: int) -> None: ...
+    def advance(self, n_examples: int, n_tokens: int) -> None: ...
+    def finish(self) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+def params_key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def load_tasks(names: list[str], options: IngestOptions, say: Callable[[str], None]) -> list[Task]:
+    tasks = []
+    for name in names:
+        try:
+            tasks.append(load_task(name, options.sni_dir))
+        except AtlasError as err:
+            if not options.skip_missing or "not found" not in str(err):
+                raise
+            say(f"skipping task '{name}': {err}")
+    if not tasks:
+        raise AtlasError("no task to ingest; check --task and --sni-dir")
+    return tasks
+
+
+def _prepare(loaded: LoadedModel, fmt: PromptFormat, task: Task, options: IngestOptions,
+             task_id: int) -> Prepared:
+    split = split_task(task, options.split_seed, options.score_fraction)
+    chosen = subsample(split.score, options.examples, options.seed)
+    examples = scoring_examples(task, chosen, fmt, options.shots, options.seed)
+    limit = options.max_tokens or loaded.max_positions
+    kept = [ex for ex in examples if ex.encoded.targets and (not limit or len(ex.encoded.input_ids) <= limit)]
+    if examples and not kept:
+        raise AtlasError(
+            f"every example of task '{task.name}' is longer than {limit} tokens; "
+            "use fewer --shots or a larger --max-tokens"
+        )
+    split_info = {"seed": split.seed, "fraction": options.score_fraction,
+                  "stratified": split.stratified, "n_score": len(split.score),
+                  "n_evaluate": len(split.evaluate)}
+    return Prepared(task, task_id, kept, len(examples) - len(kept), split_info)
+
+
+def _identity(loaded: LoadedModel, method: Method, prep: Prepared, fmt: PromptFormat,
+              options: IngestOptions) -> dict:
+    if method.name == "random":
+        return {"method": "random", "seed": options.seed}
+    return {
+        "method": method.name,
+        "targets": method.targets,
+        "reduction": method.reduction,
+        "shots": options.shots,
+        "seed": options.seed,
+        "examples": options.examples,
+        "max_tokens": options.max_tokens or loaded.max_positions,
+        "split": prep.split,
+        "data_hash": prep.task.data_hash,
+        "prompt": fmt.describe(),
+        "special_tokens": "every token of each user/assistant role marker in the template text",
+        "loss": LOSS_RULE,
+    }
+
+
+class Ingestor:
+    """Scores tasks with methods for one model, writing runs into one database."""
+
+    def __init__(self, engine: Engine, loaded: LoadedModel, options: IngestOptions,
+                 reporter: Reporter | None = None):
+        parse_rule(options.rule)
+        for name in options.methods:
+            get_method(name)
+        self.engine = engine
+        self.loaded = loaded
+        self.options = options
+        self.reporter = reporter or Reporter()
+        self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+        with engine.begin() as conn:
+            self.model_id = repo.ensure_model(
+                conn, loaded.name, loaded.adapter.family, loaded.n_layers, loaded.d_mlp,
+                loaded.revision, loaded.dtype)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.loaded.n_layers, self.loaded.d_mlp)
+
+    def run(self, tasks: list[Task]) -> list[IngestResult]:
+        prepared = []
+        for task in tasks:
+            with self.engine.begin() as conn:
+                task_id = repo.ensure_task(conn, task.name, task.source, len(task.instances),
+                                           task.data_hash)
+            prepared.append(_prepare(self.loaded, self.fmt, task, self.options, task_id))
+        results = []
+        methods = [get_method(m) for m in self.options.methods]
+        for method in methods:
+            if method.name == "lape":
+                results += self._lape(prepared)
+                continue
+            for prep in prepared:
+                results.append(self._one(prep, method))
+        return results
+
+    def _one(self, prep: Prepared, method: Method) -> IngestResult:
+        identity = _identity(self.loaded, method, prep, self.fmt, self.options)
+        return self._run_scored(prep, method, identity, lambda run_id: self._compute(
+            prep, method, run_id))
+
+    def _run_scored(self, prep: Prepared, method: Method, identity: dict,
+                    compute: Callable[[int], tuple[torch.Tensor, int, int, bool]]) -> IngestResult:
+        key = params_key(identity)
+        label = f"{prep.task.short_name} · {method.name}"
+        with self.engine.begin() as conn:
+            done = repo.find_run(conn, self.model_id, prep.task_id, method.name, key, ("complete",))
+            if done and not self.options.force:
+                self.reporter.message(f"{label}: reusing complete run {done.run_id} (--force recomputes)")
+                size = conn.execute(text("SELECT coalesce(max(size), 0) FROM neuron_sets "
+                                         "WHERE run_id = :r"), {"r": done.run_id}).scalar_one()
+                return IngestResult(prep.task.name, method.name, done.run_id, "reused",
+                                    done.n_examples, done.n_tokens, prep.n_skipped, 0.0, int(size))
+            open_run = repo.find_run(conn, self.model_id, prep.task_id, method.name, key,
+                                     ("running", "failed"))
+            if open_run:
+                run_id = open_run.run_id
+                conn.execute(text("UPDATE runs SET status = 'running', error = NULL "
+                                  "WHERE run_id = :r"), {"r": run_id})
+            else:
+                params = {**identity, "rule": self.options.rule,
+                          "batch_size": self.options.batch_size,
+                          "device": str(self.loaded.device), "versions": library_versions()}
+                run_id = repo.start_run(conn, self.model_id, prep.task_id, method.name, params, key)
+        started = time.perf_counter()
+        try:
+            scores, n_examples, n_tokens, resumed = compute(run_id)
+            mask = select(scores, self.options.rule)
+            with self.engine.begin() as conn:
+                repo.write_scores(conn, run_id, scores)
+                self._write_default_set(conn, prep, method, run_id, mask)
+                repo.complete_run(conn, run_id, n_examples=n_examples, n_tokens=n_tokens,
+                                  n_skipped=prep.n_skipped)
+                if done:  # --force: the new run replaces the old one, atomically
+                    repo.delete_run(conn, done.run_id)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:
+            with self.engine.begin() as conn:
+                repo.fail_run(conn, run_id, f"{type(err).__name__}: {err}")
+            raise
+        return IngestResult(prep.task.name, method.name, run_id,
+                            "resumed" if resumed else "computed", n_examples, n_tokens,
+                            prep.n_skipped, time.perf_counter() - started, int(mask.sum()))
+
+    def _write_default_set(self, conn, prep: Prepared, method: Method, run_id: int,
+                           mask: torch.Tensor) -> None:
+        base = f"{self.loaded.name}/{prep.task.short_name}/{method.name}"
+        taken = conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"), {"n": base}).first()
+        # The plain name goes to the newest default run; runs with other params get a suffix.
+        name = f"{base}#{run_id}" if taken and not self.options.force else base
+        repo.write_set(conn, name, self.model_id, prep.task_id, run_id, self.options.rule, mask)
+
+    def _compute(self, prep: Prepared, method: Method, run_id: int):
+        if method.name == "random":
+            return random_scores(*self.shape, self.options.seed), 0, 0, False
+        with self.engine.begin() as conn:
+            ckpt = repo.load_checkpoint(conn, run_id, self.shape)
+        resumed = ckpt is not None
+        if resumed:
+            self.reporter.message(f"{prep.task.short_name} · {method.name}: resuming run {run_id} "
+                                  f"from example {ckpt.n_done} of {len(prep.examples)}")
+        else:
+            ckpt = repo.Checkpoint(self.options.checkpoint_every, 0, 0, torch.zeros(self.shape))
+        examples = prep.examples
+        self.reporter.start(f"{prep.task.short_name} · {method.name}", len(examples))
+        self.reporter.advance(ckpt.n_done, ckpt.n_tokens)
+        tokenizer = self.loaded.tokenizer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        try:
+            while ckpt.n_done < len(examples):
+                chunk = examples[ckpt.n_done : ckpt.n_done + ckpt.chunk_size]
+                ids = [ex.encoded.input_ids for ex in chunk]
+                targets = [
+                    list(range(1, len(i))) if method.targets == "all" else ex.encoded.targets
+                    for i, ex in zip(ids, chunk)
+                ]
+                ckpt.sums += reduce_neurons(
+                    self.loaded.model, ids, targets, reduction=method.reduction,
+                    batch_size=self.options.batch_size,
+                    max_batch_tokens=self.options.max_batch_tokens, pad_id=pad_id,
+                    on_batch=self.reporter.advance,
+                )
+                ckpt.n_done += len(chunk)
+                ckpt.n_tokens += sum(len(i) for i in ids)
+                with self.engine.begin() as conn:
+                    repo.save_checkpoint(conn, run_id, ckpt)
+        finally:
+            self.reporter.finish()
+        scores = ckpt.sums / max(ckpt.n_tokens, 1) if method.per_token else ckpt.sums
+        return scores, ckpt.n_done, ckpt.n_tokens, resumed
+
+    def _lape(self, prepared: list[Prepared]) -> list[IngestResult]:
+        """LAPE needs every task's activation probabilities: ensure act_prob runs, then combine."""
+        if len(prepared) < 2:
+            raise AtlasError("method lape compares tasks: give at least two --task values")
+        act_method = get_method("act_prob")
+        prob_runs = [self._one(prep, act_method) for prep in prepared]
+        with self.engine.begin() as conn:
+            probs = torch.stack([repo.read_scores(conn, r.run_id, *self.shape) for r in prob_runs])
+        lape = lape_scores(probs)
+        method = get_method("lape")
+        names = [p.task.name for p in prepared]
+        results = []
+        for k, prep in enumerate(prepared):
+            identity = {**_identity(self.loaded, act_method, prep, self.fmt, self.options),
+                        "method": "lape", "tasks": names}
+            run = prob_runs[k]
+            results.append(self._run_scored(
+                prep, method, identity,
+                lambda run_id, k=k, run=run: (lape[k], run.n_examples, run.n_tokens, False)))
+        return results
+
+
+def results_table(results: list[IngestResult]) -> list[dict]:
+    return [asdict(r) for r in results]

@@ -1,0 +1,204 @@
+"""Reads and writes of the atlas tables. Scores go in bulk through DuckDB's Arrow path."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from atlas.errors import AtlasError
+
+
+def _duck(conn: Connection):
+    """The raw duckdb connection under a SQLAlchemy connection (same transaction)."""
+    return conn.connection.dbapi_connection
+
+
+def _insert_arrow(conn: Connection, table: str, data: pa.Table) -> None:
+    duck = _duck(conn)
+    view = f"_atlas_{table}_arrow"
+    duck.register(view, data)
+    try:
+        conn.exec_driver_sql(f"INSERT INTO {table} SELECT * FROM {view}")
+    finally:
+        duck.unregister(view)
+
+
+def scores_table(run_id: int, scores: torch.Tensor) -> pa.Table:
+    """[n_layers, d_mlp] scores as (run_id, layer, neuron, score) columns."""
+    n_layers, d_mlp = scores.shape
+    n = n_layers * d_mlp
+    return pa.table(
+        {
+            "run_id": pa.array(np.full(n, run_id, dtype=np.int32)),
+            "layer": pa.array(np.repeat(np.arange(n_layers, dtype=np.int16), d_mlp)),
+            "neuron": pa.array(np.tile(np.arange(d_mlp, dtype=np.int32), n_layers)),
+            "score": pa.array(scores.numpy().astype(np.float32).ravel()),
+        }
+    )
+
+
+def write_scores(conn: Connection, run_id: int, scores: torch.Tensor) -> None:
+    _insert_arrow(conn, "neuron_scores", scores_table(run_id, scores))
+
+
+def read_scores(conn: Connection, run_id: int, n_layers: int, d_mlp: int) -> torch.Tensor:
+    """A run's scores as a float32 tensor [n_layers, d_mlp]."""
+    cols = _duck(conn).execute(
+        "SELECT layer, neuron, score FROM neuron_scores WHERE run_id = ?", [run_id]
+    ).fetchnumpy()
+    out = np.zeros((n_layers, d_mlp), dtype=np.float32)
+    out[cols["layer"].astype(np.int64), cols["neuron"].astype(np.int64)] = cols["score"]
+    return torch.from_numpy(out)
+
+
+def ensure_model(conn: Connection, name: str, family: str | None, n_layers: int, d_mlp: int,
+                 revision: str, dtype: str) -> int:
+    row = conn.execute(
+        text("SELECT model_id, n_layers, d_mlp FROM models "
+             "WHERE name = :name AND revision = :revision AND dtype = :dtype"),
+        {"name": name, "revision": revision, "dtype": dtype},
+    ).first()
+    if row:
+        if (row.n_layers, row.d_mlp) != (n_layers, d_mlp):
+            raise AtlasError(
+                f"model '{name}' is stored with shape {row.n_layers}×{row.d_mlp}, "
+                f"not {n_layers}×{d_mlp}; use another --model name"
+            )
+        return int(row.model_id)
+    return int(conn.execute(
+        text("INSERT INTO models (name, family, n_layers, d_mlp, revision, dtype) "
+             "VALUES (:name, :family, :n_layers, :d_mlp, :revision, :dtype) RETURNING model_id"),
+        {"name": name, "family": family, "n_layers": n_layers, "d_mlp": d_mlp,
+         "revision": revision, "dtype": dtype},
+    ).scalar_one())
+
+
+def ensure_task(conn: Connection, name: str, source: str, n_instances: int, data_hash: str) -> int:
+    row = conn.execute(
+        text("SELECT task_id FROM tasks WHERE name = :name AND data_hash = :hash"),
+        {"name": name, "hash": data_hash},
+    ).first()
+    if row:
+        return int(row.task_id)
+    return int(conn.execute(
+        text("INSERT INTO tasks (name, source, n_instances, data_hash) "
+             "VALUES (:name, :source, :n, :hash) RETURNING task_id"),
+        {"name": name, "source": source, "n": n_instances, "hash": data_hash},
+    ).scalar_one())
+
+
+@dataclass
+class RunRow:
+    run_id: int
+    status: str
+    n_examples: int
+    n_tokens: int
+
+
+def find_run(conn: Connection, model_id: int, task_id: int, method: str, key: str,
+             status: tuple[str, ...]) -> RunRow | None:
+    row = conn.execute(
+        text("SELECT run_id, status, n_examples, n_tokens FROM runs WHERE model_id = :m "
+             "AND task_id = :t AND method = :method AND params_key = :key "
+             "AND list_contains(:status, status) ORDER BY run_id DESC LIMIT 1"),
+        {"m": model_id, "t": task_id, "method": method, "key": key, "status": list(status)},
+    ).first()
+    return RunRow(row.run_id, row.status, row.n_examples, row.n_tokens) if row else None
+
+
+def start_run(conn: Connection, model_id: int, task_id: int, method: str,
+              params: dict[str, Any], key: str) -> int:
+    return int(conn.execute(
+        text("INSERT INTO runs (model_id, task_id, method, status, params, params_key) "
+             "VALUES (:m, :t, :method, 'running', :params, :key) RETURNING run_id"),
+        {"m": model_id, "t": task_id, "method": method, "params": json.dumps(params), "key": key},
+    ).scalar_one())
+
+
+@dataclass
+class Checkpoint:
+    chunk_size: int
+    n_done: int
+    n_tokens: int
+    sums: torch.Tensor
+
+
+def load_checkpoint(conn: Connection, run_id: int, shape: tuple[int, int]) -> Checkpoint | None:
+    row = conn.execute(
+        text("SELECT chunk_size, n_done, n_tokens, sums FROM run_checkpoints WHERE run_id = :r"),
+        {"r": run_id},
+    ).first()
+    if row is None:
+        return None
+    sums = torch.from_numpy(np.frombuffer(row.sums, dtype=np.float32).copy().reshape(shape))
+    return Checkpoint(row.chunk_size, row.n_done, row.n_tokens, sums)
+
+
+def save_checkpoint(conn: Connection, run_id: int, ckpt: Checkpoint) -> None:
+    conn.execute(text("DELETE FROM run_checkpoints WHERE run_id = :r"), {"r": run_id})
+    conn.execute(
+        text("INSERT INTO run_checkpoints (run_id, chunk_size, n_done, n_tokens, sums) "
+             "VALUES (:r, :c, :n, :t, :s)"),
+        {"r": run_id, "c": ckpt.chunk_size, "n": ckpt.n_done, "t": ckpt.n_tokens,
+         "s": ckpt.sums.numpy().astype(np.float32).tobytes()},
+    )
+
+
+def write_set(conn: Connection, name: str, model_id: int, task_id: int | None,
+              run_id: int | None, rule: str, mask: torch.Tensor) -> int:
+    """Store a neuron set (bool mask [n_layers, d_mlp]); replaces a set of the same name."""
+    old = conn.execute(text("SELECT set_id FROM neuron_sets WHERE name = :n"), {"n": name}).first()
+    if old:
+        delete_sets(conn, [old.set_id])
+    set_id = int(conn.execute(
+        text("INSERT INTO neuron_sets (name, model_id, task_id, run_id, rule, size) "
+             "VALUES (:name, :m, :t, :r, :rule, :size) RETURNING set_id"),
+        {"name": name, "m": model_id, "t": task_id, "r": run_id, "rule": rule,
+         "size": int(mask.sum())},
+    ).scalar_one())
+    layers, neurons = np.nonzero(mask.numpy())
+    _insert_arrow(conn, "neuron_set_members", pa.table({
+        "set_id": pa.array(np.full(len(layers), set_id, dtype=np.int32)),
+        "layer": pa.array(layers.astype(np.int16)),
+        "neuron": pa.array(neurons.astype(np.int32)),
+    }))
+    return set_id
+
+
+def delete_sets(conn: Connection, set_ids: list[int]) -> None:
+    for set_id in set_ids:
+        conn.execute(text("DELETE FROM neuron_set_members WHERE set_id = :s"), {"s": set_id})
+        conn.execute(text("DELETE FROM neuron_sets WHERE set_id = :s"), {"s": set_id})
+
+
+def delete_run(conn: Connection, run_id: int) -> None:
+    """Remove a run with its scores, checkpoint and the sets selected from it."""
+    sets = [r.set_id for r in conn.execute(
+        text("SELECT set_id FROM neuron_sets WHERE run_id = :r"), {"r": run_id})]
+    delete_sets(conn, sets)
+    for table in ("neuron_scores", "run_checkpoints", "runs"):
+        conn.execute(text(f"DELETE FROM {table} WHERE run_id = :r"), {"r": run_id})
+
+
+def complete_run(conn: Connection, run_id: int, *, n_examples: int, n_tokens: int,
+                 n_skipped: int) -> None:
+    conn.execute(text("DELETE FROM run_checkpoints WHERE run_id = :r"), {"r": run_id})
+    conn.execute(
+        text("UPDATE runs SET status = 'complete', n_examples = :e, n_tokens = :t, "
+             "n_skipped = :s, finished_at = current_timestamp, error = NULL WHERE run_id = :r"),
+        {"r": run_id, "e": n_examples, "t": n_tokens, "s": n_skipped},
+    )
+
+
+def fail_run(conn: Connection, run_id: int, error: str) -> None:
+    conn.execute(
+        text("UPDATE runs SET status = 'failed', error = :e WHERE run_id = :r"),
+        {"r": run_id, "e": error[:500]},
+    )

@@ -1,0 +1,55 @@
+"""Shared CLI plumbing: one-line errors, options, rich output."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+from typer.core import _click as click
+
+from atlas.errors import AtlasError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class AtlasClickError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        err_console.print(f"[bold red]error:[/] {self.format_message()}", highlight=False,
+                          soft_wrap=True)
+
+
+class AtlasGroup(TyperGroup):
+    """Turns AtlasError into a one-line message with exit code 2, and Ctrl-C into exit 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AtlasError as err:
+            raise AtlasClickError(str(err)) from err
+        except KeyboardInterrupt:
+            err_console.print("interrupted: partial work is checkpointed; re-run the same "
+                              "command to resume")
+            sys.exit(130)
+
+
+DbOption = typer.Option(None, "--db", help="Database file (default: $ATLAS_DB or ./atlas.duckdb).")
+
+
+def rich_table(rows: list[dict], title: str | None = None, floats: int = 4) -> Table:
+    table = Table(title=title, header_style="bold")
+    if not rows:
+        return table
+    for col in rows[0]:
+        table.add_column(str(col), justify="right" if isinstance(rows[0][col], (int, float)) else "left")
+    for row in rows:
+        table.add_row(*[
+            f"{v:.{floats}g}" if isinstance(v, float) else ("" if v is None else str(v))
+            for v in row.values()
+        ])
+    return table
