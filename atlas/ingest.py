@@ -230,7 +230,8 @@ class Ingestor:
         taken = conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"), {"n": base}).first()
         # The plain name goes to the newest default run; runs with other params get a suffix.
         name = f"{base}#{run_id}" if taken and not self.options.force else base
-        repo.write_set(conn, name, self.model_id, prep.task_id, run_id, self.options.rule, mask)
+        repo.write_set(conn, name, self.model_id, prep.task_id, run_id, self.options.rule, mask,
+                       method.name)
 
     def _compute(self, prep: Prepared, method: Method, run_id: int):
         if method.name == "random":

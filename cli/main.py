@@ -7,6 +7,7 @@ import typer
 from cli.common import AtlasGroup
 from cli.db import db_app
 from cli.ingest import ingest
+from cli.query import compare, export, import_cmd, overlap, plot_app, specificity_cmd, sql
 
 app = typer.Typer(
     cls=AtlasGroup,
@@ -17,7 +18,14 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.command()(ingest)
+app.command()(sql)
+app.command()(overlap)
+app.command("specificity")(specificity_cmd)
+app.command()(compare)
+app.command("import")(import_cmd)
+app.command()(export)
 app.add_typer(db_app, name="db")
+app.add_typer(plot_app, name="plot")
 
 if __name__ == "__main__":
     app()

@@ -64,7 +64,7 @@ def connect(path: str | Path | None = None, *, read_only: bool = False) -> Engin
     try:
         with engine.connect():
             pass
-    except (exc.OperationalError, exc.DBAPIError, duckdb.IOException) as err:
+    except (exc.OperationalError, exc.DBAPIError, duckdb.IOException, duckdb.ConnectionException) as err:
         engine.dispose()
         raise _lock_error(path, err) from err
     return engine

@@ -152,16 +152,16 @@ def save_checkpoint(conn: Connection, run_id: int, ckpt: Checkpoint) -> None:
 
 
 def write_set(conn: Connection, name: str, model_id: int, task_id: int | None,
-              run_id: int | None, rule: str, mask: torch.Tensor) -> int:
+              run_id: int | None, rule: str, mask: torch.Tensor, method: str) -> int:
     """Store a neuron set (bool mask [n_layers, d_mlp]); replaces a set of the same name."""
     old = conn.execute(text("SELECT set_id FROM neuron_sets WHERE name = :n"), {"n": name}).first()
     if old:
         delete_sets(conn, [old.set_id])
     set_id = int(conn.execute(
-        text("INSERT INTO neuron_sets (name, model_id, task_id, run_id, rule, size) "
-             "VALUES (:name, :m, :t, :r, :rule, :size) RETURNING set_id"),
+        text("INSERT INTO neuron_sets (name, model_id, task_id, run_id, rule, size, method) "
+             "VALUES (:name, :m, :t, :r, :rule, :size, :method) RETURNING set_id"),
         {"name": name, "m": model_id, "t": task_id, "r": run_id, "rule": rule,
-         "size": int(mask.sum())},
+         "size": int(mask.sum()), "method": method},
     ).scalar_one())
     layers, neurons = np.nonzero(mask.numpy())
     _insert_arrow(conn, "neuron_set_members", pa.table({

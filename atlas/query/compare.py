@@ -1,0 +1,80 @@
+"""Compare two models' task sets: depth profiles, and index-level agreement when shapes match."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from atlas.query.core import check_method, resolve_model, rows
+
+
+def depth_profile(engine: Engine, model: str, method: str) -> dict[str, np.ndarray]:
+    """Per task, the relative depth ((layer + 0.5) / n_layers) of every neuron of its set."""
+    data = rows(engine, """
+        SELECT task, rel_depth, n FROM layer_counts WHERE model = :model AND method = :method
+        ORDER BY task, rel_depth""", model=model, method=method)
+    out: dict[str, list] = {}
+    for r in data:
+        out.setdefault(r["task"], []).extend([r["rel_depth"]] * int(r["n"]))
+    return {t: np.asarray(v) for t, v in out.items()}
+
+
+def wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
+    """Earth mover's distance between two samples on [0, 1] (area between their CDFs)."""
+    grid = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.sum(np.abs(cdf_a - cdf_b)[:-1] * np.diff(grid)))
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx = np.argsort(np.argsort(x)).astype(float)
+    ry = np.argsort(np.argsort(y)).astype(float)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def compare_models(engine: Engine, model_a: str, model_b: str, method: str = "cgvst") -> list[dict]:
+    """Per task present in both: mean relative depth of each set, the Wasserstein distance of the
+    depth distributions; when both models have the same shape, the Jaccard overlap of the
+    two sets and the Spearman correlation of their scores."""
+    info_a, info_b = resolve_model(engine, model_a), resolve_model(engine, model_b)
+    check_method(engine, info_a, method)
+    check_method(engine, info_b, method)
+    prof_a, prof_b = depth_profile(engine, model_a, method), depth_profile(engine, model_b, method)
+    same_shape = (info_a["n_layers"], info_a["d_mlp"]) == (info_b["n_layers"], info_b["d_mlp"])
+    out = []
+    for task in sorted(set(prof_a) & set(prof_b)):
+        row = {"task": task, "depth_a": float(prof_a[task].mean()),
+               "depth_b": float(prof_b[task].mean()),
+               "depth_distance": wasserstein_1d(prof_a[task], prof_b[task])}
+        if same_shape:
+            row.update(_index_agreement(engine, model_a, model_b, method, task))
+        out.append(row)
+    return out
+
+
+def _index_agreement(engine: Engine, model_a: str, model_b: str, method: str, task: str) -> dict:
+    stats = rows(engine, """
+        WITH a AS (SELECT set_id, size, run_id FROM task_sets
+                   WHERE model = :ma AND method = :method AND task = :task),
+             b AS (SELECT set_id, size, run_id FROM task_sets
+                   WHERE model = :mb AND method = :method AND task = :task)
+        SELECT (SELECT count(*) FROM neuron_set_members x JOIN neuron_set_members y
+                  ON x.layer = y.layer AND x.neuron = y.neuron
+                WHERE x.set_id = (SELECT set_id FROM a) AND y.set_id = (SELECT set_id FROM b))
+                   AS n_shared,
+               (SELECT size FROM a) AS size_a, (SELECT size FROM b) AS size_b,
+               (SELECT run_id FROM a) AS run_a, (SELECT run_id FROM b) AS run_b""",
+                 ma=model_a, mb=model_b, method=method, task=task)[0]
+    shared = stats["n_shared"]
+    result = {"n_shared": shared,
+              "jaccard": shared / max(stats["size_a"] + stats["size_b"] - shared, 1)}
+    if stats["run_a"] is not None and stats["run_b"] is not None:
+        scores = rows(engine, """
+            SELECT a.score AS sa, b.score AS sb FROM neuron_scores a JOIN neuron_scores b
+              ON a.layer = b.layer AND a.neuron = b.neuron
+            WHERE a.run_id = :ra AND b.run_id = :rb""", ra=stats["run_a"], rb=stats["run_b"])
+        x = np.array([r["sa"] for r in scores])
+        y = np.array([r["sb"] for r in scores])
+        result["spearman"] = _spearman(x, y) if len(x) > 1 else float("nan")
+    return result

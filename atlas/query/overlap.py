@@ -1,0 +1,84 @@
+"""Pairwise overlaps of task neuron sets, and task-specificity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from atlas.errors import AtlasError
+from atlas.query.core import check_method, resolve_model, rows
+
+MEASURES = ("jaccard", "overlap_coef", "n_shared")
+
+
+@dataclass
+class OverlapMatrix:
+    model: str
+    method: str
+    measure: str
+    tasks: list[str]
+    values: np.ndarray  # [n_tasks, n_tasks]
+
+    def as_rows(self) -> list[dict]:
+        return [{"task": t, **{u.split("_")[0]: float(v) for u, v in zip(self.tasks, row)}}
+                for t, row in zip(self.tasks, self.values)]
+
+
+def overlap_matrix(engine: Engine, model: str, method: str = "cgvst",
+                   measure: str = "jaccard") -> OverlapMatrix:
+    """The task × task overlap of the current sets of ``model`` scored by ``method``."""
+    if measure not in MEASURES:
+        raise AtlasError(f"unknown overlap measure '{measure}'; choose one of {', '.join(MEASURES)}")
+    info = resolve_model(engine, model)
+    check_method(engine, info, method)
+    data = rows(engine, f"SELECT task_a, task_b, {measure} AS v FROM set_overlaps "
+                        "WHERE model = :model AND method = :method", model=model, method=method)
+    tasks = sorted({r["task_a"] for r in data})
+    index = {t: k for k, t in enumerate(tasks)}
+    values = np.zeros((len(tasks), len(tasks)))
+    for r in data:
+        values[index[r["task_a"]], index[r["task_b"]]] = r["v"] or 0.0
+    return OverlapMatrix(model, method, measure, tasks, values)
+
+
+def specificity(engine: Engine, model: str, method: str = "cgvst") -> list[dict]:
+    """Per task: set size, neurons unique to it, their share (specificity), and mean Jaccard to
+    the other tasks' sets."""
+    info = resolve_model(engine, model)
+    check_method(engine, info, method)
+    return rows(engine, """
+        WITH uniq AS (
+            SELECT set_id, count(*) AS n_unique FROM unique_neurons
+            WHERE model = :model AND method = :method GROUP BY set_id),
+        other AS (
+            SELECT set_a AS set_id, avg(jaccard) AS mean_jaccard FROM set_overlaps
+            WHERE model = :model AND method = :method AND set_a <> set_b GROUP BY set_a)
+        SELECT ts.task, ts.size, coalesce(u.n_unique, 0) AS n_unique,
+               coalesce(u.n_unique, 0) / ts.size AS specificity, o.mean_jaccard
+        FROM task_sets ts LEFT JOIN uniq u USING (set_id) LEFT JOIN other o USING (set_id)
+        WHERE ts.model = :model AND ts.method = :method
+        ORDER BY ts.task""", model=model, method=method)
+
+
+def neuron_entropy(engine: Engine, model: str, method: str = "cgvst", limit: int | None = None
+                   ) -> list[dict]:
+    """Per neuron, the entropy of its scores normalised across tasks (low: task-specific),
+    with the task holding most of its mass; lowest entropy first."""
+    info = resolve_model(engine, model)
+    check_method(engine, info, method)
+    sql = """
+        WITH s AS (
+            SELECT ts.task, sc.layer, sc.neuron, greatest(sc.score, 0) AS score
+            FROM task_sets ts JOIN neuron_scores sc USING (run_id)
+            WHERE ts.model = :model AND ts.method = :method)
+        SELECT layer, neuron,
+               ln(sum(score)) - sum(CASE WHEN score > 0 THEN score * ln(score) ELSE 0 END)
+                   / sum(score) AS entropy,
+               arg_max(task, score) AS top_task, max(score) / sum(score) AS top_share
+        FROM s GROUP BY layer, neuron HAVING sum(score) > 0
+        ORDER BY entropy, layer, neuron"""
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    return rows(engine, sql, model=model, method=method)

@@ -1,0 +1,93 @@
+"""Read-only SQL over the atlas, and Parquet export of every table and view."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from atlas.errors import AtlasError
+from atlas.store.db import open_db
+
+READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA"}
+TABLES = ["models", "tasks", "runs", "neuron_scores", "neuron_sets", "neuron_set_members"]
+VIEWS = ["task_sets", "set_sizes", "set_overlaps", "unique_neurons", "layer_counts"]
+
+
+@contextmanager
+def _read_only_connection(db: str | Path | None):
+    """The raw DuckDB connection of a read-only atlas engine."""
+    engine = open_db(db, read_only=True)
+    try:
+        with engine.connect() as conn:
+            yield conn.connection.dbapi_connection
+    finally:
+        engine.dispose()
+
+
+def run_sql(query: str, db: str | Path | None = None) -> pa.Table:
+    """Run one read-only statement; write statements are refused."""
+    with _read_only_connection(db) as con:
+        try:
+            statements = con.extract_statements(query)
+        except duckdb.Error as err:
+            raise AtlasError(f"SQL error: {str(err).splitlines()[0]}") from err
+        if len(statements) != 1:
+            raise AtlasError(f"give exactly one SQL statement (got {len(statements)})")
+        kind = statements[0].type.name
+        if kind not in READ_ONLY_TYPES:
+            raise AtlasError(f"atlas sql is read-only: {kind} statements are refused; "
+                             "use SELECT (the atlas changes only through its commands)")
+        try:
+            return con.sql(query).to_arrow_table()
+        except duckdb.Error as err:
+            raise AtlasError(f"SQL error: {str(err).splitlines()[0]}") from err
+
+
+def write_table(table: pa.Table, fmt: str, out: str | Path | None) -> str | None:
+    """Write ``table`` as csv/json/parquet to ``out`` (or return csv/json text for stdout)."""
+    con = duckdb.connect()
+    con.register("result", table)
+    if fmt == "parquet":
+        if not out:
+            raise AtlasError("--format parquet needs --output FILE")
+        con.execute(f"COPY result TO '{out}' (FORMAT parquet)")
+        return None
+    if fmt not in ("csv", "json"):
+        raise AtlasError(f"unknown format '{fmt}'; choose table, csv, json or parquet")
+    if out:
+        opts = "(FORMAT csv, HEADER)" if fmt == "csv" else "(FORMAT json, ARRAY true)"
+        con.execute(f"COPY result TO '{out}' {opts}")
+        return None
+    if fmt == "csv":
+        import io
+
+        import pyarrow.csv as pacsv
+
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        return buf.getvalue().decode()
+    import json
+
+    return json.dumps(table.to_pylist(), default=str, indent=1)
+
+
+def export_parquet(folder: str | Path, db: str | Path | None = None) -> list[Path]:
+    """One Parquet file per table and view into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with _read_only_connection(db) as con:
+        names = TABLES + VIEWS + (["evaluations"] if _has_table(con, "evaluations") else [])
+        for name in names:
+            target = folder / f"{name}.parquet"
+            con.execute(f"COPY (SELECT * FROM {name}) TO '{target}' (FORMAT parquet)")
+            written.append(target)
+    return written
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                            [name]).fetchone()[0])

@@ -1,0 +1,143 @@
+"""Query commands: sql, overlap, specificity, compare, import, export, plot."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from atlas.query import (
+    compare_models,
+    depth_profile,
+    export_parquet,
+    import_sets,
+    neuron_entropy,
+    overlap_matrix,
+    run_sql,
+    specificity,
+)
+from atlas.query.core import resolve_model
+from atlas.query.plots import plot_compare, plot_layers, plot_overlap
+from atlas.query.sql import write_table
+from atlas.store import open_db
+from cli.common import AtlasGroup, DbOption, console, rich_table
+
+plot_app = typer.Typer(cls=AtlasGroup, help="Figures as PNG files.", no_args_is_help=True)
+ModelOption = typer.Option(..., "--model", "-m", help="Model name as stored (see models table).")
+MethodOption = typer.Option("cgvst", "--method", help="Scoring method of the sets.")
+
+
+def _emit(rows: list[dict], fmt: str, output: str | None, title: str) -> None:
+    if fmt == "table":
+        console.print(rich_table(rows, title=title))
+        return
+    import pyarrow as pa
+
+    text = write_table(pa.Table.from_pylist(rows), fmt, output)
+    if text is not None:
+        sys.stdout.write(text)
+
+
+def sql(query: str = typer.Argument(..., help="One read-only SQL statement."),
+        format: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet."),
+        output: str = typer.Option(None, "--output", "-o", help="Write to this file."),
+        db: str = DbOption) -> None:
+    """Run read-only SQL over the atlas tables and views."""
+    table = run_sql(query, db)
+    if format == "table":
+        console.print(rich_table(table.to_pylist(), title=None))
+        return
+    text = write_table(table, format, output)
+    if text is not None:
+        sys.stdout.write(text)
+
+
+def overlap(model: str = ModelOption, method: str = MethodOption,
+            measure: str = typer.Option("jaccard", help="jaccard, overlap_coef or n_shared."),
+            format: str = typer.Option("table", "--format", "-f"),
+            output: str = typer.Option(None, "--output", "-o"), db: str = DbOption) -> None:
+    """The task × task overlap matrix of a model's neuron sets."""
+    engine = open_db(db, read_only=True)
+    matrix = overlap_matrix(engine, model, method, measure)
+    _emit(matrix.as_rows(), format, output, f"{model} · {method} · {measure}")
+
+
+def specificity_cmd(model: str = ModelOption, method: str = MethodOption,
+                    neurons: int = typer.Option(0, help="Also list the N lowest-entropy neurons."),
+                    format: str = typer.Option("table", "--format", "-f"),
+                    output: str = typer.Option(None, "--output", "-o"), db: str = DbOption) -> None:
+    """Per task: set size, unique neurons, specificity; per neuron: entropy across tasks."""
+    engine = open_db(db, read_only=True)
+    _emit(specificity(engine, model, method), format, output, f"{model} · {method} specificity")
+    if neurons:
+        _emit(neuron_entropy(engine, model, method, neurons), "table", None,
+              "lowest-entropy neurons")
+
+
+def compare(model: list[str] = typer.Option(..., "--model", "-m", help="Two model names."),
+            method: str = MethodOption, format: str = typer.Option("table", "--format", "-f"),
+            output: str = typer.Option(None, "--output", "-o"), db: str = DbOption) -> None:
+    """Compare two models' task sets (depth profiles; index overlap when shapes match)."""
+    if len(model) != 2:
+        raise typer.BadParameter("give --model twice")
+    engine = open_db(db, read_only=True)
+    _emit(compare_models(engine, model[0], model[1], method), format, output,
+          f"{model[0]} vs {model[1]} · {method}")
+
+
+def import_cmd(path: str = typer.Argument(..., help="torch.save file of per-layer indices."),
+               model: str = ModelOption,
+               task: list[str] = typer.Option(..., "--task", "-t", help="Task name(s) of the sets."),
+               format: str = typer.Option("cgvst", "--format", help="cgvst or lape."),
+               layers: int = typer.Option(None, "--layers", help="Layers (if the model is new)."),
+               d_mlp: int = typer.Option(None, "--d-mlp", help="Neurons per layer (if new)."),
+               db: str = DbOption) -> None:
+    """Import published neuron sets (e.g. the paper's released masks)."""
+    engine = open_db(db)
+    try:
+        names = [t for group in task for t in group.split(",") if t]
+        done = import_sets(engine, path, model=model, tasks=names, fmt=format, n_layers=layers,
+                           d_mlp=d_mlp)
+    finally:
+        engine.dispose()
+    console.print(rich_table(done, title="imported sets"))
+
+
+def export(folder: str = typer.Argument(..., help="Output folder."), db: str = DbOption) -> None:
+    """Export every table and view as Parquet, one file each."""
+    for path in export_parquet(folder, db):
+        console.print(str(path))
+
+
+@plot_app.command("overlap")
+def plot_overlap_cmd(model: str = ModelOption, method: str = MethodOption,
+                     measure: str = typer.Option("jaccard"),
+                     output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
+    """Heatmap of the overlap matrix."""
+    engine = open_db(db, read_only=True)
+    console.print(str(plot_overlap(overlap_matrix(engine, model, method, measure), output)))
+
+
+@plot_app.command("layers")
+def plot_layers_cmd(model: str = ModelOption, method: str = MethodOption,
+                    output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
+    """Per-layer distribution of each task's neurons."""
+    engine = open_db(db, read_only=True)
+    info = resolve_model(engine, model)
+    overlap_matrix(engine, model, method)  # validates model and method
+    prof = depth_profile(engine, model, method)
+    console.print(str(plot_layers(prof, info["n_layers"], f"{model} · {method}", output)))
+
+
+@plot_app.command("compare")
+def plot_compare_cmd(model: list[str] = typer.Option(..., "--model", "-m"),
+                     method: str = MethodOption, output: str = typer.Option(..., "--output", "-o"),
+                     db: str = DbOption) -> None:
+    """Relative-depth distributions of two models' task sets."""
+    if len(model) != 2:
+        raise typer.BadParameter("give --model twice")
+    engine = open_db(db, read_only=True)
+    for name in model:
+        overlap_matrix(engine, name, method)
+    profiles = [depth_profile(engine, name, method) for name in model]
+    console.print(str(plot_compare(profiles[0], profiles[1], (model[0], model[1]), output)))

@@ -1,0 +1,155 @@
+"""Query layer: views, overlaps, specificity, compare, SQL, import, export and plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from atlas.query import compare_models, overlap_matrix, specificity
+from atlas.query.compare import wasserstein_1d
+from atlas.store import open_db
+from cli.main import app
+from tests.conftest import PUBLISHED_DIR, SNI_DIR, save_tiny
+
+runner = CliRunner()
+PAPER = ["task075", "task1645", "task195", "task274", "task379", "task391", "task512", "task566"]
+
+
+@pytest.fixture(scope="module")
+def published_db(tmp_path_factory):
+    db = tmp_path_factory.mktemp("pub") / "p.duckdb"
+    for task in PAPER:
+        res = runner.invoke(app, ["import", str(PUBLISHED_DIR / f"{task}.pth"), "--model",
+                                  "llama-2-7b-chat", "--task", task, "--layers", "32",
+                                  "--d-mlp", "11008", "--db", str(db)])
+        assert res.exit_code == 0, res.output
+    return db
+
+
+@pytest.fixture(scope="module")
+def tiny_db(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tinyq")
+    db = base / "t.duckdb"
+    for family in ("llama", "qwen2"):
+        folder = save_tiny(family, base / f"tiny-{family}")
+        res = runner.invoke(app, ["ingest", "--model", str(folder), "--sni-dir", str(SNI_DIR),
+                                  "--db", str(db), "--shots", "1", "--examples", "4",
+                                  "--task", "task379", "--task", "task195", "--task", "task391",
+                                  "--method", "cgvst", "--method", "random"])
+        assert res.exit_code == 0, res.output
+    return db
+
+
+def test_published_sets_match_the_paper_facts(published_db):
+    engine = open_db(published_db, read_only=True)
+    matrix = overlap_matrix(engine, "llama-2-7b-chat", "cgvst", "n_shared")
+    assert np.all(np.diag(matrix.values) == 17612)
+    jac = overlap_matrix(engine, "llama-2-7b-chat", "cgvst", "jaccard").values
+    off = jac[~np.eye(8, dtype=bool)]
+    assert 0.21 < off.min() < 0.23 and 0.36 < off.max() < 0.38
+    assert np.allclose(jac, jac.T)
+    res = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM (SELECT layer, neuron FROM "
+                              "neuron_set_members GROUP BY ALL HAVING count(*) = 8)",
+                              "--db", str(published_db), "--format", "json"])
+    assert json.loads(res.output) == [{"n": 2268}]
+    res = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM (SELECT DISTINCT layer, neuron "
+                              "FROM neuron_set_members)", "--db", str(published_db), "-f", "csv"])
+    assert res.output.split() == ['"n"', "58103"] or res.output.split() == ["n", "58103"]
+    rows = specificity(engine, "llama-2-7b-chat", "cgvst")
+    assert len(rows) == 8 and all(r["size"] == 17612 for r in rows)
+    unique_total = sum(r["n_unique"] for r in rows)
+    only_one = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM unique_neurons",
+                                   "--db", str(published_db), "-f", "json"])
+    assert json.loads(only_one.output) == [{"n": unique_total}]
+    engine.dispose()
+
+
+def test_import_rejects_bad_shapes(tmp_path):
+    db = tmp_path / "x.duckdb"
+    res = runner.invoke(app, ["import", str(PUBLISHED_DIR / "task195.pth"), "--model", "m",
+                              "--task", "task195", "--layers", "30", "--d-mlp", "11008",
+                              "--db", str(db)])
+    assert res.exit_code == 2 and "32 layers" in res.output
+    res = runner.invoke(app, ["import", str(PUBLISHED_DIR / "task195.pth"), "--model", "m",
+                              "--task", "task195", "--d-mlp", "100", "--db", str(db)])
+    assert res.exit_code == 2 and "≥ --d-mlp 100" in res.output
+    res = runner.invoke(app, ["import", str(tmp_path / "none.pth"), "--model", "m",
+                              "--task", "t", "--db", str(db)])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_overlap_and_specificity_on_ingested_sets(tiny_db):
+    engine = open_db(tiny_db, read_only=True)
+    model = [n for n in _models(tiny_db) if "llama" in n][0]
+    matrix = overlap_matrix(engine, model, "cgvst", "n_shared")
+    assert matrix.values.shape == (3, 3)
+    # diagonal = set size = int(2 · 48 · 0.05)
+    assert list(np.diag(matrix.values)) == [4, 4, 4]
+    spec = specificity(engine, model, "cgvst")
+    for row in spec:
+        others = [r for r in spec if r is not row]
+        assert 0 <= row["n_unique"] <= row["size"]
+        assert row["specificity"] == pytest.approx(row["n_unique"] / row["size"])
+        assert others
+    res = runner.invoke(app, ["specificity", "--model", model, "--db", str(tiny_db),
+                              "--neurons", "5"])
+    assert res.exit_code == 0 and "lowest-entropy neurons" in res.output
+    res = runner.invoke(app, ["overlap", "--model", model, "--method", "gv", "--db", str(tiny_db)])
+    assert res.exit_code == 2 and "has no 'gv' sets" in res.output
+    res = runner.invoke(app, ["overlap", "--model", "nope", "--db", str(tiny_db)])
+    assert res.exit_code == 2 and "no model 'nope'" in res.output
+    engine.dispose()
+
+
+def _models(db):
+    res = runner.invoke(app, ["sql", "SELECT name FROM models ORDER BY model_id", "--db", str(db),
+                              "-f", "json"])
+    return [r["name"] for r in json.loads(res.output)]
+
+
+def test_compare_models_same_shape(tiny_db):
+    engine = open_db(tiny_db, read_only=True)
+    a, b = _models(tiny_db)
+    out = compare_models(engine, a, b, "cgvst")
+    assert [r["task"] for r in out] == sorted(r["task"] for r in out) and len(out) == 3
+    for row in out:
+        assert 0 <= row["depth_a"] <= 1 and 0 <= row["depth_distance"] <= 1
+        assert 0 <= row["jaccard"] <= 1 and -1 <= row["spearman"] <= 1
+    same = compare_models(engine, a, a, "cgvst")
+    assert all(r["jaccard"] == 1 and r["spearman"] == pytest.approx(1) for r in same)
+    assert all(r["depth_distance"] == 0 for r in same)
+    engine.dispose()
+
+
+def test_wasserstein_matches_shift():
+    a = np.array([0.1, 0.2, 0.3])
+    assert wasserstein_1d(a, a + 0.25) == pytest.approx(0.25)
+
+
+def test_sql_is_read_only_and_reports_errors(tiny_db):
+    res = runner.invoke(app, ["sql", "DELETE FROM runs", "--db", str(tiny_db)])
+    assert res.exit_code == 2 and "read-only" in res.output
+    res = runner.invoke(app, ["sql", "SELECT nope FROM runs", "--db", str(tiny_db)])
+    assert res.exit_code == 2 and "SQL error" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM runs", "--db", str(tiny_db),
+                              "-f", "json"])
+    assert json.loads(res.output) == [{"n": 12}]
+
+
+def test_export_and_plots(tiny_db, tmp_path):
+    res = runner.invoke(app, ["export", str(tmp_path / "pq"), "--db", str(tiny_db)])
+    assert res.exit_code == 0, res.output
+    scores = pq.read_table(tmp_path / "pq" / "neuron_scores.parquet")
+    assert scores.num_rows == 12 * 96
+    assert (tmp_path / "pq" / "set_overlaps.parquet").exists()
+    a, b = _models(tiny_db)
+    for args in (["overlap", "--model", a], ["layers", "--model", a],
+                 ["compare", "--model", a, "--model", b]):
+        out = tmp_path / f"{args[0]}.png"
+        res = runner.invoke(app, ["plot", *args, "-o", str(out), "--db", str(tiny_db)])
+        assert res.exit_code == 0, res.output
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
