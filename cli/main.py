@@ -7,6 +7,7 @@ import typer
 from cli.common import AtlasGroup
 from cli.db import db_app
 from cli.ingest import ingest
+from cli.intervene import ablate, amplify, report
 from cli.query import compare, export, import_cmd, overlap, plot_app, specificity_cmd, sql
 
 app = typer.Typer(
@@ -24,6 +25,9 @@ app.command("specificity")(specificity_cmd)
 app.command()(compare)
 app.command("import")(import_cmd)
 app.command()(export)
+app.command()(ablate)
+app.command()(amplify)
+app.command()(report)
 app.add_typer(db_app, name="db")
 app.add_typer(plot_app, name="plot")
 

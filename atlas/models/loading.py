@@ -146,17 +146,31 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> str:
     return dtype
 
 
+def _gguf_revision(folder: Path) -> str:
+    return "gguf:" + json.loads((folder / "atlas.json").read_text())["sha256"][:16]
+
+
+def display_name(spec: str) -> str:
+    """The name a model spec is stored under: alias, .gguf stem, folder name or hub id."""
+    if spec in ALIASES:
+        return spec
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        return path.stem
+    return path.name if path.is_dir() else spec
+
+
 def _source_of(spec: str) -> tuple[str, Path | str, str | None]:
     """(display name, folder or hub id, revision if known) for a model spec."""
     if spec in ALIASES:
         folder = convert_gguf(ALIASES[spec]())
-        return spec, folder, "gguf:" + json.loads((folder / "atlas.json").read_text())["sha256"][:16]
+        return spec, folder, _gguf_revision(folder)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         folder = convert_gguf(path)
-        return path.stem, folder, "gguf:" + json.loads((folder / "atlas.json").read_text())["sha256"][:16]
+        return display_name(spec), folder, _gguf_revision(folder)
     if path.is_dir():
-        return path.name, path, _folder_fingerprint(path)
+        return display_name(spec), path, _folder_fingerprint(path)
     if path.exists() or spec.startswith((".", "/")) or spec.count("/") > 1:
         raise AtlasError(
             f"model '{spec}' is neither a folder, a .gguf file, nor an alias "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -69,9 +71,13 @@ def write_table(table: pa.Table, fmt: str, out: str | Path | None) -> str | None
         buf = io.BytesIO()
         pacsv.write_csv(table, buf)
         return buf.getvalue().decode()
-    import json
+    return json.dumps(table.to_pylist(), default=_json_value, indent=1)
 
-    return json.dumps(table.to_pylist(), default=str, indent=1)
+
+def _json_value(value):
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
 
 
 def export_parquet(folder: str | Path, db: str | Path | None = None) -> list[Path]:

@@ -35,6 +35,7 @@ class Batch:
     attention_mask: torch.Tensor  # [batch, pos]
     targets: list[list[int]]  # per example, positions t predicted from t-1
     n_tokens: int
+    indices: list[int]  # positions of the batch's examples in the input list
 
 
 def make_batches(
@@ -65,7 +66,8 @@ def make_batches(
             ids[row, : len(input_ids[i])] = torch.tensor(list(input_ids[i]), dtype=torch.long)
             mask[row, : len(input_ids[i])] = 1
         batches.append(
-            Batch(ids, mask, [list(targets[i]) for i in group], sum(len(input_ids[i]) for i in group))
+            Batch(ids, mask, [list(targets[i]) for i in group],
+                  sum(len(input_ids[i]) for i in group), group)
         )
     return batches
 

@@ -1,0 +1,117 @@
+"""Task accuracy on held-out examples: label likelihood and exact match (greedy generation)."""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from atlas.errors import AtlasError
+from atlas.models.loading import LoadedModel
+from atlas.scoring.engine import make_batches
+from atlas.tasks.prompts import PromptFormat, build_messages, pick_demos
+from atlas.tasks.sni import Instance, Task
+
+METRICS = ("label_likelihood", "exact_match")
+
+
+@dataclass
+class Score:
+    value: float
+    n: int
+
+
+def prompt_ids(fmt: PromptFormat, task: Task, query: Instance, pool: list[Instance], shots: int,
+               seed: int) -> list[int]:
+    demos = pick_demos(pool, query, shots, seed)
+    text = fmt.render(build_messages(task.definition, demos, query, with_answer=False),
+                      add_generation_prompt=True)
+    return fmt.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def sequence_logprobs(model, seqs: list[list[int]], spans: list[tuple[int, int]],
+                      batch_size: int, pad_id: int) -> torch.Tensor:
+    """Σ log p(token t | < t) over t in each sequence's span [start, end): [n_seqs]."""
+    device = next(model.parameters()).device
+    targets = [list(range(max(s, 1), e)) for s, e in spans]
+    out = torch.zeros(len(seqs))
+    for batch in make_batches(seqs, targets, batch_size, pad_id):
+        keep = sorted({t - 1 for tgt in batch.targets for t in tgt})
+        column = {p: k for k, p in enumerate(keep)}
+        ids = batch.input_ids.to(device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device),
+                           logits_to_keep=torch.tensor(keep, device=device), use_cache=False).logits
+        logp = F.log_softmax(logits.float(), dim=-1)
+        for row, tgt in enumerate(batch.targets):
+            cols = torch.tensor([column[t - 1] for t in tgt], device=device)
+            labels = ids[row, torch.tensor(tgt, device=device)]
+            out[batch.indices[row]] = logp[row, cols].gather(-1, labels[:, None]).sum().cpu()
+    return out
+
+
+def label_likelihood(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
+                     pool: list[Instance], shots: int, seed: int, batch_size: int = 8) -> Score:
+    """Accuracy when the label with the highest log-probability after the prompt is the answer."""
+    labels = task.labels
+    if not labels:
+        raise AtlasError(f"task '{task.name}' is not a classification task; use --metric exact_match")
+    tok = loaded.tokenizer
+    label_ids = [tok(label, add_special_tokens=False)["input_ids"] for label in labels]
+    seqs, spans, gold = [], [], []
+    for query in queries:
+        prompt = prompt_ids(fmt, task, query, pool, shots, seed)
+        for ids in label_ids:
+            seqs.append(prompt + ids)
+            spans.append((len(prompt), len(prompt) + len(ids)))
+        gold.append(labels.index(query.output))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    scores = sequence_logprobs(loaded.model, seqs, spans, batch_size, pad).view(len(queries), -1)
+    correct = (scores.argmax(1) == torch.tensor(gold)).float()
+    return Score(float(correct.mean()), len(queries))
+
+
+def normalise(text: str) -> str:
+    text = text.strip().split("\n")[0].lower()
+    text = "".join(ch for ch in text if ch not in string.punctuation)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
+                pool: list[Instance], shots: int, seed: int, batch_size: int = 8) -> Score:
+    """Greedy generation; correct when the normalised answer equals a normalised gold output."""
+    tok = loaded.tokenizer
+    device = loaded.device
+    max_new = max(len(tok(o, add_special_tokens=False)["input_ids"])
+                  for q in queries for o in q.outputs) + 2
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    prompts = [prompt_ids(fmt, task, q, pool, shots, seed) for q in queries]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        group = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in group)
+        ids = torch.full((len(group), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, i in enumerate(group):  # left padding for generation
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        with torch.no_grad():
+            out = loaded.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                        max_new_tokens=max_new, do_sample=False, pad_token_id=pad)
+        for row, i in enumerate(group):
+            answers[i] = tok.decode(out[row, width:], skip_special_tokens=True)
+    hits = [normalise(answers[k]) in {normalise(o) for o in q.outputs} for k, q in enumerate(queries)]
+    return Score(sum(hits) / len(hits), len(hits))
+
+
+def evaluate(metric: str, *args, **kwargs) -> Score:
+    if metric == "label_likelihood":
+        return label_likelihood(*args, **kwargs)
+    if metric == "exact_match":
+        return exact_match(*args, **kwargs)
+    raise AtlasError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")

@@ -1,0 +1,193 @@
+"""The inhibition/amplification experiment: evaluate a model unmodified, with a task's neuron set
+scaled, and with a random control set of the same per-layer counts, on every evaluation task.
+Results go into ``evaluations`` and are reused when the same evaluation is asked for again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from atlas.errors import AtlasError
+from atlas.evaluate.metrics import METRICS, evaluate
+from atlas.ingest import Reporter
+from atlas.intervene.spec import Intervention, apply, random_control
+from atlas.models.loading import LoadedModel
+from atlas.query.core import rows
+from atlas.store import repository as repo
+from atlas.tasks.prompts import PromptFormat
+from atlas.tasks.sni import Task, load_task
+from atlas.tasks.split import split_task, subsample
+
+
+@dataclass
+class AblateOptions:
+    factor: float = 0.0
+    metric: str = "label_likelihood"
+    examples: int | None = 50
+    shots: int = 5
+    seed: int = 0
+    split_seed: int = 0
+    control_seed: int = 0
+    batch_size: int = 8
+    eval_tasks: list[str] = field(default_factory=lambda: ["all"])
+    sni_dir: str | None = None
+
+
+def find_set(engine: Engine, model: str, *, task: str | None = None, method: str = "cgvst",
+             name: str | None = None) -> dict:
+    """A stored set, by name or as the current (model, task, method) set."""
+    if name:
+        found = rows(engine, "SELECT ts.*, m.name AS model FROM neuron_sets ts JOIN models m "
+                             "USING (model_id) WHERE ts.name = :n", n=name)
+    else:
+        found = rows(engine, "SELECT * FROM task_sets WHERE model = :m AND method = :method AND "
+                             "(task = :t OR task_short = :t) ORDER BY set_id DESC LIMIT 1",
+                     m=model, method=method, t=task)
+    if not found:
+        what = f"set '{name}'" if name else f"no '{method}' set of task '{task}' for model '{model}'"
+        raise AtlasError(f"{what} not found; run atlas ingest first (or check --set/--method)")
+    return found[0]
+
+
+def set_mask(engine: Engine, set_id: int, n_layers: int, d_mlp: int) -> torch.Tensor:
+    members = rows(engine, "SELECT layer, neuron FROM neuron_set_members WHERE set_id = :s", s=set_id)
+    mask = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
+    for m in members:
+        mask[m["layer"], m["neuron"]] = True
+    return mask
+
+
+def _eval_task_names(engine: Engine, model: str, method: str, names: list[str]) -> list[str]:
+    if names != ["all"]:
+        return names
+    return [r["task"] for r in rows(engine, "SELECT DISTINCT task FROM task_sets WHERE model = :m "
+                                            "AND method = :method ORDER BY task", m=model,
+                                    method=method)]
+
+
+class Experiment:
+    """Evaluations of one loaded model, cached in the store."""
+
+    def __init__(self, engine: Engine, loaded: LoadedModel, options: AblateOptions,
+                 reporter: Reporter | None = None):
+        if options.metric not in METRICS:
+            raise AtlasError(f"unknown metric '{options.metric}'; choose one of {', '.join(METRICS)}")
+        self.engine, self.loaded, self.options = engine, loaded, options
+        self.reporter = reporter or Reporter()
+        self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+        with engine.begin() as conn:
+            self.model_id = repo.ensure_model(conn, loaded.name, loaded.adapter.family,
+                                              loaded.n_layers, loaded.d_mlp, loaded.revision,
+                                              loaded.dtype)
+
+    def _params(self, task: Task) -> tuple[dict, str]:
+        o = self.options
+        params = {"metric": o.metric, "shots": o.shots, "seed": o.seed, "split_seed": o.split_seed,
+                  "examples": o.examples, "data_hash": task.data_hash, "prompt": self.fmt.describe(),
+                  "split": "evaluation half"}
+        return params, hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
+
+    def _cached(self, conn, task_id: int, set_id: int | None, factor: float, control: bool,
+                key: str) -> dict | None:
+        found = conn.execute(text(
+            "SELECT value, n FROM evaluations WHERE model_id = :m AND eval_task_id = :t "
+            "AND set_id IS NOT DISTINCT FROM :s AND factor = :f AND is_control = :c "
+            "AND metric = :metric AND params_key = :k AND (NOT :c OR control_seed = :cs)"),
+            {"m": self.model_id, "t": task_id, "s": set_id, "f": factor, "c": control,
+             "metric": self.options.metric, "k": key, "cs": self.options.control_seed}).first()
+        return {"value": found.value, "n": found.n} if found else None
+
+    def measure(self, task: Task, spec: Intervention | None, set_id: int | None,
+                control: bool = False) -> tuple[float, int, bool]:
+        """(value, n, reused) for ``task`` under ``spec`` (None: unmodified)."""
+        params, key = self._params(task)
+        factor = spec.factor if spec else 1.0
+        with self.engine.begin() as conn:
+            task_id = repo.ensure_task(conn, task.name, task.source, len(task.instances),
+                                       task.data_hash)
+            hit = self._cached(conn, task_id, set_id, factor, control, key)
+        if hit:
+            return hit["value"], hit["n"], True
+        split = split_task(task, self.options.split_seed)
+        queries = subsample(split.evaluate, self.options.examples, self.options.seed)
+        label = f"{task.short_name} · {spec.label if spec else 'unmodified'}"
+        self.reporter.start(label, 1)
+        with apply(self.loaded.model, spec) if spec else nullcontext():
+            score = evaluate(self.options.metric, self.loaded, self.fmt, task, queries,
+                             split.evaluate, self.options.shots, self.options.seed,
+                             batch_size=self.options.batch_size)
+        self.reporter.advance(1, 0)
+        self.reporter.finish()
+        with self.engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO evaluations (model_id, set_id, factor, is_control, control_seed, "
+                "eval_task_id, metric, value, n, seed, params, params_key) VALUES (:m, :s, :f, :c, "
+                ":cs, :t, :metric, :v, :n, :seed, :p, :k)"),
+                {"m": self.model_id, "s": set_id, "f": factor, "c": control,
+                 "cs": self.options.control_seed if control else None, "t": task_id,
+                 "metric": self.options.metric, "v": score.value, "n": score.n,
+                 "seed": self.options.seed, "p": json.dumps(params), "k": key})
+        return score.value, score.n, False
+
+    def run(self, target: dict) -> list[dict]:
+        """Baseline, intervened and random-control accuracy on every evaluation task."""
+        mask = set_mask(self.engine, target["set_id"], self.loaded.n_layers, self.loaded.d_mlp)
+        if not mask.any():
+            raise AtlasError(f"set '{target['name']}' is empty")
+        spec = Intervention.from_mask(mask, self.options.factor, label=target["name"])
+        control = Intervention.from_mask(random_control(mask, self.options.control_seed),
+                                         self.options.factor, label="random control")
+        names = _eval_task_names(self.engine, target["model"], target["method"],
+                                 self.options.eval_tasks)
+        tasks = [load_task(name, self.options.sni_dir) for name in names]
+        out = []
+        for task in tasks:
+            base, n, _ = self.measure(task, None, None)
+            value, _, reused = self.measure(task, spec, target["set_id"])
+            ctrl, _, _ = self.measure(task, control, target["set_id"], control=True)
+            out.append({"eval_task": task.short_name, "n": n, "baseline": base,
+                        "intervened": value, "control": ctrl, "delta": value - base,
+                        "control_delta": ctrl - base, "reused": reused})
+        return out
+
+
+def report_matrix(engine: Engine, model: str, method: str, factor: float, metric: str
+                  ) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
+    """Rows = intervened sets (and their controls), columns = evaluated tasks, values = relative
+    change against the unmodified model; plus a specificity index per set: the target task's
+    relative drop minus the mean relative drop of the other tasks."""
+    data = rows(engine, """
+        SELECT split_part(set_task, '_', 1) AS set_task, is_control,
+               split_part(eval_task, '_', 1) AS eval_task, avg(rel_change) AS rel_change
+        FROM evaluation_effects
+        WHERE model = :model AND method = :method AND factor = :factor AND metric = :metric
+        GROUP BY ALL""", model=model, method=method, factor=factor, metric=metric)
+    if not data:
+        raise AtlasError(f"no evaluations of '{model}' with {method} sets at factor {factor} "
+                         f"({metric}); run atlas ablate first")
+    sets = sorted({r["set_task"] for r in data})
+    cols = sorted({r["eval_task"] for r in data})
+    cell = {(r["set_task"], r["is_control"], r["eval_task"]): r["rel_change"] for r in data}
+    row_names, matrix, summary = [], [], []
+    for s in sets:
+        for control in (False, True):
+            row_names.append(f"{s} (random)" if control else s)
+            matrix.append([cell.get((s, control, c)) for c in cols])
+        target = cell.get((s, False, s))
+        others = [cell[(s, False, c)] for c in cols if c != s and cell.get((s, False, c)) is not None]
+        ctrl_target = cell.get((s, True, s))
+        summary.append({
+            "set": s,
+            "target_change": target,
+            "others_mean_change": sum(others) / len(others) if others else None,
+            "specificity_index": (-(target) + sum(others) / len(others))
+            if target is not None and others else None,
+            "control_target_change": ctrl_target,
+        })
+    return row_names, cols, matrix, summary

@@ -1,0 +1,116 @@
+"""Interventions and the ablation experiment with tiny random models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from atlas.intervene import Intervention, apply, random_control
+from atlas.models import adapter_for
+from cli.main import app
+from tests.conftest import SNI_DIR, save_tiny, tiny_model
+
+runner = CliRunner()
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "phi3"])
+def test_factor_one_is_identity_and_hooks_are_removed(family):
+    model = tiny_model(family)
+    ids = torch.randint(5, 600, (2, 9))
+    before = _logits(model, ids)
+    spec = Intervention({0: [1, 2, 3], 1: [0, 47]}, factor=1.0)
+    with apply(model, spec):
+        assert torch.equal(_logits(model, ids), before)
+    adapter = adapter_for(model)
+    assert all(not d._forward_pre_hooks for d in adapter.downs)
+    with pytest.raises(RuntimeError), apply(model, Intervention({0: [1]}, 0.0)):
+        raise RuntimeError("inside")
+    assert all(not d._forward_pre_hooks for d in adapter.downs)
+    assert torch.equal(_logits(model, ids), before)
+
+
+def test_factor_zero_on_a_whole_layer_equals_zeroing_the_down_input():
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    ids = torch.randint(5, 600, (2, 9))
+    handle = adapter.downs[1].register_forward_pre_hook(lambda m, i: (torch.zeros_like(i[0]),))
+    expected = _logits(model, ids)
+    handle.remove()
+    with apply(model, Intervention({1: list(range(adapter.d_mlp))}, 0.0)):
+        got = _logits(model, ids)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, _logits(model, ids))
+
+
+def test_amplification_and_positions_change_only_what_they_should():
+    model = tiny_model("llama")
+    ids = torch.randint(5, 600, (1, 8))
+    base = _logits(model, ids)
+    with apply(model, Intervention({0: [3, 4]}, 3.0, positions=[6, 7])):
+        got = _logits(model, ids)
+    assert torch.allclose(got[:, :6], base[:, :6], atol=1e-6)  # causal: earlier positions intact
+    assert not torch.allclose(got[:, 6:], base[:, 6:])
+
+
+def test_spec_roundtrips_through_json():
+    spec = Intervention({0: [1, 2], 5: [7]}, 2.5, positions=[0, 3])
+    assert Intervention.from_json(spec.to_json()) == spec
+
+
+def test_random_control_keeps_size_and_layer_profile():
+    mask = torch.zeros(4, 50, dtype=torch.bool)
+    mask[0, :10] = mask[2, 5:8] = mask[3, 40:] = True
+    ctrl = random_control(mask, seed=1)
+    assert torch.equal(ctrl.sum(1), mask.sum(1))
+    assert not torch.equal(ctrl, mask)
+    assert torch.equal(random_control(mask, seed=1), ctrl)
+    assert not torch.equal(random_control(mask, seed=2), ctrl)
+
+
+def test_ablate_stores_and_reuses_evaluations(tmp_path):
+    folder = save_tiny("llama", tmp_path / "tiny")
+    db = tmp_path / "a.duckdb"
+    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots", "1"]
+    res = runner.invoke(app, ["ingest", *common, "--examples", "4", "--task", "task379",
+                              "--task", "task195"])
+    assert res.exit_code == 0, res.output
+    args = ["ablate", *common, "--task", "task379", "--examples", "5", "--batch-size", "4"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    count = runner.invoke(app, ["sql", "SELECT count(*) AS n, sum(is_control::INT) AS c, "
+                                "count(set_id) AS s FROM evaluations", "--db", str(db), "-f", "json"])
+    # 2 tasks × (baseline, intervened, control)
+    assert json.loads(count.output) == [{"n": 6, "c": 2, "s": 4}]
+    values = runner.invoke(app, ["sql", "SELECT value, n FROM evaluations", "--db", str(db),
+                                 "-f", "json"])
+    assert all(0 <= r["value"] <= 1 and r["n"] == 5 for r in json.loads(values.output))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "True" in res.output
+    again = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM evaluations", "--db", str(db),
+                                "-f", "json"])
+    assert json.loads(again.output) == [{"n": 6}]
+    res = runner.invoke(app, ["amplify", *common, "--task", "task195", "--examples", "5",
+                              "--eval-task", "task195"])
+    assert res.exit_code == 0, res.output
+    rep = runner.invoke(app, ["report", "--model", folder.name, "--db", str(db), "-f", "json"])
+    assert rep.exit_code == 0, rep.output
+    data = json.loads(rep.output)
+    assert data["rows"] == ["task379", "task379 (random)"]
+    assert data["columns"] == ["task195", "task379"]
+    png = tmp_path / "r.png"
+    res = runner.invoke(app, ["plot", "report", "--model", folder.name, "--db", str(db), "-o", str(png)])
+    assert res.exit_code == 0 and png.stat().st_size > 5000
+    md = runner.invoke(app, ["report", "--model", folder.name, "--db", str(db)])
+    assert "specificity index" in md.output
+    res = runner.invoke(app, ["ablate", *common, "--task", "task274"])
+    assert res.exit_code == 2 and "not found" in res.output
+    res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--metric", "bleu"])
+    assert res.exit_code == 2 and "unknown metric" in res.output
