@@ -114,3 +114,21 @@ def test_ablate_stores_and_reuses_evaluations(tmp_path):
     assert res.exit_code == 2 and "not found" in res.output
     res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--metric", "bleu"])
     assert res.exit_code == 2 and "unknown metric" in res.output
+
+
+def test_exact_match_generation_and_normalisation(tmp_path):
+    from atlas.evaluate.metrics import exact_match, normalise
+    from atlas.models import load_model
+    from atlas.tasks import PromptFormat, load_task, split_task
+
+    assert normalise("  The Sci/Tech!\nmore") == "scitech"
+    folder = save_tiny("llama", tmp_path / "tiny")
+    loaded = load_model(str(folder), device="cpu")
+    task = load_task("task379", SNI_DIR)
+    split = split_task(task)
+    fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+    score = exact_match(loaded, fmt, task, split.evaluate[:5], split.evaluate, 1, 0, batch_size=2)
+    assert score.n == 5 and 0.0 <= score.value <= 1.0
+    with apply(loaded.model, Intervention({0: list(range(48)), 1: list(range(48))}, 0.0)):
+        ablated = exact_match(loaded, fmt, task, split.evaluate[:5], split.evaluate, 1, 0)
+    assert ablated.n == 5

@@ -153,3 +153,21 @@ def test_export_and_plots(tiny_db, tmp_path):
         res = runner.invoke(app, ["plot", *args, "-o", str(out), "--db", str(tiny_db)])
         assert res.exit_code == 0, res.output
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_import_lape_format_one_set_per_language(tmp_path):
+    import torch
+
+    path = tmp_path / "lape.pth"
+    torch.save([[torch.tensor([0, 5]), torch.tensor([3])], [torch.tensor([5]), torch.tensor([])]],
+               path)
+    db = tmp_path / "l.duckdb"
+    res = runner.invoke(app, ["import", str(path), "--model", "m", "--task", "en,fr", "--format",
+                              "lape", "--d-mlp", "8", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    out = runner.invoke(app, ["sql", "SELECT task, size FROM set_sizes ORDER BY task",
+                              "--db", str(db), "-f", "json"])
+    assert json.loads(out.output) == [{"task": "en", "size": 3}, {"task": "fr", "size": 1}]
+    res = runner.invoke(app, ["import", str(path), "--model", "m", "--task", "en", "--format",
+                              "lape", "--d-mlp", "8", "--db", str(db)])
+    assert res.exit_code == 2 and "2 set(s)" in res.output
