@@ -53,6 +53,39 @@ def sequence_logprobs(model, seqs: list[list[int]], spans: list[tuple[int, int]]
     return out
 
 
+def continuation_logprobs(model, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
+    """Σ log p(continuation | prompt) for each continuation: [n_continuations].
+
+    The prompt runs once; its KV cache is repeated for the continuations, which run as one
+    right-padded batch (the work is prompt + Σ continuations, not n × prompt)."""
+    device = next(model.parameters()).device
+    n = len(continuations)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+        first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # [vocab]
+        scores = torch.stack([first[c[0]] for c in continuations]).cpu()
+        rest = [c[:-1] for c in continuations]
+        width = max(len(r) for r in rest)
+        if width == 0:
+            return scores
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
+        ids = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, len(prompt) + width), dtype=torch.long)
+        mask[:, : len(prompt)] = 1
+        for row, r in enumerate(rest):
+            ids[row, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[row, len(prompt) : len(prompt) + len(r)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       past_key_values=cache, use_cache=True).logits  # [n, width, vocab]
+        logp = F.log_softmax(logits.float(), dim=-1)
+        for row, c in enumerate(continuations):
+            if len(c) > 1:
+                tokens = torch.tensor(c[1:], device=device)
+                scores[row] += logp[row, : len(c) - 1].gather(-1, tokens[:, None]).sum().cpu()
+    return scores
+
+
 def label_likelihood(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
                      pool: list[Instance], shots: int, seed: int, batch_size: int = 8) -> Score:
     """Accuracy when the label with the highest log-probability after the prompt is the answer."""
@@ -61,15 +94,12 @@ def label_likelihood(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries
         raise AtlasError(f"task '{task.name}' is not a classification task; use --metric exact_match")
     tok = loaded.tokenizer
     label_ids = [tok(label, add_special_tokens=False)["input_ids"] for label in labels]
-    seqs, spans, gold = [], [], []
+    gold, rows = [], []
     for query in queries:
         prompt = prompt_ids(fmt, task, query, pool, shots, seed)
-        for ids in label_ids:
-            seqs.append(prompt + ids)
-            spans.append((len(prompt), len(prompt) + len(ids)))
+        rows.append(continuation_logprobs(loaded.model, prompt, label_ids))
         gold.append(labels.index(query.output))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    scores = sequence_logprobs(loaded.model, seqs, spans, batch_size, pad).view(len(queries), -1)
+    scores = torch.stack(rows)  # [n_queries, n_labels]
     correct = (scores.argmax(1) == torch.tensor(gold)).float()
     return Score(float(correct.mean()), len(queries))
 

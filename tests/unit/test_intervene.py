@@ -132,3 +132,19 @@ def test_exact_match_generation_and_normalisation(tmp_path):
     with apply(loaded.model, Intervention({0: list(range(48)), 1: list(range(48))}, 0.0)):
         ablated = exact_match(loaded, fmt, task, split.evaluate[:5], split.evaluate, 1, 0)
     assert ablated.n == 5
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2", "qwen2"])
+def test_cached_label_scoring_equals_full_sequences(family):
+    from atlas.evaluate.metrics import continuation_logprobs, sequence_logprobs
+
+    model = tiny_model(family)
+    prompt = torch.randint(5, 600, (23,)).tolist()
+    labels = [[7], [8, 9, 10], [11, 12]]
+    cached = continuation_logprobs(model, prompt, labels)
+    seqs = [prompt + lab for lab in labels]
+    spans = [(len(prompt), len(prompt) + len(lab)) for lab in labels]
+    full = sequence_logprobs(model, seqs, spans, batch_size=2, pad_id=0)
+    assert torch.allclose(cached, full, atol=1e-4)
+    with apply(model, Intervention({1: [0, 1, 2]}, 0.0)):
+        assert not torch.allclose(continuation_logprobs(model, prompt, labels), cached)
