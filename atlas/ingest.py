@@ -1,8 +1,8 @@
 """The ingestion job: score every (task, method) for one loaded model into the store.
 
 Runs are idempotent (same model, task, method and params reuse the complete run), checkpointed
-every ``checkpoint_every`` examples and resumable after an interruption; a run becomes
-``complete`` in the same transaction that writes all of its score rows and its default set.
+every ``checkpoint_every`` examples and resumable after an interruption. Where runs are kept is a
+:class:`~atlas.store.runs.RunStore`: the database, or Parquet shards on Ray workers.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
@@ -23,6 +21,7 @@ from atlas.scoring.engine import reduce_neurons
 from atlas.scoring.methods import Method, get_method, lape_scores, random_scores
 from atlas.scoring.selection import parse_rule, select
 from atlas.store import repository as repo
+from atlas.store.runs import RunStore
 from atlas.tasks.prompts import Example, PromptFormat, scoring_examples
 from atlas.tasks.sni import Task, load_task
 from atlas.tasks.split import split_task, subsample
@@ -53,7 +52,7 @@ class IngestOptions:
 class IngestResult:
     task: str
     method: str
-    run_id: int
+    run_id: int | str  # run id, or a shard folder on Ray workers
     status: str  # computed | resumed | reused
     n_examples: int
     n_tokens: int
@@ -65,7 +64,6 @@ class IngestResult:
 @dataclass
 class Prepared:
     task: Task
-    task_id: int
     examples: list[Example]
     n_skipped: int
     split: dict
@@ -98,8 +96,7 @@ def load_tasks(names: list[str], options: IngestOptions, say: Callable[[str], No
     return tasks
 
 
-def _prepare(loaded: LoadedModel, fmt: PromptFormat, task: Task, options: IngestOptions,
-             task_id: int) -> Prepared:
+def _prepare(loaded: LoadedModel, fmt: PromptFormat, task: Task, options: IngestOptions) -> Prepared:
     split = split_task(task, options.split_seed, options.score_fraction)
     chosen = subsample(split.score, options.examples, options.seed)
     examples = scoring_examples(task, chosen, fmt, options.shots, options.seed)
@@ -113,7 +110,7 @@ def _prepare(loaded: LoadedModel, fmt: PromptFormat, task: Task, options: Ingest
     split_info = {"seed": split.seed, "fraction": options.score_fraction,
                   "stratified": split.stratified, "n_score": len(split.score),
                   "n_evaluate": len(split.evaluate)}
-    return Prepared(task, task_id, kept, len(examples) - len(kept), split_info)
+    return Prepared(task, kept, len(examples) - len(kept), split_info)
 
 
 def _identity(loaded: LoadedModel, method: Method, prep: Prepared, fmt: PromptFormat,
@@ -137,37 +134,28 @@ def _identity(loaded: LoadedModel, method: Method, prep: Prepared, fmt: PromptFo
 
 
 class Ingestor:
-    """Scores tasks with methods for one model, writing runs into one database."""
+    """Scores tasks with methods for one loaded model, keeping runs in a :class:`RunStore`."""
 
-    def __init__(self, engine: Engine, loaded: LoadedModel, options: IngestOptions,
+    def __init__(self, loaded: LoadedModel, options: IngestOptions, runs: RunStore,
                  reporter: Reporter | None = None):
         parse_rule(options.rule)
         for name in options.methods:
             get_method(name)
-        self.engine = engine
         self.loaded = loaded
         self.options = options
+        self.runs = runs
         self.reporter = reporter or Reporter()
         self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
-        with engine.begin() as conn:
-            self.model_id = repo.ensure_model(
-                conn, loaded.name, loaded.adapter.family, loaded.n_layers, loaded.d_mlp,
-                loaded.revision, loaded.dtype)
+        runs.register_model(loaded)
 
     @property
     def shape(self) -> tuple[int, int]:
         return (self.loaded.n_layers, self.loaded.d_mlp)
 
     def run(self, tasks: list[Task]) -> list[IngestResult]:
-        prepared = []
-        for task in tasks:
-            with self.engine.begin() as conn:
-                task_id = repo.ensure_task(conn, task.name, task.source, len(task.instances),
-                                           task.data_hash)
-            prepared.append(_prepare(self.loaded, self.fmt, task, self.options, task_id))
+        prepared = [_prepare(self.loaded, self.fmt, task, self.options) for task in tasks]
         results = []
-        methods = [get_method(m) for m in self.options.methods]
-        for method in methods:
+        for method in (get_method(m) for m in self.options.methods):
             if method.name == "lape":
                 results += self._lape(prepared)
                 continue
@@ -177,70 +165,43 @@ class Ingestor:
 
     def _one(self, prep: Prepared, method: Method) -> IngestResult:
         identity = _identity(self.loaded, method, prep, self.fmt, self.options)
-        return self._run_scored(prep, method, identity, lambda run_id: self._compute(
-            prep, method, run_id))
+        return self._run_scored(prep, method, identity,
+                                lambda handle: self._compute(prep, method, handle))
 
     def _run_scored(self, prep: Prepared, method: Method, identity: dict,
-                    compute: Callable[[int], tuple[torch.Tensor, int, int, bool]]) -> IngestResult:
+                    compute: Callable) -> IngestResult:
         key = params_key(identity)
         label = f"{prep.task.short_name} · {method.name}"
-        with self.engine.begin() as conn:
-            done = repo.find_run(conn, self.model_id, prep.task_id, method.name, key, ("complete",))
-            if done and not self.options.force:
-                self.reporter.message(f"{label}: reusing complete run {done.run_id} (--force recomputes)")
-                size = conn.execute(text("SELECT coalesce(max(size), 0) FROM neuron_sets "
-                                         "WHERE run_id = :r"), {"r": done.run_id}).scalar_one()
-                return IngestResult(prep.task.name, method.name, done.run_id, "reused",
-                                    done.n_examples, done.n_tokens, prep.n_skipped, 0.0, int(size))
-            open_run = repo.find_run(conn, self.model_id, prep.task_id, method.name, key,
-                                     ("running", "failed"))
-            if open_run:
-                run_id = open_run.run_id
-                conn.execute(text("UPDATE runs SET status = 'running', error = NULL "
-                                  "WHERE run_id = :r"), {"r": run_id})
-            else:
-                params = {**identity, "rule": self.options.rule,
-                          "batch_size": self.options.batch_size,
-                          "device": str(self.loaded.device), "versions": library_versions()}
-                run_id = repo.start_run(conn, self.model_id, prep.task_id, method.name, params, key)
+        done = self.runs.find_complete(prep.task, method.name, key)
+        if done and not self.options.force:
+            self.reporter.message(f"{label}: reusing complete run {done.ref} (--force recomputes)")
+            return IngestResult(prep.task.name, method.name, done.ref, "reused", done.n_examples,
+                                done.n_tokens, prep.n_skipped, 0.0, done.n_selected)
+        params = {**identity, "rule": self.options.rule, "batch_size": self.options.batch_size,
+                  "device": str(self.loaded.device), "versions": library_versions()}
+        handle = self.runs.open_run(prep.task, method.name, params, key)
         started = time.perf_counter()
         try:
-            scores, n_examples, n_tokens, resumed = compute(run_id)
+            scores, n_examples, n_tokens, resumed = compute(handle)
             mask = select(scores, self.options.rule)
-            with self.engine.begin() as conn:
-                repo.write_scores(conn, run_id, scores)
-                self._write_default_set(conn, prep, method, run_id, mask)
-                repo.complete_run(conn, run_id, n_examples=n_examples, n_tokens=n_tokens,
-                                  n_skipped=prep.n_skipped)
-                if done:  # --force: the new run replaces the old one, atomically
-                    repo.delete_run(conn, done.run_id)
+            done = self.runs.complete(handle, prep.task, method.name, scores, mask,
+                                      self.options.rule, n_examples, n_tokens, prep.n_skipped)
         except KeyboardInterrupt:
             raise
         except Exception as err:
-            with self.engine.begin() as conn:
-                repo.fail_run(conn, run_id, f"{type(err).__name__}: {err}")
+            self.runs.fail(handle, f"{type(err).__name__}: {err}")
             raise
-        return IngestResult(prep.task.name, method.name, run_id,
+        return IngestResult(prep.task.name, method.name, done.ref,
                             "resumed" if resumed else "computed", n_examples, n_tokens,
-                            prep.n_skipped, time.perf_counter() - started, int(mask.sum()))
+                            prep.n_skipped, time.perf_counter() - started, done.n_selected)
 
-    def _write_default_set(self, conn, prep: Prepared, method: Method, run_id: int,
-                           mask: torch.Tensor) -> None:
-        base = f"{self.loaded.name}/{prep.task.short_name}/{method.name}"
-        taken = conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"), {"n": base}).first()
-        # The plain name goes to the newest default run; runs with other params get a suffix.
-        name = f"{base}#{run_id}" if taken and not self.options.force else base
-        repo.write_set(conn, name, self.model_id, prep.task_id, run_id, self.options.rule, mask,
-                       method.name)
-
-    def _compute(self, prep: Prepared, method: Method, run_id: int):
+    def _compute(self, prep: Prepared, method: Method, handle):
         if method.name == "random":
             return random_scores(*self.shape, self.options.seed), 0, 0, False
-        with self.engine.begin() as conn:
-            ckpt = repo.load_checkpoint(conn, run_id, self.shape)
+        ckpt = self.runs.load_checkpoint(handle, self.shape)
         resumed = ckpt is not None
         if resumed:
-            self.reporter.message(f"{prep.task.short_name} · {method.name}: resuming run {run_id} "
+            self.reporter.message(f"{prep.task.short_name} · {method.name}: resuming run {handle} "
                                   f"from example {ckpt.n_done} of {len(prep.examples)}")
         else:
             ckpt = repo.Checkpoint(self.options.checkpoint_every, 0, 0, torch.zeros(self.shape))
@@ -265,8 +226,7 @@ class Ingestor:
                 )
                 ckpt.n_done += len(chunk)
                 ckpt.n_tokens += sum(len(i) for i in ids)
-                with self.engine.begin() as conn:
-                    repo.save_checkpoint(conn, run_id, ckpt)
+                self.runs.save_checkpoint(handle, ckpt)
         finally:
             self.reporter.finish()
         scores = ckpt.sums / max(ckpt.n_tokens, 1) if method.per_token else ckpt.sums
@@ -278,8 +238,7 @@ class Ingestor:
             raise AtlasError("method lape compares tasks: give at least two --task values")
         act_method = get_method("act_prob")
         prob_runs = [self._one(prep, act_method) for prep in prepared]
-        with self.engine.begin() as conn:
-            probs = torch.stack([repo.read_scores(conn, r.run_id, *self.shape) for r in prob_runs])
+        probs = torch.stack([self.runs.read_scores(r.run_id, self.shape) for r in prob_runs])
         lape = lape_scores(probs)
         method = get_method("lape")
         names = [p.task.name for p in prepared]
@@ -290,7 +249,7 @@ class Ingestor:
             run = prob_runs[k]
             results.append(self._run_scored(
                 prep, method, identity,
-                lambda run_id, k=k, run=run: (lape[k], run.n_examples, run.n_tokens, False)))
+                lambda handle, k=k, run=run: (lape[k], run.n_examples, run.n_tokens, False)))
         return results
 
 

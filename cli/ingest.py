@@ -17,6 +17,7 @@ from rich.progress import (
 from atlas.ingest import IngestOptions, Ingestor, Reporter, load_tasks
 from atlas.models.loading import DEFAULT_MODEL, load_model
 from atlas.store import open_db
+from atlas.store.runs import DatabaseRuns
 from atlas.tasks.sni import expand_task_names
 from cli.common import DbOption, console, err_console, rich_table
 
@@ -87,7 +88,8 @@ def ingest(
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console) as progress:
-            results = Ingestor(engine, loaded, options, RichReporter(progress)).run(tasks)
+            results = Ingestor(loaded, options, DatabaseRuns(engine),
+                               RichReporter(progress)).run(tasks)
     finally:
         engine.dispose()
     rows = [{"task": r.task, "method": r.method, "run": r.run_id, "status": r.status,

@@ -1,0 +1,126 @@
+"""Where an ingestion keeps its runs: the database, or (on Ray workers) Parquet shards.
+
+Both follow one protocol, so the ingestion job is the same code in a single process and on a
+cluster: find a complete run, open (or reopen) a run, checkpoint partial sums, complete it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from atlas.models.loading import LoadedModel
+from atlas.store import repository as repo
+from atlas.tasks.sni import Task
+
+
+@dataclass
+class Completed:
+    ref: int | str  # run id, or a shard folder
+    n_examples: int
+    n_tokens: int
+    n_selected: int
+
+
+class RunStore(Protocol):
+    def register_model(self, loaded: LoadedModel) -> None: ...
+    def find_complete(self, task: Task, method: str, key: str) -> Completed | None: ...
+    def open_run(self, task: Task, method: str, params: dict, key: str) -> int | str: ...
+    def load_checkpoint(self, handle, shape: tuple[int, int]) -> repo.Checkpoint | None: ...
+    def save_checkpoint(self, handle, ckpt: repo.Checkpoint) -> None: ...
+    def complete(self, handle, task: Task, method: str, scores: torch.Tensor, mask: torch.Tensor,
+                 rule: str, n_examples: int, n_tokens: int, n_skipped: int) -> Completed: ...
+    def fail(self, handle, error: str) -> None: ...
+    def read_scores(self, ref, shape: tuple[int, int]) -> torch.Tensor: ...
+
+
+class DatabaseRuns:
+    """Runs in the atlas database; a run turns complete in the transaction that writes all of its
+    score rows and its default set, replacing any older complete run with the same params."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.model_id: int | None = None
+        self.model_name = ""
+        self._task_ids: dict[str, int] = {}
+
+    def register_model(self, loaded: LoadedModel) -> None:
+        self.register_model_info(loaded.name, loaded.adapter.family, loaded.n_layers,
+                                 loaded.d_mlp, loaded.revision, loaded.dtype)
+
+    def register_model_info(self, name: str, family: str | None, n_layers: int, d_mlp: int,
+                            revision: str, dtype: str) -> None:
+        with self.engine.begin() as conn:
+            self.model_id = repo.ensure_model(conn, name, family, n_layers, d_mlp, revision, dtype)
+        self.model_name = name
+
+    def task_id(self, task: Task) -> int:
+        if task.data_hash not in self._task_ids:
+            with self.engine.begin() as conn:
+                self._task_ids[task.data_hash] = repo.ensure_task(
+                    conn, task.name, task.source, len(task.instances), task.data_hash)
+        return self._task_ids[task.data_hash]
+
+    def find_complete(self, task: Task, method: str, key: str) -> Completed | None:
+        task_id = self.task_id(task)
+        with self.engine.begin() as conn:
+            done = repo.find_run(conn, self.model_id, task_id, method, key, ("complete",))
+            if done is None:
+                return None
+            size = conn.execute(text("SELECT coalesce(max(size), 0) FROM neuron_sets "
+                                     "WHERE run_id = :r"), {"r": done.run_id}).scalar_one()
+        return Completed(done.run_id, done.n_examples, done.n_tokens, int(size))
+
+    def open_run(self, task: Task, method: str, params: dict, key: str) -> int:
+        task_id = self.task_id(task)
+        with self.engine.begin() as conn:
+            found = repo.find_run(conn, self.model_id, task_id, method, key, ("running", "failed"))
+            if found:
+                conn.execute(text("UPDATE runs SET status = 'running', error = NULL "
+                                  "WHERE run_id = :r"), {"r": found.run_id})
+                return found.run_id
+            return repo.start_run(conn, self.model_id, task_id, method, params, key)
+
+    def load_checkpoint(self, run_id: int, shape: tuple[int, int]) -> repo.Checkpoint | None:
+        with self.engine.begin() as conn:
+            return repo.load_checkpoint(conn, run_id, shape)
+
+    def save_checkpoint(self, run_id: int, ckpt: repo.Checkpoint) -> None:
+        with self.engine.begin() as conn:
+            repo.save_checkpoint(conn, run_id, ckpt)
+
+    def complete(self, run_id: int, task: Task, method: str, scores: torch.Tensor,
+                 mask: torch.Tensor, rule: str, n_examples: int, n_tokens: int,
+                 n_skipped: int) -> Completed:
+        task_id = self.task_id(task)
+        with self.engine.begin() as conn:
+            key = conn.execute(text("SELECT params_key FROM runs WHERE run_id = :r"),
+                               {"r": run_id}).scalar_one()
+            older = [r.run_id for r in conn.execute(text(
+                "SELECT run_id FROM runs WHERE model_id = :m AND task_id = :t AND method = :method "
+                "AND params_key = :k AND status = 'complete' AND run_id <> :r"),
+                {"m": self.model_id, "t": task_id, "method": method, "k": key, "r": run_id})]
+            for old in older:  # --force: the new run replaces the old one, atomically
+                repo.delete_run(conn, old)
+            repo.write_scores(conn, run_id, scores)
+            base = f"{self.model_name}/{task.short_name}/{method}"
+            taken = conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"),
+                                 {"n": base}).first()
+            # The plain name goes to the first run; runs with other params get a suffix.
+            name = f"{base}#{run_id}" if taken else base
+            repo.write_set(conn, name, self.model_id, task_id, run_id, rule, mask, method)
+            repo.complete_run(conn, run_id, n_examples=n_examples, n_tokens=n_tokens,
+                              n_skipped=n_skipped)
+        return Completed(run_id, n_examples, n_tokens, int(mask.sum()))
+
+    def fail(self, run_id: int, error: str) -> None:
+        with self.engine.begin() as conn:
+            repo.fail_run(conn, run_id, error)
+
+    def read_scores(self, run_id: int, shape: tuple[int, int]) -> torch.Tensor:
+        with self.engine.begin() as conn:
+            return repo.read_scores(conn, run_id, *shape)
