@@ -6,6 +6,8 @@
   plain      the same batches: forward + activation-only backward, no hooks, no reduction
 
 Usage: python bench/scoring_throughput.py [--examples 24] [--batch-size 8] [--sni-dir DIR]
+       python bench/scoring_throughput.py --device cuda --dtype bfloat16 --batch-size 32
+On a GPU it also prints peak GPU memory of each variant.
 """
 
 from __future__ import annotations
@@ -27,36 +29,44 @@ DEFAULT_SNI = Path(__file__).resolve().parents[2] / "shared" / "data" / "sni"
 
 def reference(model, adapter, ids, targets):
     model.requires_grad_(True)
-    total = torch.zeros(adapter.n_layers, adapter.d_mlp)
+    device = next(model.parameters()).device
+    total = torch.zeros(adapter.n_layers, adapter.d_mlp, device=device)
     for seq, tgt in zip(ids, targets):
         model.zero_grad(set_to_none=True)
-        x = torch.tensor([seq])
+        x = torch.tensor([seq], device=device)
         logits = model(input_ids=x).logits[0]
-        F.cross_entropy(logits[[t - 1 for t in tgt]], x[0, tgt]).backward()
+        F.cross_entropy(logits[[t - 1 for t in tgt]].float(), x[0, tgt]).backward()
         for layer, up in enumerate(adapter.ups):
-            total[layer] += up.weight.grad.sum(1).abs()
+            total[layer] += up.weight.grad.float().sum(1).abs()
     grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()
                      if p.grad is not None)
     model.zero_grad(set_to_none=True)
     model.requires_grad_(False)
-    return total, grad_bytes
+    return total.cpu(), grad_bytes
 
 
 def plain(model, adapter, ids, targets, batch_size):
+    device = next(model.parameters()).device
     leaf = adapter.ups[0].register_forward_hook(lambda m, i, o: o.requires_grad_(True))
     for batch in make_batches(ids, targets, batch_size):
         with torch.enable_grad():
-            example_losses(model, batch, torch.device("cpu")).sum().backward()
+            example_losses(model, batch, device).sum().backward()
     leaf.remove()
 
 
 def timed(fn, repeats=2):
-    best = float("inf")
+    best, peak = float("inf"), 0
     for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
         best = min(best, time.perf_counter() - start)
-    return best, out
+    return best, out, peak
 
 
 def main() -> None:
@@ -65,24 +75,29 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--task", default="task195")
     ap.add_argument("--sni-dir", default=str(DEFAULT_SNI))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--shots", type=int, default=1)
     args = ap.parse_args()
-    loaded = load_model("smollm2-135m-instruct", device="cpu")
+    loaded = load_model("smollm2-135m-instruct", device=args.device, dtype=args.dtype)
     model, adapter = loaded.model, loaded.adapter
     task = load_task(args.task, args.sni_dir)
     fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
-    examples = scoring_examples(task, split_task(task).score[: args.examples], fmt, 1, seed=0)
+    examples = scoring_examples(task, split_task(task).score[: args.examples], fmt, args.shots, 0)
     ids = [e.encoded.input_ids for e in examples]
     targets = [e.encoded.targets for e in examples]
     n_tokens = sum(map(len, ids))
-    t_ref, (ref_scores, grad_bytes) = timed(lambda: reference(model, adapter, ids, targets), 1)
-    t_atlas, scores = timed(lambda: cgvst(model, ids, targets, batch_size=args.batch_size))
-    t_plain, _ = timed(lambda: plain(model, adapter, ids, targets, args.batch_size))
+    t_ref, (ref_scores, grad_bytes), m_ref = timed(lambda: reference(model, adapter, ids, targets), 1)
+    t_atlas, scores, m_atlas = timed(lambda: cgvst(model, ids, targets, batch_size=args.batch_size))
+    t_plain, _, m_plain = timed(lambda: plain(model, adapter, ids, targets, args.batch_size))
     rel = float((scores - ref_scores).abs().max() / ref_scores.abs().max())
-    print(f"{len(ids)} examples, {n_tokens} tokens, batch size {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")
-    for name, t in (("reference (batch 1, weight grads)", t_ref), ("atlas cgvst", t_atlas),
-                    ("plain fwd + activation bwd", t_plain)):
-        print(f"  {name:36s} {n_tokens / t:9.0f} tok/s")
+    print(f"{len(ids)} examples, {n_tokens} tokens, batch size {args.batch_size}, {loaded.dtype} "
+          f"on {loaded.device} ({torch.get_num_threads()} CPU threads)")
+    for name, t, peak in (("reference (batch 1, weight grads)", t_ref, m_ref),
+                          ("atlas cgvst", t_atlas, m_atlas),
+                          ("plain fwd + activation bwd", t_plain, m_plain)):
+        memory = f"  peak GPU memory {peak / 2**20:8.0f} MiB" if peak else ""
+        print(f"  {name:36s} {n_tokens / t:9.0f} tok/s{memory}")
     print(f"atlas / reference throughput: {t_ref / t_atlas:.2f}x  (target ≥ 1.8x)")
     print(f"atlas / plain throughput:     {t_plain / t_atlas:.2f}x  (target ≥ 0.9x)")
     print(f"parameter-gradient memory: reference {grad_bytes / 2**20:.0f} MiB, atlas "

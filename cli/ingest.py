@@ -14,6 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from atlas.errors import AtlasError
 from atlas.ingest import IngestOptions, Ingestor, Reporter, load_tasks
 from atlas.models.loading import DEFAULT_MODEL, load_model
 from atlas.store import open_db
@@ -47,8 +48,8 @@ class RichReporter(Reporter):
 
 
 def ingest(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
-                              help="Alias, .gguf file, HF folder or hub id."),
+    model: list[str] = typer.Option([DEFAULT_MODEL], "--model", "-m",
+                                    help="Alias, .gguf file, HF folder or hub id (repeatable)."),
     task: list[str] = typer.Option(..., "--task", "-t",
                                    help="SNI task name or id, task file, or the preset 'paper'."),
     method: list[str] = typer.Option(["cgvst"], "--method",
@@ -68,6 +69,12 @@ def ingest(
     sni_dir: str = typer.Option(None, help="Folder of SNI task files (default: $ATLAS_SNI_DIR)."),
     skip_missing: bool = typer.Option(False, help="Skip tasks that cannot be found."),
     force: bool = typer.Option(False, help="Recompute even when a complete run exists."),
+    backend: str = typer.Option("local", help="local (this process) or ray."),
+    address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    shards: str = typer.Option(None, help="Shard folder for Ray workers (default: DB.shards)."),
+    tasks_per_job: int = typer.Option(None, help="Tasks per Ray job (default: all of a model)."),
+    gpus_per_job: float = typer.Option(None, help="GPUs per Ray job (default: 1 with CUDA, else 0)."),
+    cpus_per_job: float = typer.Option(1, help="CPUs per Ray job."),
     db: str = DbOption,
 ) -> None:
     """Score neurons of MODEL on each TASK and store scores, runs and default neuron sets."""
@@ -79,20 +86,65 @@ def ingest(
     )
     tasks = load_tasks(expand_task_names(task),
                        options, lambda text: err_console.print(f"[yellow]warning:[/] {text}"))
+    if backend == "ray":
+        _ingest_ray(model, tasks, options, device, dtype, device_map, address, shards,
+                    tasks_per_job, gpus_per_job, cpus_per_job, db)
+        return
+    if backend != "local":
+        raise typer.BadParameter(f"unknown backend '{backend}'; choose local or ray")
     engine = open_db(db)
+    results = []
     try:
-        with console.status(f"loading {model}"):
-            loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
-        console.print(f"model {loaded.name}: {loaded.n_layers} layers × {loaded.d_mlp} neurons, "
-                      f"{loaded.dtype} on {loaded.device}")
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console) as progress:
-            results = Ingestor(loaded, options, DatabaseRuns(engine),
-                               RichReporter(progress)).run(tasks)
+        for spec in model:
+            with console.status(f"loading {spec}"):
+                loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map)
+            console.print(f"model {loaded.name}: {loaded.n_layers} layers × {loaded.d_mlp} "
+                          f"neurons, {loaded.dtype} on {loaded.device}")
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                       TimeRemainingColumn()]
+            with Progress(*columns, console=console) as progress:
+                results += Ingestor(loaded, options, DatabaseRuns(engine),
+                                    RichReporter(progress)).run(tasks)
+            del loaded
     finally:
         engine.dispose()
     rows = [{"task": r.task, "method": r.method, "run": r.run_id, "status": r.status,
              "examples": r.n_examples, "skipped": r.n_skipped, "tokens": r.n_tokens,
              "seconds": round(r.seconds, 1), "selected": r.n_selected} for r in results]
     console.print(rich_table(rows, title="ingest summary"))
+
+
+def _ingest_ray(models, tasks, options, device, dtype, device_map, address, shards, tasks_per_job,
+                gpus_per_job, cpus_per_job, db) -> None:
+    import torch
+
+    from atlas.distributed.ray_backend import import_shards, plan_jobs, run_on_ray
+    from atlas.distributed.shards import complete_shards
+    from atlas.store.db import db_path
+
+    shard_root = shards or f"{db_path(db)}.shards"
+    if gpus_per_job is None:
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        gpus_per_job = 1 if cuda else 0
+    engine = open_db(db)  # fail early (lock, schema) before any worker starts
+    engine.dispose()
+    jobs = plan_jobs(models, tasks, tasks_per_job, device=device, dtype=dtype,
+                     device_map=device_map, methods=options.methods)
+    console.print(f"{len(jobs)} Ray job(s), shards in {shard_root}")
+    with console.status("workers scoring"):
+        results, errors = run_on_ray(jobs, options, shard_root, address=address,
+                                     gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job)
+    for error in errors:
+        err_console.print(f"[yellow]job failed:[/] {error} (re-run to resume)")
+    engine = open_db(db)
+    try:
+        done = {str(r.run_id) for r in results}
+        folders = [f for f in complete_shards(shard_root) if str(f) in done]
+        rows = import_shards(engine, folders, force=options.force)
+    finally:
+        engine.dispose()
+    console.print(rich_table(rows, title="ingest summary (ray)"))
+    if errors:
+        raise AtlasError(f"{len(errors)} Ray job(s) failed; completed runs are stored, "
+                         "re-run the same command to resume the rest")

@@ -107,8 +107,8 @@ def example_losses(model: nn.Module, batch: Batch, device: torch.device) -> torc
     logits = out.logits  # [batch, len(keep), vocab]
     losses = []
     for row, tgt in enumerate(batch.targets):
-        cols = torch.tensor([column[t - 1] for t in tgt], device=device)
-        labels = ids[row, torch.tensor(tgt, device=device)]
+        cols = torch.tensor([column[t - 1] for t in tgt], device=logits.device)
+        labels = ids[row, torch.tensor(tgt, device=device)].to(logits.device)
         losses.append(F.cross_entropy(logits[row, cols].float(), labels))
     return torch.stack(losses)
 
@@ -116,12 +116,32 @@ def example_losses(model: nn.Module, batch: Batch, device: torch.device) -> torc
 class _Probe:
     """Per-layer hooks that feed one reduction into a float32 accumulator [n_layers, d_mlp]."""
 
-    def __init__(self, adapter: Adapter, reduction: str, device: torch.device):
+    def __init__(self, adapter: Adapter, reduction: str):
         self.adapter = adapter
         self.reduction = reduction
-        self.acc = torch.zeros(adapter.n_layers, adapter.d_mlp, dtype=torch.float32, device=device)
-        self.mask: torch.Tensor | None = None  # [batch, pos], float32
+        # one float32 accumulator per layer, on that layer's device (models may span GPUs)
+        self.acc: list[torch.Tensor | None] = [None] * adapter.n_layers
+        self._mask: dict[torch.device, torch.Tensor] = {}
         self.handles: list = []
+
+    def set_mask(self, attention_mask: torch.Tensor) -> None:
+        self._mask = {attention_mask.device: attention_mask.float()}
+
+    def mask(self, device: torch.device) -> torch.Tensor:
+        """The attention mask [batch, pos] as float32 on ``device``."""
+        if device not in self._mask:
+            self._mask[device] = next(iter(self._mask.values())).to(device)
+        return self._mask[device]
+
+    def add(self, layer: int, value: torch.Tensor) -> None:
+        if self.acc[layer] is None:
+            self.acc[layer] = torch.zeros_like(value)
+        self.acc[layer] += value
+
+    def result(self) -> torch.Tensor:
+        """[n_layers, d_mlp] float32 on the CPU (zeros for layers never reached)."""
+        return torch.stack([
+            torch.zeros(self.adapter.d_mlp) if a is None else a.cpu() for a in self.acc])
 
     def __enter__(self) -> _Probe:
         gradient = self.reduction in GRADIENT_REDUCTIONS
@@ -143,12 +163,12 @@ class _Probe:
                 out.requires_grad_(True)
             if self.reduction != "up_weight_grad":
                 return None
-            x_sum = inputs[0].float().sum(-1) * self.mask  # [batch, pos]
+            x_sum = inputs[0].float().sum(-1) * self.mask(out.device)  # [batch, pos]
 
             def on_grad(grad: torch.Tensor) -> None:
                 g_up = self.adapter.up_slice(grad).float()  # [batch, pos, d_mlp]
                 per_example = torch.einsum("bpn,bp->bn", g_up, x_sum)
-                self.acc[layer] += per_example.abs().sum(0)
+                self.add(layer, per_example.abs().sum(0))
 
             out.register_hook(on_grad)
             return None
@@ -163,13 +183,15 @@ class _Probe:
 
                 def on_grad(grad: torch.Tensor) -> None:
                     prod = torch.einsum("bpn,bpn->bn", grad.float(), act_detached.float())
-                    self.acc[layer] += prod.abs().sum(0)
+                    self.add(layer, prod.abs().sum(0))
 
                 act.register_hook(on_grad)
-            elif self.reduction == "act_abs_sum":
-                self.acc[layer] += (act.detach().float().abs() * self.mask[..., None]).sum((0, 1))
+                return None
+            mask = self.mask(act.device)[..., None]
+            if self.reduction == "act_abs_sum":
+                self.add(layer, (act.detach().float().abs() * mask).sum((0, 1)))
             else:  # act_pos_count
-                self.acc[layer] += ((act.detach() > 0).float() * self.mask[..., None]).sum((0, 1))
+                self.add(layer, ((act.detach() > 0).float() * mask).sum((0, 1)))
             return None
 
         return hook
@@ -215,9 +237,9 @@ def reduce_neurons(
     gradient = reduction in GRADIENT_REDUCTIONS
     was_training = model.training
     model.eval()
-    with _frozen(model), _Probe(adapter, reduction, device) as probe:
+    with _frozen(model), _Probe(adapter, reduction) as probe:
         for batch in make_batches(input_ids, targets, batch_size, pad_id, max_batch_tokens):
-            probe.mask = batch.attention_mask.to(device).float()
+            probe.set_mask(batch.attention_mask.to(device))
             if gradient:
                 with torch.enable_grad():
                     example_losses(model, batch, device).sum().backward()
@@ -232,7 +254,7 @@ def reduce_neurons(
             if on_batch is not None:
                 on_batch(len(batch.targets), batch.n_tokens)
     model.train(was_training)
-    return probe.acc.cpu()
+    return probe.result()
 
 
 def cgvst(

@@ -121,3 +121,15 @@ def test_hooks_removed_and_bad_targets_rejected():
         cgvst(model, [[1, 2, 3]], [[0]])
     with pytest.raises(AtlasError, match="context"):
         cgvst(model, [list(range(5, 600)) * 4], [[1]])
+
+
+def test_device_map_loading_scores_like_a_plain_load(tmp_path):
+    from atlas.models import load_model
+    from tests.conftest import save_tiny
+
+    folder = save_tiny("qwen2", tmp_path / "tiny")
+    plain = load_model(str(folder), device="cpu")
+    mapped = load_model(str(folder), device="cpu", device_map="auto")
+    ids, targets = _examples(vocab=600)
+    assert torch.allclose(cgvst(mapped.model, ids, targets), cgvst(plain.model, ids, targets),
+                          rtol=1e-5, atol=1e-9)

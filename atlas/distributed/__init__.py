@@ -1,0 +1,1 @@
+"""Distributed ingestion: Parquet shards written by Ray workers, imported by the driver."""
