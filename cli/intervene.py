@@ -31,27 +31,30 @@ class SpinnerReporter(Reporter):
         self.progress.remove_task(self.task_id)
 
 
-def _experiment(task: str, model: str, set_name: str | None, method: str, factor: float,
+def _experiment(tasks: list[str], model: str, set_name: str | None, method: str, factor: float,
                 eval_task: list[str], examples: int, metric: str, shots: int, seed: int,
                 control_seed: int, batch_size: int, device: str, dtype: str, sni_dir: str | None,
-                db: str | None) -> None:
+                db: str | None, control: bool = True) -> None:
     options = AblateOptions(factor=factor, metric=metric, examples=examples, shots=shots, seed=seed,
-                            control_seed=control_seed, batch_size=batch_size,
+                            control_seed=control_seed, batch_size=batch_size, control=control,
                             eval_tasks=eval_task or ["all"], sni_dir=sni_dir)
     engine = open_db(db)
     try:
-        target = find_set(engine, display_name(model), task=task, method=method, name=set_name)
+        targets = [find_set(engine, display_name(model), task=t, method=method, name=set_name)
+                   for t in (tasks or [None])]
         with console.status(f"loading {model}"):
             loaded = load_model(model, device=device, dtype=dtype)
         columns = [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
-        with Progress(*columns, console=console, transient=True) as progress:
-            results = Experiment(engine, loaded, options, SpinnerReporter(progress)).run(target)
+        for target in targets:
+            with Progress(*columns, console=console, transient=True) as progress:
+                results = Experiment(engine, loaded, options, SpinnerReporter(progress)).run(target)
+            console.print(rich_table(results, title=f"{target['name']} × {factor} · {metric}"))
     finally:
         engine.dispose()
-    console.print(rich_table(results, title=f"{target['name']} × {factor} · {metric}"))
 
 
-def ablate(task: str = typer.Option(None, "--task", "-t", help="Task whose set is applied."),
+def ablate(task: list[str] = typer.Option(None, "--task", "-t",
+                                           help="Task(s) whose set is applied, one after another."),
            model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
            set_name: str = typer.Option(None, "--set", help="A stored set by name."),
            method: str = typer.Option("cgvst", "--method", help="Method of the task's set."),
@@ -62,6 +65,7 @@ def ablate(task: str = typer.Option(None, "--task", "-t", help="Task whose set i
            metric: str = typer.Option("label_likelihood", help="label_likelihood or exact_match."),
            shots: int = typer.Option(5), seed: int = typer.Option(0),
            control_seed: int = typer.Option(0, help="Seed of the random control set."),
+           control: bool = typer.Option(True, help="Also evaluate a random control set."),
            batch_size: int = typer.Option(8), device: str = typer.Option("auto"),
            dtype: str = typer.Option("auto"), sni_dir: str = typer.Option(None),
            db: str = DbOption) -> None:
@@ -69,24 +73,25 @@ def ablate(task: str = typer.Option(None, "--task", "-t", help="Task whose set i
     if not task and not set_name:
         raise typer.BadParameter("give --task or --set")
     _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
-                control_seed, batch_size, device, dtype, sni_dir, db)
+                control_seed, batch_size, device, dtype, sni_dir, db, control)
 
 
-def amplify(task: str = typer.Option(None, "--task", "-t"),
+def amplify(task: list[str] = typer.Option(None, "--task", "-t"),
             model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
             set_name: str = typer.Option(None, "--set"), method: str = typer.Option("cgvst"),
             factor: float = typer.Option(2.0, help="Scale factor (> 1 amplifies)."),
             eval_task: list[str] = typer.Option(["all"], "--eval-task"),
             examples: int = typer.Option(50), metric: str = typer.Option("label_likelihood"),
             shots: int = typer.Option(5), seed: int = typer.Option(0),
-            control_seed: int = typer.Option(0), batch_size: int = typer.Option(8),
+            control_seed: int = typer.Option(0), control: bool = typer.Option(True),
+            batch_size: int = typer.Option(8),
             device: str = typer.Option("auto"), dtype: str = typer.Option("auto"),
             sni_dir: str = typer.Option(None), db: str = DbOption) -> None:
     """Like ablate, with a default factor of 2 (amplification)."""
     if not task and not set_name:
         raise typer.BadParameter("give --task or --set")
     _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
-                control_seed, batch_size, device, dtype, sni_dir, db)
+                control_seed, batch_size, device, dtype, sni_dir, db, control)
 
 
 def _fmt(v):

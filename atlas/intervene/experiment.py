@@ -35,6 +35,7 @@ class AblateOptions:
     split_seed: int = 0
     control_seed: int = 0
     batch_size: int = 8
+    control: bool = True
     eval_tasks: list[str] = field(default_factory=lambda: ["all"])
     sni_dir: str | None = None
 
@@ -150,10 +151,12 @@ class Experiment:
         for task in tasks:
             base, n, _ = self.measure(task, None, None)
             value, _, reused = self.measure(task, spec, target["set_id"])
-            ctrl, _, _ = self.measure(task, control, target["set_id"], control=True)
-            out.append({"eval_task": task.short_name, "n": n, "baseline": base,
-                        "intervened": value, "control": ctrl, "delta": value - base,
-                        "control_delta": ctrl - base, "reused": reused})
+            row = {"eval_task": task.short_name, "n": n, "baseline": base, "intervened": value,
+                   "delta": value - base}
+            if self.options.control:
+                ctrl, _, _ = self.measure(task, control, target["set_id"], control=True)
+                row.update({"control": ctrl, "control_delta": ctrl - base})
+            out.append({**row, "reused": reused})
         return out
 
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The first atlas: the paper's experiment on the two embedded models (CPU-sized).
+#
+#   bash experiments/paper_tasks.sh [SNI_DIR]      (default ../shared/data/sni)
+#
+# Ingests cgvst, gv, grad_x_act, lape and random for SmolLM2-135M-Instruct and Gemma 3 270M on
+# nine SNI tasks, imports the paper's released Llama-2-7B-chat sets, inhibits (factor 0) and
+# amplifies (factor 2) each task's CGVST set with random controls, inhibits every baseline's
+# sets, and writes docs/results.md with its figures. Every step is idempotent: re-running resumes
+# and reuses what is stored. Sizes (1 shot, 24 scoring and 16 evaluation examples per task)
+# keep the whole run to a few hours on two CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SNI=${1:-../shared/data/sni}
+PUBLISHED=${PUBLISHED:-../shared/data/published/cgvst-llama2-7b-chat}
+export ATLAS_DB=${ATLAS_DB:-experiments/paper_tasks.duckdb}
+ATLAS=${ATLAS:-.venv/bin/atlas}
+MODELS=(smollm2-135m-instruct gemma-3-270m)
+TASKS=(task1645 task195 task274 task379 task391 task512 task566 task190 task227)
+SHOTS=1
+SCORE_EXAMPLES=24
+EVAL_EXAMPLES=16
+SEED=0
+AMPLIFY=2
+start=$(date +%s)
+task_args=()
+for t in "${TASKS[@]}"; do task_args+=(--task "$t"); done
+
+for model in "${MODELS[@]}"; do
+  $ATLAS ingest --model "$model" "${task_args[@]}" --sni-dir "$SNI" --shots $SHOTS \
+    --examples $SCORE_EXAMPLES --seed $SEED --method cgvst --method gv --method grad_x_act \
+    --method lape --method random
+done
+for f in "$PUBLISHED"/*.pth; do
+  $ATLAS import "$f" --model llama-2-7b-chat --task "$(basename "$f" .pth)" --layers 32 --d-mlp 11008
+done
+run_sets() {  # model method factor [extra args]: each task's set in turn, all tasks evaluated
+  local model=$1 method=$2 factor=$3; shift 3
+  $ATLAS ablate --model "$model" "${task_args[@]}" --method "$method" --factor "$factor" \
+    --eval-task all --examples $EVAL_EXAMPLES --shots $SHOTS --seed $SEED --control-seed $SEED \
+    --sni-dir "$SNI" "$@"
+}
+for model in "${MODELS[@]}"; do run_sets "$model" cgvst 0; done
+for model in "${MODELS[@]}"; do run_sets "$model" cgvst $AMPLIFY; done
+for model in "${MODELS[@]}"; do
+  for method in gv grad_x_act lape random; do run_sets "$model" "$method" 0 --no-control; done
+done
+.venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify $AMPLIFY \
+  --wall-seconds $(( $(date +%s) - start )) \
+  --command "bash experiments/paper_tasks.sh $SNI" \
+  --sizes "shots=$SHOTS, scoring examples=$SCORE_EXAMPLES, evaluation examples=$EVAL_EXAMPLES, seed=$SEED"
