@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from atlas.errors import AtlasError
 from atlas.query.core import rows
 from atlas.store import repository as repo
+from atlas.tasks.sni import KNOWN_TASKS
 
 FORMATS = ("cgvst", "lape")
 
@@ -71,6 +72,7 @@ def import_sets(engine: Engine, path: str | Path, *, model: str, tasks: list[str
         else:
             model_id = repo.ensure_model(conn, model, family, n_layers, d_mlp, "imported", "none")
         for task, per_layer in zip(tasks, groups):
+            task = KNOWN_TASKS.get(task, task)  # a paper task's id names its SNI file
             mask = _mask(per_layer, n_layers, d_mlp, path)
             task_id = repo.ensure_task(conn, task, str(path), 0, "imported")
             name = f"{model}/{task.split('_')[0]}/{fmt}:imported"

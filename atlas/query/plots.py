@@ -15,10 +15,13 @@ from atlas.query.overlap import OverlapMatrix  # noqa: E402
 
 def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, out: str | Path,
             cbar_label: str, cmap: str = "viridis", center: bool = False, fmt: str = ".2f") -> Path:
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 1.0 + 0.6 * len(rows)), dpi=130)
+    width = max(5.5, 2.8 + 0.7 * len(cols))
+    height = max(4.0, 1.8 + 0.45 * len(rows))
+    fig, ax = plt.subplots(figsize=(width, height), dpi=130)
     kwargs = {}
+    bound = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
     if center:
-        bound = float(np.nanmax(np.abs(values))) or 1.0
+        bound = bound or 1.0
         kwargs = {"vmin": -bound, "vmax": bound}
     image = ax.imshow(values, cmap=cmap, **kwargs)
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
@@ -26,10 +29,11 @@ def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, ou
     for i in range(len(rows)):
         for j in range(len(cols)):
             if np.isfinite(values[i, j]):
+                dark = (abs(values[i, j]) > 0.6 * bound) if center else values[i, j] < np.nanmean(values)
                 ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
-                        color="white" if not center and values[i, j] < np.nanmean(values) else "black")
+                        color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label=cbar_label, shrink=0.8)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
