@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -251,7 +251,3 @@ class Ingestor:
                 prep, method, identity,
                 lambda handle, k=k, run=run: (lape[k], run.n_examples, run.n_tokens, False)))
         return results
-
-
-def results_table(results: list[IngestResult]) -> list[dict]:
-    return [asdict(r) for r in results]
