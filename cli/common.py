@@ -46,7 +46,8 @@ def rich_table(rows: list[dict], title: str | None = None, floats: int = 4) -> T
     if not rows:
         return table
     for col in rows[0]:
-        table.add_column(str(col), justify="right" if isinstance(rows[0][col], (int, float)) else "left")
+        numeric = isinstance(rows[0][col], (int, float))
+        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*[
             f"{v:.{floats}g}" if isinstance(v, float) else ("" if v is None else str(v))
