@@ -148,3 +148,25 @@ def test_cached_label_scoring_equals_full_sequences(family):
     assert torch.allclose(cached, full, atol=1e-4)
     with apply(model, Intervention({1: [0, 1, 2]}, 0.0)):
         assert not torch.allclose(continuation_logprobs(model, prompt, labels), cached)
+
+
+def test_ablate_without_control_and_several_sets(tmp_path):
+    folder = save_tiny("gpt2", tmp_path / "tiny")
+    db = tmp_path / "a.duckdb"
+    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots", "1"]
+    res = runner.invoke(app, ["ingest", *common, "--examples", "4", "--task", "task379",
+                              "--task", "task195", "--method", "random"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--task", "task195",
+                              "--method", "random", "--examples", "4", "--no-control"])
+    assert res.exit_code == 0, res.output
+    count = runner.invoke(app, ["sql", "SELECT count(*) AS n, count_if(is_control) AS c "
+                                "FROM evaluations", "--db", str(db), "-f", "json"])
+    assert json.loads(count.output) == [{"n": 2 + 4, "c": 0}]  # 2 baselines, 2 sets × 2 tasks
+    rep = runner.invoke(app, ["report", "--model", folder.name, "--method", "random", "--db",
+                              str(db), "-f", "json"])
+    data = json.loads(rep.output)
+    assert data["rows"] == ["task195", "task195 (random)", "task379", "task379 (random)"]
+    assert data["rel_change"][1] == [None, None]
+    assert all(s["specificity_index"] is not None or s["target_change"] is None
+               for s in data["summary"])
