@@ -78,6 +78,11 @@ class Reporter:
     def message(self, text: str) -> None: ...
 
 
+def task_seed(seed: int, task_name: str) -> int:
+    """A per-task seed, so that each task's random set differs."""
+    return int(hashlib.sha256(f"{seed}:{task_name}".encode()).hexdigest()[:8], 16)
+
+
 def params_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -116,7 +121,7 @@ def _prepare(loaded: LoadedModel, fmt: PromptFormat, task: Task, options: Ingest
 def _identity(loaded: LoadedModel, method: Method, prep: Prepared, fmt: PromptFormat,
               options: IngestOptions) -> dict:
     if method.name == "random":
-        return {"method": "random", "seed": options.seed}
+        return {"method": "random", "seed": options.seed, "seed_rule": "sha256(seed:task name)"}
     return {
         "method": method.name,
         "targets": method.targets,
@@ -197,7 +202,7 @@ class Ingestor:
 
     def _compute(self, prep: Prepared, method: Method, handle):
         if method.name == "random":
-            return random_scores(*self.shape, self.options.seed), 0, 0, False
+            return random_scores(*self.shape, task_seed(self.options.seed, prep.task.name)), 0, 0, False
         ckpt = self.runs.load_checkpoint(handle, self.shape)
         resumed = ckpt is not None
         if resumed:

@@ -170,6 +170,7 @@ def report_matrix(engine: Engine, model: str, method: str, factor: float, metric
                split_part(eval_task, '_', 1) AS eval_task, avg(rel_change) AS rel_change
         FROM evaluation_effects
         WHERE model = :model AND method = :method AND factor = :factor AND metric = :metric
+          AND set_name IN (SELECT name FROM task_sets)
         GROUP BY ALL""", model=model, method=method, factor=factor, metric=metric)
     if not data:
         raise AtlasError(f"no evaluations of '{model}' with {method} sets at factor {factor} "

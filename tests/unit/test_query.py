@@ -171,3 +171,12 @@ def test_import_lape_format_one_set_per_language(tmp_path):
     res = runner.invoke(app, ["import", str(path), "--model", "m", "--task", "en", "--format",
                               "lape", "--d-mlp", "8", "--db", str(db)])
     assert res.exit_code == 2 and "2 set(s)" in res.output
+
+
+def test_random_sets_differ_between_tasks(tiny_db):
+    engine = open_db(tiny_db, read_only=True)
+    model = _models(tiny_db)[0]
+    jac = overlap_matrix(engine, model, "random", "jaccard").values
+    assert np.allclose(np.diag(jac), 1)
+    assert jac[~np.eye(len(jac), dtype=bool)].max() < 1
+    engine.dispose()
