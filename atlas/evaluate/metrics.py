@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
-from atlas.scoring.engine import make_batches
 from atlas.tasks.prompts import PromptFormat, build_messages, pick_demos
 from atlas.tasks.sni import Instance, Task
 
@@ -30,27 +29,6 @@ def prompt_ids(fmt: PromptFormat, task: Task, query: Instance, pool: list[Instan
     text = fmt.render(build_messages(task.definition, demos, query, with_answer=False),
                       add_generation_prompt=True)
     return fmt.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def sequence_logprobs(model, seqs: list[list[int]], spans: list[tuple[int, int]],
-                      batch_size: int, pad_id: int) -> torch.Tensor:
-    """Σ log p(token t | < t) over t in each sequence's span [start, end): [n_seqs]."""
-    device = next(model.parameters()).device
-    targets = [list(range(max(s, 1), e)) for s, e in spans]
-    out = torch.zeros(len(seqs))
-    for batch in make_batches(seqs, targets, batch_size, pad_id):
-        keep = sorted({t - 1 for tgt in batch.targets for t in tgt})
-        column = {p: k for k, p in enumerate(keep)}
-        ids = batch.input_ids.to(device)
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device),
-                           logits_to_keep=torch.tensor(keep, device=device), use_cache=False).logits
-        logp = F.log_softmax(logits.float(), dim=-1)
-        for row, tgt in enumerate(batch.targets):
-            cols = torch.tensor([column[t - 1] for t in tgt], device=device)
-            labels = ids[row, torch.tensor(tgt, device=device)]
-            out[batch.indices[row]] = logp[row, cols].gather(-1, labels[:, None]).sum().cpu()
-    return out
 
 
 def continuation_logprobs(model, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
