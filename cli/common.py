@@ -12,8 +12,9 @@ from typer.core import _click as click
 
 from atlas.errors import AtlasError
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped or logged output keeps whole table rows (a terminal sets its own width).
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 class AtlasClickError(click.ClickException):

@@ -22,7 +22,7 @@ class OverlapMatrix:
     values: np.ndarray  # [n_tasks, n_tasks]
 
     def as_rows(self) -> list[dict]:
-        return [{"task": t, **{u.split("_")[0]: float(v) for u, v in zip(self.tasks, row)}}
+        return [{"task": t.split("_")[0], **{u.split("_")[0]: float(v) for u, v in zip(self.tasks, row)}}
                 for t, row in zip(self.tasks, self.values)]
 
 
