@@ -53,45 +53,38 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
         engine.dispose()
 
 
-def ablate(task: list[str] = typer.Option(None, "--task", "-t",
-                                           help="Task(s) whose set is applied, one after another."),
-           model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
-           set_name: str = typer.Option(None, "--set", help="A stored set by name."),
-           method: str = typer.Option("cgvst", "--method", help="Method of the task's set."),
-           factor: float = typer.Option(0.0, help="0 inhibits, > 1 amplifies."),
-           eval_task: list[str] = typer.Option(["all"], "--eval-task",
-                                               help="Tasks to evaluate ('all': every task with a set)."),
-           examples: int = typer.Option(50, help="Held-out examples per evaluation task."),
-           metric: str = typer.Option("label_likelihood", help="label_likelihood or exact_match."),
-           shots: int = typer.Option(5), seed: int = typer.Option(0),
-           control_seed: int = typer.Option(0, help="Seed of the random control set."),
-           control: bool = typer.Option(True, help="Also evaluate a random control set."),
-           batch_size: int = typer.Option(8), device: str = typer.Option("auto"),
-           dtype: str = typer.Option("auto"), sni_dir: str = typer.Option(None),
-           db: str = DbOption) -> None:
-    """Scale a task's stored neuron set and measure accuracy on every task, with a random control."""
-    if not task and not set_name:
-        raise typer.BadParameter("give --task or --set")
-    _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
-                control_seed, batch_size, device, dtype, sni_dir, db, control)
+def _intervention_command(name: str, default_factor: float, doc: str):
+    """An ablate-style command; ablate and amplify differ only in the default factor."""
+
+    def command(task: list[str] = typer.Option(None, "--task", "-t",
+                                               help="Task(s) whose set is applied, one after another."),
+                model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
+                set_name: str = typer.Option(None, "--set", help="A stored set by name."),
+                method: str = typer.Option("cgvst", "--method", help="Method of the task's set."),
+                factor: float = typer.Option(default_factor, help="0 inhibits, > 1 amplifies."),
+                eval_task: list[str] = typer.Option(
+                    ["all"], "--eval-task", help="Tasks to evaluate ('all': every task with a set)."),
+                examples: int = typer.Option(50, help="Held-out examples per evaluation task."),
+                metric: str = typer.Option("label_likelihood", help="label_likelihood or exact_match."),
+                shots: int = typer.Option(5), seed: int = typer.Option(0),
+                control_seed: int = typer.Option(0, help="Seed of the random control set."),
+                control: bool = typer.Option(True, help="Also evaluate a random control set."),
+                batch_size: int = typer.Option(8), device: str = typer.Option("auto"),
+                dtype: str = typer.Option("auto"), sni_dir: str = typer.Option(None),
+                db: str = DbOption) -> None:
+        if not task and not set_name:
+            raise typer.BadParameter("give --task or --set")
+        _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
+                    control_seed, batch_size, device, dtype, sni_dir, db, control)
+
+    command.__name__, command.__doc__ = name, doc
+    return command
 
 
-def amplify(task: list[str] = typer.Option(None, "--task", "-t"),
-            model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
-            set_name: str = typer.Option(None, "--set"), method: str = typer.Option("cgvst"),
-            factor: float = typer.Option(2.0, help="Scale factor (> 1 amplifies)."),
-            eval_task: list[str] = typer.Option(["all"], "--eval-task"),
-            examples: int = typer.Option(50), metric: str = typer.Option("label_likelihood"),
-            shots: int = typer.Option(5), seed: int = typer.Option(0),
-            control_seed: int = typer.Option(0), control: bool = typer.Option(True),
-            batch_size: int = typer.Option(8),
-            device: str = typer.Option("auto"), dtype: str = typer.Option("auto"),
-            sni_dir: str = typer.Option(None), db: str = DbOption) -> None:
-    """Like ablate, with a default factor of 2 (amplification)."""
-    if not task and not set_name:
-        raise typer.BadParameter("give --task or --set")
-    _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
-                control_seed, batch_size, device, dtype, sni_dir, db, control)
+ablate = _intervention_command(
+    "ablate", 0.0,
+    "Scale a task's stored neuron set and measure accuracy on every task, with a random control.")
+amplify = _intervention_command("amplify", 2.0, "Like ablate, with a default factor of 2 (amplification).")
 
 
 def _fmt(v):

@@ -69,6 +69,14 @@ class Adapter:
         return up_out
 
 
+def context_length(config) -> int | None:
+    """The model's maximum number of positions, where its config states one."""
+    for attr in ("max_position_embeddings", "n_positions"):
+        if getattr(config, attr, None):
+            return int(getattr(config, attr))
+    return None
+
+
 def family_of(model: nn.Module) -> str:
     return str(getattr(model.config, "model_type", type(model).__name__))
 

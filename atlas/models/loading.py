@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from atlas.errors import AtlasError
-from atlas.models.adapters import Adapter, adapter_for
+from atlas.models.adapters import Adapter, adapter_for, context_length
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -75,11 +75,7 @@ class LoadedModel:
 
     @property
     def max_positions(self) -> int | None:
-        cfg = self.model.config
-        for attr in ("max_position_embeddings", "n_positions"):
-            if getattr(cfg, attr, None):
-                return int(getattr(cfg, attr))
-        return None
+        return context_length(self.model.config)
 
 
 def _sha256(path: Path) -> str:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atlas.errors import AtlasError
-from atlas.models.adapters import Adapter, adapter_for
+from atlas.models.adapters import Adapter, adapter_for, context_length
 
 REDUCTIONS = ("up_weight_grad", "grad_x_act", "act_abs_sum", "act_pos_count")
 GRADIENT_REDUCTIONS = ("up_weight_grad", "grad_x_act")
@@ -83,8 +83,7 @@ def _check_targets(input_ids: Sequence[Sequence[int]], targets: Sequence[Sequenc
 
 
 def _check_context(model: nn.Module, input_ids: Sequence[Sequence[int]]) -> None:
-    cfg = model.config
-    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    limit = context_length(model.config)
     longest = max((len(ids) for ids in input_ids), default=0)
     if limit and longest > limit:
         raise AtlasError(
