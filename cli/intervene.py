@@ -10,6 +10,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from atlas.ingest import Reporter
 from atlas.intervene.experiment import AblateOptions, Experiment, find_set, report_matrix
+from atlas.intervene.stats import describe_tests, report_tests
 from atlas.models.loading import DEFAULT_MODEL, display_name, load_model
 from atlas.query.plots import heatmap
 from atlas.store import open_db
@@ -65,7 +66,8 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                 eval_task: list[str] = typer.Option(
                     ["all"], "--eval-task", help="Tasks to evaluate ('all': every task with a set)."),
                 examples: int = typer.Option(50, help="Held-out examples per evaluation task."),
-                metric: str = typer.Option("label_likelihood", help="label_likelihood or exact_match."),
+                metric: str = typer.Option("label_likelihood",
+                                           help="label_likelihood, label_prob or exact_match."),
                 shots: int = typer.Option(5), seed: int = typer.Option(0),
                 control_seed: int = typer.Option(0, help="Seed of the random control set."),
                 control: bool = typer.Option(True, help="Also evaluate a random control set."),
@@ -104,7 +106,8 @@ def report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
         import json
 
         sys.stdout.write(json.dumps({"rows": names, "columns": cols, "rel_change": matrix,
-                                     "summary": summary}, indent=1) + "\n")
+                                     "summary": summary, "tests": report_tests(summary)},
+                                    indent=1) + "\n")
         return
     if format == "csv":
         sys.stdout.write("set," + ",".join(cols) + "\n")
@@ -112,7 +115,7 @@ def report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
             sys.stdout.write(name + "," + ",".join("" if v is None else f"{v:.4f}" for v in row) + "\n")
         return
     lines = [f"### {model} · {method} · factor {factor:g} · {metric}", "",
-             "Relative accuracy change against the unmodified model (rows: intervened set).", "",
+             f"Relative change of {metric} against the unmodified model (rows: intervened set).", "",
              "| set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, row in zip(names, matrix):
         lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:+.3f}" for v in row) + " |")
@@ -123,6 +126,7 @@ def report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
                                       "control_target_change")]
         lines.append(f"| {s['set']} | " + " | ".join("" if c is None else f"{c:+.3f}" for c in cells)
                      + " |")
+    lines += ["", describe_tests(report_tests(summary))]
     sys.stdout.write("\n".join(lines) + "\n")
 
 
@@ -136,6 +140,6 @@ def plot_report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
     names, cols, matrix, _ = report_matrix(engine, model, method, factor, metric)
     engine.dispose()
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix])
-    heatmap(values, names, cols, f"{model} · {method} × {factor:g}", output,
-            "relative accuracy change", cmap="RdBu", center=True, fmt="+.2f")
+    heatmap(values, names, cols, f"{model} · {method} × {factor:g} · {metric}", output,
+            f"relative change of {metric}", cmap="RdBu", center=True, fmt="+.2f")
     console.print(output)

@@ -16,9 +16,11 @@ import numpy as np
 
 from atlas.errors import AtlasError
 from atlas.intervene.experiment import report_matrix
+from atlas.intervene.stats import describe_tests, report_tests
 from atlas.query import overlap_matrix, specificity
 from atlas.query.core import rows
 from atlas.store import open_db
+from atlas.tasks.sni import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -39,6 +41,58 @@ def mean_offdiag(values: np.ndarray) -> float:
     return float(values[mask].mean())
 
 
+def active_hours(engine, gap_minutes: float = 10.0) -> float:
+    """Compute time from the stored timestamps: the sum of gaps between consecutive stored rows
+    (run starts and ends, evaluations), leaving out gaps over ``gap_minutes`` (idle time between
+    invocations)."""
+    stamps = rows(engine, """
+        SELECT epoch(t) AS t FROM (
+            SELECT started_at AS t FROM runs JOIN models USING (model_id) WHERE name IN :models
+            UNION ALL SELECT finished_at FROM runs JOIN models USING (model_id) WHERE name IN :models
+            UNION ALL SELECT created_at FROM evaluations) WHERE t IS NOT NULL ORDER BY 1""",
+                  models=tuple(MODELS))
+    gaps = np.diff([r["t"] for r in stamps])
+    return float(gaps[gaps <= gap_minutes * 60].sum() / 3600)
+
+
+def chance_note(task: str, sni_dir: str | None) -> str:
+    try:
+        labels = load_task(task, sni_dir).labels
+    except AtlasError:
+        return ""
+    return f" (chance {1 / len(labels):.2f})" if labels else ""
+
+
+def exact_match_lines(engine, name: str) -> list[str]:
+    """Exact match under CGVST inhibition, on the tasks the unmodified model answers at all."""
+    data = rows(engine, """
+        SELECT split_part(set_task, '_', 1) AS set_task, is_control,
+               split_part(eval_task, '_', 1) AS eval_task, baseline, value, n
+        FROM evaluation_effects
+        WHERE model = :m AND method = 'cgvst' AND factor = 0 AND metric = 'exact_match'
+          AND set_name IN (SELECT name FROM task_sets)""", m=name)
+    if not data:
+        return []
+    base = {r["eval_task"]: r["baseline"] for r in data}
+    cell = {(r["set_task"], r["is_control"], r["eval_task"]): r["value"] for r in data}
+    answered = sorted(t for t, b in base.items() if b > 0)
+    silent = sorted(t for t, b in base.items() if b == 0)
+    lines = [f"**{name}** (n = {data[0]['n']} per task). Unmodified exact match is 0 on "
+             f"{', '.join(silent) or 'no task'}; those tasks are left out.", ""]
+    if not answered:
+        return lines
+    lines += ["| task | unmodified | own set inhibited | random control | mean change, other answered "
+              "tasks |", "|---|---|---|---|---|"]
+    for t in answered:
+        others = [cell[(t, False, o)] - base[o] for o in answered if o != t and (t, False, o) in cell]
+        own, ctrl = cell.get((t, False, t)), cell.get((t, True, t))
+        lines.append(f"| {t} | {base[t]:.2f} | {'' if own is None else f'{own:.2f}'} | "
+                     f"{'' if ctrl is None else f'{ctrl:.2f}'} | "
+                     f"{np.mean(others):+.2f} |" if others else f"| {t} | {base[t]:.2f} | | | |")
+    _, _, _, summary = report_matrix(engine, name, "cgvst", 0.0, "exact_match")
+    return [*lines, "", describe_tests(report_tests(summary)), ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", required=True)
@@ -46,6 +100,7 @@ def main() -> None:
     ap.add_argument("--wall-seconds", type=int, default=0)
     ap.add_argument("--command", default="bash experiments/paper_tasks.sh")
     ap.add_argument("--sizes", default="")
+    ap.add_argument("--sni-dir", default=None, help="SNI folder, for each task's chance accuracy")
     args = ap.parse_args()
     FIGS.mkdir(parents=True, exist_ok=True)
     engine = open_db(args.db, read_only=True)
@@ -60,7 +115,10 @@ def main() -> None:
     lines += ["## Run", "",
               f"- command: `{args.command}`",
               f"- sizes: {args.sizes}",
-              f"- wall time: {args.wall_seconds / 3600:.2f} h on a 2-core CPU",
+              f"- compute time: {active_hours(engine):.2f} h on a 2-core CPU, from the stored "
+              "timestamps (ingestion and evaluation; gaps over 10 min between stored rows, i.e. "
+              "between invocations, left out); the last invocation took "
+              f"{args.wall_seconds / 3600:.2f} h and reused every stage already stored",
               "- library versions: " + "; ".join(
                   ", ".join(f"{k} {v}" for k, v in (json.loads(r["v"]) if isinstance(r["v"], str)
                                                     else r["v"]).items()) for r in versions),
@@ -117,7 +175,7 @@ def main() -> None:
                   f"| {r['mean_jaccard']:.3f} |" for r in spec]
         lines.append("")
 
-    lines += ["## Inhibition and amplification (label likelihood, held-out half)", ""]
+    lines += ["## Inhibition and amplification (accuracy by label likelihood, held-out half)", ""]
     for name in MODELS:
         for factor in (0.0, args.amplify):
             try:
@@ -130,30 +188,58 @@ def main() -> None:
             atlas("plot", "report", "--model", name, "--factor", f"{factor:g}", "-o", str(png), *db)
             lines += [f"![report {name} ×{factor:g}](figures/{png.name})", ""]
         base = rows(engine, """
-            SELECT split_part(t.name, '_', 1) AS task, e.value, e.n FROM evaluations e
+            SELECT t.name, split_part(t.name, '_', 1) AS task, e.value, e.n FROM evaluations e
             JOIN models m USING (model_id) JOIN tasks t ON t.task_id = e.eval_task_id
-            WHERE m.name = :m AND e.set_id IS NULL AND e.metric = 'label_likelihood' ORDER BY 1""", m=name)
+            WHERE m.name = :m AND e.set_id IS NULL AND e.metric = 'label_likelihood' ORDER BY 2""", m=name)
         if base:
-            lines += [f"Unmodified accuracy of {name}: " + ", ".join(
-                f"{b['task']} {b['value']:.2f}" for b in base) + f" (n = {base[0]['n']} each).", ""]
+            lines += [f"Unmodified accuracy of {name} (chance = 1 / number of labels): " + ", ".join(
+                f"{b['task']} {b['value']:.2f}{chance_note(b['name'], args.sni_dir)}" for b in base)
+                + f" (n = {base[0]['n']} each).", ""]
+
+    lines += ["## Inhibition measured by the gold label's probability", "",
+              "`label_prob`: the probability of the gold label, normalised over the task's labels, "
+              "averaged over the same held-out examples. It scores the same predictions as the "
+              "accuracy above but moves continuously, so it still shows an effect when accuracy "
+              "sits at chance.", ""]
+    for name in MODELS:
+        try:
+            report_matrix(engine, name, "cgvst", 0.0, "label_prob")
+        except AtlasError:
+            continue
+        lines.append(atlas("report", "--model", name, "--method", "cgvst", "--metric", "label_prob", *db))
+        png = FIGS / f"report-{name}-x0-label_prob.png"
+        atlas("plot", "report", "--model", name, "--metric", "label_prob", "-o", str(png), *db)
+        lines += [f"![report {name} ×0 label_prob](figures/{png.name})", ""]
 
     lines += ["## Specificity index per method (inhibition, factor 0)", "",
-              "Specificity index of a set = relative accuracy drop of its own task minus the mean "
+              "Specificity index of a set = relative drop of its own task minus the mean "
               "relative drop of the other tasks; mean over the tasks' sets, and how many sets are "
-              "positive.", "", "| model | method | mean index | sets > 0 | mean own-task change |",
-              "|---|---|---|---|---|"]
+              "positive, with the two-sided sign-flip p-value over sets (exact: every sign pattern of "
+              "the nine sets); for CGVST also each set's own-task change minus that of its random "
+              "control (same size per layer).", "",
+              "| model | metric | method | mean index | sets > 0 | p | mean own-task change "
+              "| own minus control | p |", "|---|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
-        for method in METHODS:
-            try:
-                _, _, _, summary = report_matrix(engine, name, method, 0.0, "label_likelihood")
-            except AtlasError:
-                continue
-            idx = [s["specificity_index"] for s in summary if s["specificity_index"] is not None]
-            own = [s["target_change"] for s in summary if s["target_change"] is not None]
-            if idx:
-                positive = f"{sum(i > 0 for i in idx)}/{len(idx)}"
-                lines.append(f"| {name} | {method} | {np.mean(idx):+.3f} | {positive} "
-                             f"| {np.mean(own):+.3f} |")
+        for metric in ("label_likelihood", "label_prob"):
+            for method in METHODS:
+                try:
+                    _, _, _, summary = report_matrix(engine, name, method, 0.0, metric)
+                except AtlasError:
+                    continue
+                idx = [s["specificity_index"] for s in summary if s["specificity_index"] is not None]
+                own = [s["target_change"] for s in summary if s["target_change"] is not None]
+                tests = report_tests(summary)
+                if idx:
+                    positive = f"{sum(i > 0 for i in idx)}/{len(idx)}"
+                    diff, p = tests["mean_target_minus_control"], tests["target_minus_control_p"]
+                    ctrl = "| | " if diff is None else f"| {diff:+.3f} | {p:.2f} "
+                    lines.append(f"| {name} | {metric} | {method} | {np.mean(idx):+.3f} | {positive} "
+                                 f"| {tests['specificity_p']:.2f} | {np.mean(own):+.3f} {ctrl}|")
+    em = [line for name in MODELS for line in exact_match_lines(engine, name)]
+    if em:
+        lines += ["", "## Exact match under CGVST inhibition (greedy answers)", "",
+                  "Absolute exact-match accuracy of the generated answer, only on tasks the "
+                  "unmodified model answers at least once.", "", *em]
     reading = ROOT / "experiments" / "reading.md"
     if reading.exists():
         lines += ["", reading.read_text().strip()]

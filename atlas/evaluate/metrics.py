@@ -1,4 +1,5 @@
-"""Task accuracy on held-out examples: label likelihood and exact match (greedy generation)."""
+"""Task accuracy on held-out examples: label likelihood (accuracy and gold-label probability) and
+exact match (greedy generation)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from atlas.models.loading import LoadedModel
 from atlas.tasks.prompts import PromptFormat, build_messages, pick_demos
 from atlas.tasks.sni import Instance, Task
 
-METRICS = ("label_likelihood", "exact_match")
+METRICS = ("label_likelihood", "label_prob", "exact_match")
 
 
 @dataclass
@@ -64,9 +65,10 @@ def continuation_logprobs(model, prompt: list[int], continuations: list[list[int
     return scores
 
 
-def label_likelihood(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
-                     pool: list[Instance], shots: int, seed: int, batch_size: int = 8) -> Score:
-    """Accuracy when the label with the highest log-probability after the prompt is the answer."""
+def label_scores(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
+                 pool: list[Instance], shots: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ log p(label | prompt) of every label for every query: [n_queries, n_labels], and the
+    gold label's index: [n_queries]."""
     labels = task.labels
     if not labels:
         raise AtlasError(f"task '{task.name}' is not a classification task; use --metric exact_match")
@@ -77,9 +79,24 @@ def label_likelihood(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries
         prompt = prompt_ids(fmt, task, query, pool, shots, seed)
         rows.append(continuation_logprobs(loaded.model, prompt, label_ids))
         gold.append(labels.index(query.output))
-    scores = torch.stack(rows)  # [n_queries, n_labels]
-    correct = (scores.argmax(1) == torch.tensor(gold)).float()
+    return torch.stack(rows), torch.tensor(gold)
+
+
+def label_likelihood(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
+                     pool: list[Instance], shots: int, seed: int, batch_size: int = 8) -> Score:
+    """Accuracy when the label with the highest log-probability after the prompt is the answer."""
+    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed)
+    correct = (scores.argmax(1) == gold).float()
     return Score(float(correct.mean()), len(queries))
+
+
+def label_prob(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
+               pool: list[Instance], shots: int, seed: int, batch_size: int = 8) -> Score:
+    """Mean probability of the gold label, normalised over the task's labels: a continuous
+    version of label_likelihood that still moves when accuracy sits at chance."""
+    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed)
+    probs = torch.softmax(scores.double(), dim=1)  # [n_queries, n_labels]
+    return Score(float(probs[torch.arange(len(gold)), gold].mean()), len(queries))
 
 
 def normalise(text: str) -> str:
@@ -118,8 +135,7 @@ def exact_match(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: lis
 
 
 def evaluate(metric: str, *args, **kwargs) -> Score:
-    if metric == "label_likelihood":
-        return label_likelihood(*args, **kwargs)
-    if metric == "exact_match":
-        return exact_match(*args, **kwargs)
+    scorers = {"label_likelihood": label_likelihood, "label_prob": label_prob, "exact_match": exact_match}
+    if metric in scorers:
+        return scorers[metric](*args, **kwargs)
     raise AtlasError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")

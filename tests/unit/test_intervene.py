@@ -105,13 +105,20 @@ def test_ablate_stores_and_reuses_evaluations(tmp_path):
     data = json.loads(rep.output)
     assert data["rows"] == ["task379", "task379 (random)"]
     assert data["columns"] == ["task195", "task379"]
+    assert data["tests"]["n_sets"] == 1 and data["tests"]["specificity_p"] is None
     png = tmp_path / "r.png"
     res = runner.invoke(app, ["plot", "report", "--model", folder.name, "--db", str(db), "-o", str(png)])
     assert res.exit_code == 0 and png.stat().st_size > 5000
     md = runner.invoke(app, ["report", "--model", folder.name, "--db", str(db)])
-    assert "specificity index" in md.output
+    assert "specificity index" in md.output and "Mean specificity index" in md.output
     res = runner.invoke(app, ["ablate", *common, "--task", "task274"])
     assert res.exit_code == 2 and "not found" in res.output
+    res = runner.invoke(app, [*args, "--eval-task", "task379", "--metric", "label_prob"])
+    assert res.exit_code == 0, res.output
+    probs = runner.invoke(app, ["sql", "SELECT value FROM evaluations WHERE metric = 'label_prob'",
+                                "--db", str(db), "-f", "json"])
+    values = [r["value"] for r in json.loads(probs.output)]  # baseline, intervened, control
+    assert len(values) == 3 and all(0 < v < 1 for v in values)
     res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--metric", "bleu"])
     assert res.exit_code == 2 and "unknown metric" in res.output
 
@@ -156,6 +163,31 @@ def test_cached_label_scoring_equals_full_sequences(family):
     assert torch.allclose(cached, _full_sequence_logprobs(model, prompt, labels), atol=1e-4)
     with apply(model, Intervention({1: [0, 1, 2]}, 0.0)):
         assert not torch.allclose(continuation_logprobs(model, prompt, labels), cached)
+
+
+def test_label_metrics_match_full_sequence_scoring(tmp_path):
+    from atlas.evaluate.metrics import label_likelihood, label_prob, prompt_ids
+    from atlas.models import load_model
+    from atlas.tasks import PromptFormat, load_task, split_task
+
+    loaded = load_model(str(save_tiny("llama", tmp_path / "tiny")), device="cpu")
+    task = load_task("task379", SNI_DIR)
+    split = split_task(task)
+    fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+    queries = split.evaluate[:4]
+    label_ids = [loaded.tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in task.labels]
+    gold_probs, hits = [], []
+    for q in queries:
+        prompt = prompt_ids(fmt, task, q, split.evaluate, 1, 0)
+        probs = torch.softmax(_full_sequence_logprobs(loaded.model, prompt, label_ids).double(), 0)
+        gold = task.labels.index(q.output)
+        gold_probs.append(float(probs[gold]))
+        hits.append(int(probs.argmax()) == gold)
+    prob = label_prob(loaded, fmt, task, queries, split.evaluate, 1, 0)
+    acc = label_likelihood(loaded, fmt, task, queries, split.evaluate, 1, 0)
+    assert prob.n == acc.n == 4
+    assert prob.value == pytest.approx(sum(gold_probs) / 4, abs=1e-4)
+    assert acc.value == pytest.approx(sum(hits) / 4)
 
 
 def test_ablate_without_control_and_several_sets(tmp_path):

@@ -1,0 +1,53 @@
+"""Significance of an intervention report: are the effects consistent across the tasks' sets?
+
+Each task's set is one observation. A sign-flip permutation test (exact for up to 13 sets)
+asks whether the mean over sets differs from 0 more than random signs would make it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import permutation_test
+
+
+def sign_flip_p(values: list[float]) -> float | None:
+    """Two-sided p-value of mean(values) ≠ 0 under random sign flips; None below 2 values."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if len(x) < 2:
+        return None
+    if not np.any(x):
+        return 1.0
+    result = permutation_test((x,), np.mean, permutation_type="samples", n_resamples=9999,
+                              alternative="two-sided", rng=np.random.default_rng(0))
+    return float(result.pvalue)
+
+
+def report_tests(summary: list[dict]) -> dict:
+    """Across sets: mean specificity index, and own-task change of the set minus its control's,
+    each with its sign-flip p-value."""
+    index = [s["specificity_index"] for s in summary if s["specificity_index"] is not None]
+    vs_control = [s["target_change"] - s["control_target_change"] for s in summary
+                  if s["target_change"] is not None and s["control_target_change"] is not None]
+    return {
+        "n_sets": len(index),
+        "mean_specificity_index": float(np.mean(index)) if index else None,
+        "specificity_p": sign_flip_p(index),
+        "n_controlled": len(vs_control),
+        "mean_target_minus_control": float(np.mean(vs_control)) if vs_control else None,
+        "target_minus_control_p": sign_flip_p(vs_control),
+    }
+
+
+def describe_tests(tests: dict) -> str:
+    """One sentence for reports."""
+
+    def fmt(mean: float | None, p: float | None, n: int) -> str:
+        if mean is None:
+            return "n/a"
+        return f"{mean:+.3f} over {n} sets" + ("" if p is None else f" (sign-flip p = {p:.3g})")
+
+    index = fmt(tests["mean_specificity_index"], tests["specificity_p"], tests["n_sets"])
+    control = fmt(tests["mean_target_minus_control"], tests["target_minus_control_p"],
+                  tests["n_controlled"])
+    return f"Mean specificity index {index}; own-task change minus its random control's {control}."

@@ -1,0 +1,45 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from atlas.intervene.stats import describe_tests, report_tests, sign_flip_p
+
+
+def brute_force_p(values):
+    x = np.asarray(values)
+    observed = abs(x.mean())
+    flips = itertools.product([1, -1], repeat=len(x))
+    return float(np.mean([abs((x * np.array(f)).mean()) >= observed - 1e-12 for f in flips]))
+
+
+@pytest.mark.parametrize("values", [[0.16, 0.27, 0.46, 0.05, -0.2, -0.46, 0.0, -0.15, 0.23],
+                                    [0.3, 0.2, 0.5, 0.1, 0.4, 0.25, 0.35, 0.15, 0.45],
+                                    [-0.1, 0.2, -0.3]])
+def test_sign_flip_p_is_the_exact_enumeration(values):
+    assert sign_flip_p(values) == pytest.approx(brute_force_p(values))
+
+
+def test_all_positive_sets_give_the_smallest_possible_p():
+    assert sign_flip_p([0.1] * 9) == pytest.approx(2 / 2**9)
+
+
+def test_degenerate_inputs():
+    assert sign_flip_p([0.5]) is None
+    assert sign_flip_p([0.0, 0.0, 0.0]) == 1.0
+    assert sign_flip_p([None, 0.2, float("nan")]) is None
+
+
+def test_report_tests_pairs_each_set_with_its_control():
+    summary = [
+        {"specificity_index": 0.4, "target_change": -0.5, "control_target_change": 0.0},
+        {"specificity_index": 0.2, "target_change": -0.3, "control_target_change": -0.1},
+        {"specificity_index": None, "target_change": None, "control_target_change": None},
+        {"specificity_index": -0.1, "target_change": 0.1, "control_target_change": None},
+    ]
+    tests = report_tests(summary)
+    assert tests["n_sets"] == 3 and tests["n_controlled"] == 2
+    assert tests["mean_specificity_index"] == pytest.approx(0.5 / 3)
+    assert tests["mean_target_minus_control"] == pytest.approx(-0.35)
+    assert tests["specificity_p"] == pytest.approx(brute_force_p([0.4, 0.2, -0.1]))
+    assert "over 3 sets" in describe_tests(tests)
