@@ -62,7 +62,6 @@ run_sets "${MODELS[1]}" cgvst 0 --metric label_prob
 run_sets "${MODELS[0]}" cgvst 0 --metric exact_match
 baselines "${MODELS[0]}" --metric label_prob
 run_sets "${MODELS[1]}" cgvst 0 --metric exact_match
-baselines "${MODELS[1]}" --metric label_prob
 .venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify $AMPLIFY \
   --wall-seconds $(( $(date +%s) - start )) \
   --command "bash experiments/paper_tasks.sh $SNI" --sni-dir "$SNI" \

@@ -232,9 +232,26 @@ def main() -> None:
                 if idx:
                     positive = f"{sum(i > 0 for i in idx)}/{len(idx)}"
                     diff, p = tests["mean_target_minus_control"], tests["target_minus_control_p"]
-                    ctrl = "| | " if diff is None else f"| {diff:+.3f} | {p:.2f} "
+                    ctrl = "| | " if diff is None else f"| {diff:+.3f} | {p:.3f} "
                     lines.append(f"| {name} | {metric} | {method} | {np.mean(idx):+.3f} | {positive} "
-                                 f"| {tests['specificity_p']:.2f} | {np.mean(own):+.3f} {ctrl}|")
+                                 f"| {tests['specificity_p']:.3f} | {np.mean(own):+.3f} {ctrl}|")
+    lines += ["", "## Do CGVST sets matter more than random neurons?", "",
+              "Mean |relative change| over all nine evaluated tasks when a task's CGVST set is "
+              "scaled, against its random control (same size per layer); p: two-sided sign-flip "
+              "test of the per-set difference across the nine sets.", "",
+              "| model | metric | factor | CGVST sets | random controls | p |", "|---|---|---|---|---|---|"]
+    for name in MODELS:
+        for metric, factor in (("label_likelihood", 0.0), ("label_likelihood", args.amplify),
+                               ("label_prob", 0.0), ("exact_match", 0.0)):
+            try:
+                _, _, _, summary = report_matrix(engine, name, "cgvst", factor, metric)
+            except AtlasError:
+                continue
+            tests = report_tests(summary)
+            if tests["mean_abs_change"] is not None:
+                lines.append(f"| {name} | {metric} | {factor:g} | {tests['mean_abs_change']:.3f} | "
+                             f"{tests['control_mean_abs_change']:.3f} | "
+                             f"{tests['abs_change_minus_control_p']:.3f} |")
     em = [line for name in MODELS for line in exact_match_lines(engine, name)]
     if em:
         lines += ["", "## Exact match under CGVST inhibition (greedy answers)", "",

@@ -163,8 +163,9 @@ class Experiment:
 def report_matrix(engine: Engine, model: str, method: str, factor: float, metric: str
                   ) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
     """Rows = intervened sets (and their controls), columns = evaluated tasks, values = relative
-    change against the unmodified model; plus a specificity index per set: the target task's
-    relative drop minus the mean relative drop of the other tasks."""
+    change against the unmodified model; plus per set a specificity index (the target task's
+    relative drop minus the mean relative drop of the other tasks) and the mean |change| over
+    all evaluated tasks, of the set and of its random control."""
     data = rows(engine, """
         SELECT split_part(set_task, '_', 1) AS set_task, is_control,
                split_part(eval_task, '_', 1) AS eval_task, avg(rel_change) AS rel_change
@@ -186,6 +187,8 @@ def report_matrix(engine: Engine, model: str, method: str, factor: float, metric
         target = cell.get((s, False, s))
         others = [cell[(s, False, c)] for c in cols if c != s and cell.get((s, False, c)) is not None]
         ctrl_target = cell.get((s, True, s))
+        magnitude = [abs(v) for v in matrix[-2] if v is not None]
+        ctrl_magnitude = [abs(v) for v in matrix[-1] if v is not None]
         summary.append({
             "set": s,
             "target_change": target,
@@ -193,5 +196,7 @@ def report_matrix(engine: Engine, model: str, method: str, factor: float, metric
             "specificity_index": (-(target) + sum(others) / len(others))
             if target is not None and others else None,
             "control_target_change": ctrl_target,
+            "mean_abs_change": sum(magnitude) / len(magnitude) if magnitude else None,
+            "control_mean_abs_change": sum(ctrl_magnitude) / len(ctrl_magnitude) if ctrl_magnitude else None,
         })
     return row_names, cols, matrix, summary

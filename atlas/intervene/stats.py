@@ -24,11 +24,14 @@ def sign_flip_p(values: list[float]) -> float | None:
 
 
 def report_tests(summary: list[dict]) -> dict:
-    """Across sets: mean specificity index, and own-task change of the set minus its control's,
-    each with its sign-flip p-value."""
+    """Across sets, each with its sign-flip p-value: the mean specificity index; the own-task
+    change of a set minus its control's; the mean |change| over all tasks of a set against its
+    control's (does the set matter more than random neurons, on any task?)."""
     index = [s["specificity_index"] for s in summary if s["specificity_index"] is not None]
     vs_control = [s["target_change"] - s["control_target_change"] for s in summary
                   if s["target_change"] is not None and s["control_target_change"] is not None]
+    paired = [(s["mean_abs_change"], s["control_mean_abs_change"]) for s in summary
+              if s.get("mean_abs_change") is not None and s.get("control_mean_abs_change") is not None]
     return {
         "n_sets": len(index),
         "mean_specificity_index": float(np.mean(index)) if index else None,
@@ -36,6 +39,9 @@ def report_tests(summary: list[dict]) -> dict:
         "n_controlled": len(vs_control),
         "mean_target_minus_control": float(np.mean(vs_control)) if vs_control else None,
         "target_minus_control_p": sign_flip_p(vs_control),
+        "mean_abs_change": float(np.mean([a for a, _ in paired])) if paired else None,
+        "control_mean_abs_change": float(np.mean([c for _, c in paired])) if paired else None,
+        "abs_change_minus_control_p": sign_flip_p([a - c for a, c in paired]),
     }
 
 
@@ -50,4 +56,10 @@ def describe_tests(tests: dict) -> str:
     index = fmt(tests["mean_specificity_index"], tests["specificity_p"], tests["n_sets"])
     control = fmt(tests["mean_target_minus_control"], tests["target_minus_control_p"],
                   tests["n_controlled"])
-    return f"Mean specificity index {index}; own-task change minus its random control's {control}."
+    text = f"Mean specificity index {index}; own-task change minus its random control's {control}."
+    if tests["mean_abs_change"] is not None:
+        p = tests["abs_change_minus_control_p"]
+        text += (f" Mean |change| over all tasks {tests['mean_abs_change']:.3f}, random controls "
+                 f"{tests['control_mean_abs_change']:.3f}")
+        text += ("" if p is None else f" (sign-flip p = {p:.3g})") + "."
+    return text

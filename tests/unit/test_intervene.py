@@ -106,6 +106,10 @@ def test_ablate_stores_and_reuses_evaluations(tmp_path):
     assert data["rows"] == ["task379", "task379 (random)"]
     assert data["columns"] == ["task195", "task379"]
     assert data["tests"]["n_sets"] == 1 and data["tests"]["specificity_p"] is None
+    own, ctrl = data["rel_change"]
+    assert data["summary"][0]["mean_abs_change"] == pytest.approx(sum(abs(v) for v in own) / len(own))
+    assert data["summary"][0]["control_mean_abs_change"] == pytest.approx(
+        sum(abs(v) for v in ctrl) / len(ctrl))
     png = tmp_path / "r.png"
     res = runner.invoke(app, ["plot", "report", "--model", folder.name, "--db", str(db), "-o", str(png)])
     assert res.exit_code == 0 and png.stat().st_size > 5000

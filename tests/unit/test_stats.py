@@ -32,14 +32,21 @@ def test_degenerate_inputs():
 
 def test_report_tests_pairs_each_set_with_its_control():
     summary = [
-        {"specificity_index": 0.4, "target_change": -0.5, "control_target_change": 0.0},
-        {"specificity_index": 0.2, "target_change": -0.3, "control_target_change": -0.1},
-        {"specificity_index": None, "target_change": None, "control_target_change": None},
-        {"specificity_index": -0.1, "target_change": 0.1, "control_target_change": None},
+        {"specificity_index": 0.4, "target_change": -0.5, "control_target_change": 0.0,
+         "mean_abs_change": 0.3, "control_mean_abs_change": 0.1},
+        {"specificity_index": 0.2, "target_change": -0.3, "control_target_change": -0.1,
+         "mean_abs_change": 0.2, "control_mean_abs_change": 0.25},
+        {"specificity_index": None, "target_change": None, "control_target_change": None,
+         "mean_abs_change": None, "control_mean_abs_change": None},
+        {"specificity_index": -0.1, "target_change": 0.1, "control_target_change": None,
+         "mean_abs_change": 0.4, "control_mean_abs_change": None},
     ]
     tests = report_tests(summary)
     assert tests["n_sets"] == 3 and tests["n_controlled"] == 2
     assert tests["mean_specificity_index"] == pytest.approx(0.5 / 3)
     assert tests["mean_target_minus_control"] == pytest.approx(-0.35)
     assert tests["specificity_p"] == pytest.approx(brute_force_p([0.4, 0.2, -0.1]))
-    assert "over 3 sets" in describe_tests(tests)
+    assert tests["mean_abs_change"] == pytest.approx(0.25)
+    assert tests["control_mean_abs_change"] == pytest.approx(0.175)
+    assert tests["abs_change_minus_control_p"] == pytest.approx(brute_force_p([0.2, -0.05]))
+    assert "over 3 sets" in describe_tests(tests) and "random controls 0.175" in describe_tests(tests)
