@@ -77,8 +77,9 @@ def exact_match_lines(engine, name: str) -> list[str]:
     cell = {(r["set_task"], r["is_control"], r["eval_task"]): r["value"] for r in data}
     answered = sorted(t for t, b in base.items() if b > 0)
     silent = sorted(t for t, b in base.items() if b == 0)
-    lines = [f"**{name}** (n = {data[0]['n']} per task). Unmodified exact match is 0 on "
-             f"{', '.join(silent) or 'no task'}; those tasks are left out.", ""]
+    left_out = (f"Unmodified exact match is 0 on {', '.join(silent)}; left out." if silent else
+                "Unmodified exact match is above 0 on every task.")
+    lines = [f"**{name}** (n = {data[0]['n']} per task). {left_out}", ""]
     if not answered:
         return lines
     lines += ["| task | unmodified | own set inhibited | random control | mean change, other answered "
