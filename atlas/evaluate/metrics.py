@@ -15,8 +15,6 @@ from atlas.models.loading import LoadedModel
 from atlas.tasks.prompts import PromptFormat, build_messages, pick_demos
 from atlas.tasks.sni import Instance, Task
 
-METRICS = ("label_likelihood", "label_prob", "exact_match")
-
 
 @dataclass
 class Score:
@@ -134,8 +132,11 @@ def exact_match(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: lis
     return Score(sum(hits) / len(hits), len(hits))
 
 
+SCORERS = {"label_likelihood": label_likelihood, "label_prob": label_prob, "exact_match": exact_match}
+METRICS = tuple(SCORERS)
+
+
 def evaluate(metric: str, *args, **kwargs) -> Score:
-    scorers = {"label_likelihood": label_likelihood, "label_prob": label_prob, "exact_match": exact_match}
-    if metric in scorers:
-        return scorers[metric](*args, **kwargs)
+    if metric in SCORERS:
+        return SCORERS[metric](*args, **kwargs)
     raise AtlasError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")

@@ -187,8 +187,8 @@ def report_matrix(engine: Engine, model: str, method: str, factor: float, metric
         target = cell.get((s, False, s))
         others = [cell[(s, False, c)] for c in cols if c != s and cell.get((s, False, c)) is not None]
         ctrl_target = cell.get((s, True, s))
-        magnitude = [abs(v) for v in matrix[-2] if v is not None]
-        ctrl_magnitude = [abs(v) for v in matrix[-1] if v is not None]
+        magnitude = [abs(cell[(s, False, c)]) for c in cols if cell.get((s, False, c)) is not None]
+        ctrl_magnitude = [abs(cell[(s, True, c)]) for c in cols if cell.get((s, True, c)) is not None]
         summary.append({
             "set": s,
             "target_change": target,
