@@ -7,6 +7,7 @@ Usage: python experiments/write_results.py --db experiments/paper_tasks.duckdb [
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -36,11 +37,6 @@ def atlas(*args: str) -> str:
     return out.stdout
 
 
-def mean_offdiag(values: np.ndarray) -> float:
-    mask = ~np.eye(len(values), dtype=bool)
-    return float(values[mask].mean())
-
-
 def active_hours(engine, gap_minutes: float = 10.0) -> float:
     """Compute time from the stored timestamps: the sum of gaps between consecutive stored rows
     (run starts and ends, evaluations), leaving out gaps over ``gap_minutes`` (idle time between
@@ -55,6 +51,7 @@ def active_hours(engine, gap_minutes: float = 10.0) -> float:
     return float(gaps[gaps <= gap_minutes * 60].sum() / 3600)
 
 
+@functools.cache
 def chance_note(task: str, sni_dir: str | None) -> str:
     try:
         labels = load_task(task, sni_dir).labels
@@ -232,9 +229,10 @@ def main() -> None:
                 tests = report_tests(summary)
                 if idx:
                     positive = f"{sum(i > 0 for i in idx)}/{len(idx)}"
+                    index = tests["mean_specificity_index"]
                     diff, p = tests["mean_target_minus_control"], tests["target_minus_control_p"]
                     ctrl = "| | " if diff is None else f"| {diff:+.3f} | {p:.3f} "
-                    lines.append(f"| {name} | {metric} | {method} | {np.mean(idx):+.3f} | {positive} "
+                    lines.append(f"| {name} | {metric} | {method} | {index:+.3f} | {positive} "
                                  f"| {tests['specificity_p']:.3f} | {np.mean(own):+.3f} {ctrl}|")
     lines += ["", "## Do CGVST sets matter more than random neurons?", "",
               "Mean |relative change| over all nine evaluated tasks when a task's CGVST set is "
