@@ -23,11 +23,31 @@ from atlas.scoring.selection import parse_rule, select
 from atlas.store import repository as repo
 from atlas.store.runs import RunStore
 from atlas.tasks.prompts import Example, PromptFormat, scoring_examples
-from atlas.tasks.sni import Task, load_task
+from atlas.tasks.sni import Instance, Task, load_task
 from atlas.tasks.split import split_task, subsample
 from atlas.versions import library_versions
 
-LOSS_RULE = "mean cross-entropy over each example's targets; |.| per example, summed"
+# What each target rule predicts and how the loss reduces it (stored with every run).
+TARGET_RULES = {
+    "reference": {
+        "special_tokens": "the logits at every role-marker token (trailing whitespace included) "
+                          "predict the next token",
+        "loss": "mean CE of the turns before the last demonstration + mean CE of the last "
+                "demonstration and the query (an empty group left out); |.| per example, summed",
+        "rendering": "chat template with empty BOS/EOS strings, tokenized with special tokens",
+    },
+    "marker": {
+        "special_tokens": "every token of each user/assistant role marker in the template text",
+        "loss": "mean cross-entropy over each example's targets; |.| per example, summed",
+        "rendering": "chat template with the real BOS/EOS, tokenized without special tokens",
+    },
+}
+# --preset reference: everything the released code does (README, "Fidelity to the released code").
+PRESETS = {
+    "reference": {"shots": 5, "examples": None, "split": "file", "max_tokens": 1300,
+                  "demos_include_query": True, "join_outputs": True, "prompt_rule": "reference",
+                  "metric": "reference_em"},
+}
 
 
 @dataclass
@@ -46,6 +66,28 @@ class IngestOptions:
     force: bool = False
     skip_missing: bool = False
     sni_dir: str | None = None
+    split: str = "stratified"  # or "file": the released code's file-order halves
+    demos_include_query: bool = False  # the released code may pick the query as a demonstration
+    join_outputs: bool = False  # the released code answers with all gold outputs joined
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.examples is not None and self.examples < 1:
+            raise AtlasError(f"--examples must be at least 1 (got {self.examples}); "
+                             "leave it out to score the whole half")
+        if self.shots < 0:
+            raise AtlasError(f"--shots must be 0 or more (got {self.shots})")
+        if self.preset is not None:
+            apply_preset(self, self.preset)
+
+
+def apply_preset(options, name: str) -> None:
+    """Set every option that ``name`` fixes (on IngestOptions or AblateOptions)."""
+    if name not in PRESETS:
+        raise AtlasError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+    for key, value in PRESETS[name].items():
+        if hasattr(options, key):
+            setattr(options, key, value)
 
 
 @dataclass
@@ -63,10 +105,33 @@ class IngestResult:
 
 @dataclass
 class Prepared:
+    """One task's scoring queries and demonstration pool; examples are encoded per rule."""
+
     task: Task
-    examples: list[Example]
-    n_skipped: int
+    queries: list[Instance]
+    pool: list[Instance]
     split: dict
+    limit: int | None
+    options: IngestOptions
+    fmt: PromptFormat
+    _encoded: dict[str, tuple[list[Example], int]] = field(default_factory=dict)
+
+    def examples(self, rule: str) -> tuple[list[Example], int]:
+        """(kept examples, number skipped as too long) under a prompt rule."""
+        if rule not in self._encoded:
+            o = self.options
+            examples = scoring_examples(self.task, self.queries, self.fmt, o.shots, o.seed,
+                                        rule=rule, pool=self.pool,
+                                        demos_include_query=o.demos_include_query,
+                                        join_outputs=o.join_outputs)
+            kept = [ex for ex in examples if ex.encoded.targets
+                    and (not self.limit or len(ex.encoded.input_ids) <= self.limit)]
+            if examples and not kept:
+                raise AtlasError(
+                    f"every example of task '{self.task.name}' is longer than {self.limit} "
+                    "tokens; use fewer --shots or a larger --max-tokens")
+            self._encoded[rule] = (kept, len(examples) - len(kept))
+        return self._encoded[rule]
 
 
 class Reporter:
@@ -102,26 +167,25 @@ def load_tasks(names: list[str], options: IngestOptions, say: Callable[[str], No
 
 
 def _prepare(loaded: LoadedModel, fmt: PromptFormat, task: Task, options: IngestOptions) -> Prepared:
-    split = split_task(task, options.split_seed, options.score_fraction)
-    chosen = subsample(split.score, options.examples, options.seed)
-    examples = scoring_examples(task, chosen, fmt, options.shots, options.seed)
-    limit = options.max_tokens or loaded.max_positions
-    kept = [ex for ex in examples if ex.encoded.targets and (not limit or len(ex.encoded.input_ids) <= limit)]
-    if examples and not kept:
+    split = split_task(task, options.split_seed, options.score_fraction, options.split)
+    available = len(split.score) - (0 if options.demos_include_query else 1)
+    if options.shots > available:
         raise AtlasError(
-            f"every example of task '{task.name}' is longer than {limit} tokens; "
-            "use fewer --shots or a larger --max-tokens"
-        )
-    split_info = {"seed": split.seed, "fraction": options.score_fraction,
+            f"task '{task.name}' has {len(split.score)} scoring instances, too few for "
+            f"{options.shots} demonstrations per prompt; use --shots {max(available, 0)} or fewer")
+    queries = subsample(split.score, options.examples, options.seed)
+    split_info = {"rule": split.rule, "seed": split.seed, "fraction": options.score_fraction,
                   "stratified": split.stratified, "n_score": len(split.score),
                   "n_evaluate": len(split.evaluate)}
-    return Prepared(task, kept, len(examples) - len(kept), split_info)
+    limit = options.max_tokens or loaded.max_positions
+    return Prepared(task, queries, split.score, split_info, limit, options, fmt)
 
 
 def _identity(loaded: LoadedModel, method: Method, prep: Prepared, fmt: PromptFormat,
               options: IngestOptions) -> dict:
     if method.name == "random":
         return {"method": "random", "seed": options.seed, "seed_rule": "sha256(seed:task name)"}
+    rule = TARGET_RULES[method.rule]
     return {
         "method": method.name,
         "targets": method.targets,
@@ -131,10 +195,13 @@ def _identity(loaded: LoadedModel, method: Method, prep: Prepared, fmt: PromptFo
         "examples": options.examples,
         "max_tokens": options.max_tokens or loaded.max_positions,
         "split": prep.split,
+        "demos": {"pool": "whole scoring half", "include_query": options.demos_include_query},
+        "answer": "all outputs joined" if options.join_outputs else "first output",
         "data_hash": prep.task.data_hash,
-        "prompt": fmt.describe(),
-        "special_tokens": "every token of each user/assistant role marker in the template text",
-        "loss": LOSS_RULE,
+        "prompt": {**fmt.describe(), "rule": method.rule, "rendering": rule["rendering"]},
+        "special_tokens": "every token" if method.targets == "all" else rule["special_tokens"],
+        "loss": rule["loss"],
+        "preset": options.preset,
     }
 
 
@@ -152,6 +219,12 @@ class Ingestor:
         self.reporter = reporter or Reporter()
         self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
         runs.register_model(loaded)
+        gradient = any(get_method(m).reduction == "up_weight_grad" for m in options.methods)
+        if gradient and loaded.adapter.spec.centred_norm:
+            self.reporter.message(
+                f"warning: {loaded.adapter.family} feeds its MLP from a centring LayerNorm, so "
+                "Σ_j x[t, j] depends only on the norm's affine parameters; CGVST/GV scores of "
+                "this model say little about the neurons (see README, Method)")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -181,16 +254,16 @@ class Ingestor:
         if done and not self.options.force:
             self.reporter.message(f"{label}: reusing complete run {done.ref} (--force recomputes)")
             return IngestResult(prep.task.name, method.name, done.ref, "reused", done.n_examples,
-                                done.n_tokens, prep.n_skipped, 0.0, done.n_selected)
+                                done.n_tokens, done.n_skipped, 0.0, done.n_selected)
         params = {**identity, "rule": self.options.rule, "batch_size": self.options.batch_size,
                   "device": str(self.loaded.device), "versions": library_versions()}
         handle = self.runs.open_run(prep.task, method.name, params, key)
         started = time.perf_counter()
         try:
-            scores, n_examples, n_tokens, resumed = compute(handle)
+            scores, n_examples, n_tokens, n_skipped, resumed = compute(handle)
             mask = select(scores, self.options.rule)
             done = self.runs.complete(handle, prep.task, method.name, scores, mask,
-                                      self.options.rule, n_examples, n_tokens, prep.n_skipped)
+                                      self.options.rule, n_examples, n_tokens, n_skipped)
         except KeyboardInterrupt:
             raise
         except Exception as err:
@@ -198,19 +271,20 @@ class Ingestor:
             raise
         return IngestResult(prep.task.name, method.name, done.ref,
                             "resumed" if resumed else "computed", n_examples, n_tokens,
-                            prep.n_skipped, time.perf_counter() - started, done.n_selected)
+                            n_skipped, time.perf_counter() - started, done.n_selected)
 
     def _compute(self, prep: Prepared, method: Method, handle):
         if method.name == "random":
-            return random_scores(*self.shape, task_seed(self.options.seed, prep.task.name)), 0, 0, False
+            seed = task_seed(self.options.seed, prep.task.name)
+            return random_scores(*self.shape, seed), 0, 0, 0, False
+        examples, n_skipped = prep.examples(method.rule)
         ckpt = self.runs.load_checkpoint(handle, self.shape)
         resumed = ckpt is not None
         if resumed:
             self.reporter.message(f"{prep.task.short_name} · {method.name}: resuming run {handle} "
-                                  f"from example {ckpt.n_done} of {len(prep.examples)}")
+                                  f"from example {ckpt.n_done} of {len(examples)}")
         else:
             ckpt = repo.Checkpoint(self.options.checkpoint_every, 0, 0, torch.zeros(self.shape))
-        examples = prep.examples
         self.reporter.start(f"{prep.task.short_name} · {method.name}", len(examples))
         self.reporter.advance(ckpt.n_done, ckpt.n_tokens)
         tokenizer = self.loaded.tokenizer
@@ -220,7 +294,7 @@ class Ingestor:
                 chunk = examples[ckpt.n_done : ckpt.n_done + ckpt.chunk_size]
                 ids = [ex.encoded.input_ids for ex in chunk]
                 targets = [
-                    list(range(1, len(i))) if method.targets == "all" else ex.encoded.targets
+                    list(range(1, len(i))) if method.targets == "all" else ex.encoded.target_groups
                     for i, ex in zip(ids, chunk)
                 ]
                 ckpt.sums += reduce_neurons(
@@ -235,7 +309,7 @@ class Ingestor:
         finally:
             self.reporter.finish()
         scores = ckpt.sums / max(ckpt.n_tokens, 1) if method.per_token else ckpt.sums
-        return scores, ckpt.n_done, ckpt.n_tokens, resumed
+        return scores, ckpt.n_done, ckpt.n_tokens, n_skipped, resumed
 
     def _lape(self, prepared: list[Prepared]) -> list[IngestResult]:
         """LAPE needs every task's activation probabilities: ensure act_prob runs, then combine."""
@@ -254,5 +328,6 @@ class Ingestor:
             run = prob_runs[k]
             results.append(self._run_scored(
                 prep, method, identity,
-                lambda handle, k=k, run=run: (lape[k], run.n_examples, run.n_tokens, False)))
+                lambda handle, k=k, run=run: (lape[k], run.n_examples, run.n_tokens,
+                                              run.n_skipped, False)))
         return results

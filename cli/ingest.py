@@ -53,7 +53,17 @@ def ingest(
     task: list[str] = typer.Option(..., "--task", "-t",
                                    help="SNI task name or id, task file, or the preset 'paper'."),
     method: list[str] = typer.Option(["cgvst"], "--method",
-                                     help="cgvst, gv, grad_x_act, act_mean, act_prob, lape, random."),
+                                     help="cgvst, cgvst_marker, gv, grad_x_act, act_mean, act_prob, "
+                                          "lape, random."),
+    preset: str = typer.Option(None, help="'reference': everything as the paper's released code "
+                                          "(file-order split, whole half, 1300-token filter, "
+                                          "5 shots, demonstrations from the whole half)."),
+    split: str = typer.Option("stratified", help="stratified (seeded, per label) or file "
+                                                 "(first half of the file scores)."),
+    demos_include_query: bool = typer.Option(False, help="Let a query be its own demonstration "
+                                                         "(as the released code may)."),
+    join_outputs: bool = typer.Option(False, help="Answer with all gold outputs joined "
+                                                  "(released code) instead of the first."),
     shots: int = typer.Option(5, help="Demonstrations per prompt."),
     examples: int = typer.Option(None, help="Scoring examples per task (default: the whole half)."),
     seed: int = typer.Option(0, help="Seed for demonstrations, subsampling and random scores."),
@@ -82,8 +92,14 @@ def ingest(
         methods=method, shots=shots, examples=examples, seed=seed, split_seed=split_seed,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_tokens=max_tokens,
         checkpoint_every=checkpoint_every, rule=rule, force=force, skip_missing=skip_missing,
-        sni_dir=sni_dir,
+        sni_dir=sni_dir, split=split, demos_include_query=demos_include_query,
+        join_outputs=join_outputs, preset=preset,
     )
+    if preset:
+        console.print(f"preset {preset}: shots {options.shots}, split {options.split}, "
+                      f"max tokens {options.max_tokens}, examples "
+                      f"{options.examples or 'whole half'}, demonstrations from the whole half"
+                      f"{' (query included)' if options.demos_include_query else ''}")
     tasks = load_tasks(expand_task_names(task),
                        options, lambda text: err_console.print(f"[yellow]warning:[/] {text}"))
     if backend == "ray":

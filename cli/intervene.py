@@ -35,10 +35,15 @@ class SpinnerReporter(Reporter):
 def _experiment(tasks: list[str], model: str, set_name: str | None, method: str, factor: float,
                 eval_task: list[str], examples: int, metric: str, shots: int, seed: int,
                 control_seed: int, batch_size: int, device: str, dtype: str, sni_dir: str | None,
-                db: str | None, control: bool = True) -> None:
+                db: str | None, control: bool = True, preset: str | None = None,
+                split: str = "stratified") -> None:
     options = AblateOptions(factor=factor, metric=metric, examples=examples, shots=shots, seed=seed,
                             control_seed=control_seed, batch_size=batch_size, control=control,
-                            eval_tasks=eval_task or ["all"], sni_dir=sni_dir)
+                            eval_tasks=eval_task or ["all"], sni_dir=sni_dir, split=split,
+                            preset=preset)
+    if preset:
+        console.print(f"preset {preset}: metric {options.metric}, shots {options.shots}, split "
+                      f"{options.split}, whole evaluation half, released prompts")
     engine = open_db(db)
     try:
         targets = [find_set(engine, display_name(model), task=t, method=method, name=set_name)
@@ -67,7 +72,11 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                     ["all"], "--eval-task", help="Tasks to evaluate ('all': every task with a set)."),
                 examples: int = typer.Option(50, help="Held-out examples per evaluation task."),
                 metric: str = typer.Option("label_likelihood",
-                                           help="label_likelihood, label_prob or exact_match."),
+                                           help="label_likelihood, label_prob, exact_match or "
+                                                "reference_em."),
+                preset: str = typer.Option(None, help="'reference': evaluate as the released "
+                                                      "code (see README)."),
+                split: str = typer.Option("stratified", help="stratified or file."),
                 shots: int = typer.Option(5), seed: int = typer.Option(0),
                 control_seed: int = typer.Option(0, help="Seed of the random control set."),
                 control: bool = typer.Option(True, help="Also evaluate a random control set."),
@@ -77,7 +86,7 @@ def _intervention_command(name: str, default_factor: float, doc: str):
         if not task and not set_name:
             raise typer.BadParameter("give --task or --set")
         _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
-                    control_seed, batch_size, device, dtype, sni_dir, db, control)
+                    control_seed, batch_size, device, dtype, sni_dir, db, control, preset, split)
 
     command.__name__, command.__doc__ = name, doc
     return command

@@ -55,7 +55,8 @@ class ShardRuns:
         if not (folder / "meta.json").is_file():
             return None
         meta = json.loads((folder / "meta.json").read_text())
-        return Completed(str(folder), meta["n_examples"], meta["n_tokens"], meta["n_selected"])
+        return Completed(str(folder), meta["n_examples"], meta["n_tokens"], meta["n_selected"],
+                         meta.get("n_skipped", 0))
 
     def open_run(self, task: Task, method: str, params: dict, key: str) -> str:
         folder = self.folder(task, method, key)
@@ -100,7 +101,7 @@ class ShardRuns:
                 "n_selected": int(mask.sum()), "finished_at": time.time()}
         _atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta)))
         (folder / "checkpoint.npz").unlink(missing_ok=True)
-        return Completed(str(folder), n_examples, n_tokens, int(mask.sum()))
+        return Completed(str(folder), n_examples, n_tokens, int(mask.sum()), n_skipped)
 
     def fail(self, handle: str, error: str) -> None:
         (Path(handle) / "error.txt").write_text(error)

@@ -1,5 +1,9 @@
-"""Task accuracy on held-out examples: label likelihood (accuracy and gold-label probability) and
-exact match (greedy generation)."""
+"""Task accuracy on held-out examples: label likelihood (accuracy and gold-label probability),
+exact match (greedy generation) and the released code's exact match (``reference_em``).
+
+Every scorer takes the prompt recipe as keywords: ``rule`` (``marker``: real BOS/EOS, as atlas's
+evaluation always did; ``reference``: empty BOS/EOS and the tokenizer's special tokens),
+``demos_include_query`` and ``join_outputs`` (see :func:`atlas.tasks.build_messages`)."""
 
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ class Score:
 
 
 def prompt_ids(fmt: PromptFormat, task: Task, query: Instance, pool: list[Instance], shots: int,
-               seed: int) -> list[int]:
-    demos = pick_demos(pool, query, shots, seed)
-    text = fmt.render(build_messages(task.definition, demos, query, with_answer=False),
-                      add_generation_prompt=True)
-    return fmt.tokenizer(text, add_special_tokens=False)["input_ids"]
+               seed: int, rule: str = "marker", demos_include_query: bool = False,
+               join_outputs: bool = False) -> list[int]:
+    demos = pick_demos(pool, query, shots, seed, demos_include_query)
+    messages = build_messages(task.definition, demos, query, False, join_outputs)
+    text = fmt.render_text(messages, rule, add_generation_prompt=True)
+    return fmt.tokenize(text, rule)["input_ids"]
 
 
 def continuation_logprobs(model, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
@@ -64,7 +69,8 @@ def continuation_logprobs(model, prompt: list[int], continuations: list[list[int
 
 
 def label_scores(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
-                 pool: list[Instance], shots: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 pool: list[Instance], shots: int, seed: int, **recipe
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ log p(label | prompt) of every label for every query: [n_queries, n_labels], and the
     gold label's index: [n_queries]."""
     labels = task.labels
@@ -74,25 +80,27 @@ def label_scores(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: li
     label_ids = [tok(label, add_special_tokens=False)["input_ids"] for label in labels]
     gold, rows = [], []
     for query in queries:
-        prompt = prompt_ids(fmt, task, query, pool, shots, seed)
+        prompt = prompt_ids(fmt, task, query, pool, shots, seed, **recipe)
         rows.append(continuation_logprobs(loaded.model, prompt, label_ids))
         gold.append(labels.index(query.output))
     return torch.stack(rows), torch.tensor(gold)
 
 
 def label_likelihood(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
-                     pool: list[Instance], shots: int, seed: int, batch_size: int = 8) -> Score:
+                     pool: list[Instance], shots: int, seed: int, batch_size: int = 8,
+                     **recipe) -> Score:
     """Accuracy when the label with the highest log-probability after the prompt is the answer."""
-    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed)
+    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed, **recipe)
     correct = (scores.argmax(1) == gold).float()
     return Score(float(correct.mean()), len(queries))
 
 
 def label_prob(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
-               pool: list[Instance], shots: int, seed: int, batch_size: int = 8) -> Score:
+               pool: list[Instance], shots: int, seed: int, batch_size: int = 8,
+               **recipe) -> Score:
     """Mean probability of the gold label, normalised over the task's labels: a continuous
     version of label_likelihood that still moves when accuracy sits at chance."""
-    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed)
+    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed, **recipe)
     probs = torch.softmax(scores.double(), dim=1)  # [n_queries, n_labels]
     return Score(float(probs[torch.arange(len(gold)), gold].mean()), len(queries))
 
@@ -104,17 +112,14 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
-                pool: list[Instance], shots: int, seed: int, batch_size: int = 8) -> Score:
-    """Greedy generation; correct when the normalised answer equals a normalised gold output."""
+def greedy_answers(loaded: LoadedModel, prompts: list[list[int]], max_new: int,
+                   batch_size: int = 8) -> list[list[int]]:
+    """Greedy continuations (token ids, up to ``max_new``) of each prompt, batched by length
+    with left padding."""
     tok = loaded.tokenizer
-    device = loaded.device
-    max_new = max(len(tok(o, add_special_tokens=False)["input_ids"])
-                  for q in queries for o in q.outputs) + 2
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    prompts = [prompt_ids(fmt, task, q, pool, shots, seed) for q in queries]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: dict[int, str] = {}
+    answers: dict[int, list[int]] = {}
     for start in range(0, len(order), batch_size):
         group = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in group)
@@ -124,15 +129,52 @@ def exact_match(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: lis
             ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             mask[row, width - len(prompts[i]) :] = 1
         with torch.no_grad():
-            out = loaded.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+            out = loaded.model.generate(input_ids=ids.to(loaded.device),
+                                        attention_mask=mask.to(loaded.device),
                                         max_new_tokens=max_new, do_sample=False, pad_token_id=pad)
         for row, i in enumerate(group):
-            answers[i] = tok.decode(out[row, width:], skip_special_tokens=True)
-    hits = [normalise(answers[k]) in {normalise(o) for o in q.outputs} for k, q in enumerate(queries)]
+            answers[i] = out[row, width:].tolist()
+    return [answers[i] for i in range(len(prompts))]
+
+
+def exact_match(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
+                pool: list[Instance], shots: int, seed: int, batch_size: int = 8,
+                **recipe) -> Score:
+    """Greedy generation; correct when the normalised answer equals a normalised gold output."""
+    tok = loaded.tokenizer
+    max_new = max(len(tok(o, add_special_tokens=False)["input_ids"])
+                  for q in queries for o in q.outputs) + 2
+    prompts = [prompt_ids(fmt, task, q, pool, shots, seed, **recipe) for q in queries]
+    answers = [tok.decode(a, skip_special_tokens=True)
+               for a in greedy_answers(loaded, prompts, max_new, batch_size)]
+    hits = [normalise(a) in {normalise(o) for o in q.outputs} for a, q in zip(answers, queries)]
     return Score(sum(hits) / len(hits), len(hits))
 
 
-SCORERS = {"label_likelihood": label_likelihood, "label_prob": label_prob, "exact_match": exact_match}
+REFERENCE_NEW_TOKENS = 20
+
+
+def reference_em(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
+                 pool: list[Instance], shots: int, seed: int, batch_size: int = 8,
+                 **recipe) -> Score:
+    """The released code's evaluation: greedy, 20 new tokens, stopped at the end-of-sequence
+    token or at the user marker (``[INST]``), correct when ``answer.strip().lower()`` equals the
+    gold outputs joined, lower-cased."""
+    tok = loaded.tokenizer
+    prompts = [prompt_ids(fmt, task, q, pool, shots, seed, **recipe) for q in queries]
+    stop_ids = {i for i in (tok.eos_token_id, getattr(loaded.model.generation_config,
+                                                       "eos_token_id", None))
+                if isinstance(i, int)}
+    hits = []
+    for ids, query in zip(greedy_answers(loaded, prompts, REFERENCE_NEW_TOKENS, batch_size), queries):
+        cut = next((k for k, t in enumerate(ids) if t in stop_ids), len(ids))
+        text = tok.decode(ids[:cut], skip_special_tokens=True).split(fmt.markers["user"])[0]
+        hits.append(text.strip().lower() == "".join(query.outputs).lower())
+    return Score(sum(hits) / len(hits), len(hits))
+
+
+SCORERS = {"label_likelihood": label_likelihood, "label_prob": label_prob,
+           "exact_match": exact_match, "reference_em": reference_em}
 METRICS = tuple(SCORERS)
 
 

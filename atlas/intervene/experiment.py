@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
 from atlas.evaluate.metrics import METRICS, evaluate
-from atlas.ingest import Reporter
+from atlas.ingest import Reporter, apply_preset
 from atlas.intervene.spec import Intervention, apply, random_control
 from atlas.models.loading import LoadedModel
 from atlas.query.core import rows
@@ -38,6 +38,24 @@ class AblateOptions:
     control: bool = True
     eval_tasks: list[str] = field(default_factory=lambda: ["all"])
     sni_dir: str | None = None
+    split: str = "stratified"
+    prompt_rule: str = "marker"  # evaluation prompts: real BOS/EOS; "reference" as released
+    demos_include_query: bool = False
+    join_outputs: bool = False
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.examples is not None and self.examples < 1:
+            raise AtlasError(f"--examples must be at least 1 (got {self.examples})")
+        if self.shots < 0:
+            raise AtlasError(f"--shots must be 0 or more (got {self.shots})")
+        if self.preset is not None:
+            apply_preset(self, self.preset)
+
+    @property
+    def recipe(self) -> dict:
+        return {"rule": self.prompt_rule, "demos_include_query": self.demos_include_query,
+                "join_outputs": self.join_outputs}
 
 
 def find_set(engine: Engine, model: str, *, task: str | None = None, method: str = "cgvst",
@@ -91,7 +109,7 @@ class Experiment:
         o = self.options
         params = {"metric": o.metric, "shots": o.shots, "seed": o.seed, "split_seed": o.split_seed,
                   "examples": o.examples, "data_hash": task.data_hash, "prompt": self.fmt.describe(),
-                  "split": "evaluation half"}
+                  "split": f"evaluation half ({o.split})", **o.recipe, "preset": o.preset}
         return params, hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
 
     def _cached(self, conn, task_id: int, set_id: int | None, factor: float, control: bool,
@@ -115,14 +133,14 @@ class Experiment:
             hit = self._cached(conn, task_id, set_id, factor, control, key)
         if hit:
             return hit["value"], hit["n"], True
-        split = split_task(task, self.options.split_seed)
+        split = split_task(task, self.options.split_seed, rule=self.options.split)
         queries = subsample(split.evaluate, self.options.examples, self.options.seed)
         label = f"{task.short_name} · {spec.label if spec else 'unmodified'}"
         self.reporter.start(label, 1)
         with apply(self.loaded.model, spec) if spec else nullcontext():
             score = evaluate(self.options.metric, self.loaded, self.fmt, task, queries,
                              split.evaluate, self.options.shots, self.options.seed,
-                             batch_size=self.options.batch_size)
+                             batch_size=self.options.batch_size, **self.options.recipe)
         self.reporter.advance(1, 0)
         self.reporter.finish()
         with self.engine.begin() as conn:

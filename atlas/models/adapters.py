@@ -6,7 +6,9 @@ A neuron is one channel of an MLP's intermediate activation, the input of the do
 - ``layers``: the ModuleList of transformer blocks,
 - ``up``: the MLP's up (first) projection inside a block, whose weight CGVST differentiates,
 - ``down``: the down projection inside a block; its input is the activation site,
-- ``up_part``: which slice of the up projection's output is ``up(x)`` (phi3 fuses gate and up).
+- ``up_part``: which slice of the up projection's output is ``up(x)`` (phi3 fuses gate and up),
+- ``centred_norm``: the MLP's input comes from a centring LayerNorm, so ``Σ_j x[t, j]`` depends
+  only on the norm's affine parameters (exactly 0 untrained) and CGVST is degenerate.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class ArchSpec:
     up: str
     down: str
     up_part: Literal["all", "second_half"] = "all"
+    centred_norm: bool = False
 
 
 _GATED = ArchSpec(layers="model.layers", up="mlp.up_proj", down="mlp.down_proj")
@@ -39,8 +42,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma2": _GATED,
     "gemma3_text": _GATED,
     "phi3": ArchSpec("model.layers", "mlp.gate_up_proj", "mlp.down_proj", "second_half"),
-    "gpt2": ArchSpec("transformer.h", "mlp.c_fc", "mlp.c_proj"),
-    "gpt_neox": ArchSpec("gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+    "gpt2": ArchSpec("transformer.h", "mlp.c_fc", "mlp.c_proj", centred_norm=True),
+    "gpt_neox": ArchSpec("gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
+                         centred_norm=True),
 }
 
 

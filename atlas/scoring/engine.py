@@ -26,21 +26,35 @@ from atlas.errors import AtlasError
 from atlas.models.adapters import Adapter, adapter_for, context_length
 
 REDUCTIONS = ("up_weight_grad", "grad_x_act", "act_abs_sum", "act_pos_count")
+# On a CPU, padded batches beyond about a thousand tokens run slower per token (measured with
+# bench/scoring_throughput.py), so CPU batches are capped there unless a budget is given.
+CPU_BATCH_TOKENS = 1024
 GRADIENT_REDUCTIONS = ("up_weight_grad", "grad_x_act")
+
+
+Groups = list[list[int]]  # one example's loss groups of positions t predicted from t − 1
+Targets = Sequence[int] | Sequence[Sequence[int]]  # positions (one group) or groups
+
+
+def as_groups(targets: Targets) -> Groups:
+    """One example's targets as loss groups: a flat list of positions is one group."""
+    if targets and all(isinstance(t, int) for t in targets):
+        return [list(targets)]
+    return [list(g) for g in targets]
 
 
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [batch, pos]
     attention_mask: torch.Tensor  # [batch, pos]
-    targets: list[list[int]]  # per example, positions t predicted from t-1
+    targets: list[Groups]  # per example, loss groups of positions t predicted from t-1
     n_tokens: int
     indices: list[int]  # positions of the batch's examples in the input list
 
 
 def make_batches(
     input_ids: Sequence[Sequence[int]],
-    targets: Sequence[Sequence[int]],
+    targets: Sequence[Targets],
     batch_size: int,
     pad_id: int = 0,
     max_batch_tokens: int | None = None,
@@ -66,19 +80,21 @@ def make_batches(
             ids[row, : len(input_ids[i])] = torch.tensor(list(input_ids[i]), dtype=torch.long)
             mask[row, : len(input_ids[i])] = 1
         batches.append(
-            Batch(ids, mask, [list(targets[i]) for i in group],
+            Batch(ids, mask, [as_groups(targets[i]) for i in group],
                   sum(len(input_ids[i]) for i in group), group)
         )
     return batches
 
 
-def _check_targets(input_ids: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> None:
+def _check_targets(input_ids: Sequence[Sequence[int]], targets: Sequence[Targets]) -> None:
     if len(input_ids) != len(targets):
         raise AtlasError(f"{len(input_ids)} inputs but {len(targets)} target lists; give one each")
     for i, (ids, tgt) in enumerate(zip(input_ids, targets)):
-        if not tgt:
-            raise AtlasError(f"example {i} has no target positions; every example needs one")
-        if min(tgt) < 1 or max(tgt) >= len(ids):
+        groups = as_groups(tgt)
+        if not groups or not all(groups):
+            raise AtlasError(f"example {i} has an empty target group; every group needs a position")
+        flat = [t for g in groups for t in g]
+        if min(flat) < 1 or max(flat) >= len(ids):
             raise AtlasError(f"example {i}: target positions must lie in 1..{len(ids) - 1}")
 
 
@@ -93,23 +109,37 @@ def _check_context(model: nn.Module, input_ids: Sequence[Sequence[int]]) -> None
 
 
 def example_losses(model: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """Mean cross-entropy over each example's targets: [batch]. Logits only where needed."""
-    keep = sorted({t - 1 for tgt in batch.targets for t in tgt})
-    column = {p: k for k, p in enumerate(keep)}
+    """Each example's loss, Σ over its groups of the mean cross-entropy over the group: [batch].
+
+    Logits are computed only for each example's own target positions: a pre-hook on the output
+    head gathers those (row, position) pairs from the hidden states, so a batch costs one head
+    row per target, not the union of every example's positions on every row."""
+    rows, positions, weights = [], [], []
+    for row, groups in enumerate(batch.targets):
+        for group in groups:
+            rows += [row] * len(group)
+            positions += [t - 1 for t in group]  # logits at t − 1 predict token t
+            weights += [1.0 / len(group)] * len(group)
     ids = batch.input_ids.to(device)
-    out = model(
-        input_ids=ids,
-        attention_mask=batch.attention_mask.to(device),
-        logits_to_keep=torch.tensor(keep, device=device),
-        use_cache=False,
-    )
-    logits = out.logits  # [batch, len(keep), vocab]
-    losses = []
-    for row, tgt in enumerate(batch.targets):
-        cols = torch.tensor([column[t - 1] for t in tgt], device=logits.device)
-        labels = ids[row, torch.tensor(tgt, device=device)].to(logits.device)
-        losses.append(F.cross_entropy(logits[row, cols].float(), labels))
-    return torch.stack(losses)
+    row_idx = torch.tensor(rows, device=device)
+    pos_idx = torch.tensor(positions, device=device)
+
+    def gather(module, args):
+        hidden = args[0]  # [batch, pos, d_model]
+        picked = hidden[row_idx.to(hidden.device), pos_idx.to(hidden.device)]  # [n_targets, d_model]
+        return (picked[None], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device),
+                       logits_to_keep=0, use_cache=False).logits[0]  # [n_targets, vocab]
+    finally:
+        handle.remove()
+    labels = ids[row_idx, pos_idx + 1].to(logits.device)
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [n_targets]
+    weighted = ce * torch.tensor(weights, device=ce.device)
+    return torch.zeros(len(batch.targets), device=ce.device).index_add(
+        0, row_idx.to(ce.device), weighted)
 
 
 class _Probe:
@@ -215,7 +245,7 @@ def model_device(model: nn.Module) -> torch.device:
 def reduce_neurons(
     model: nn.Module,
     input_ids: Sequence[Sequence[int]],
-    targets: Sequence[Sequence[int]],
+    targets: Sequence[Targets],
     *,
     reduction: str,
     batch_size: int = 8,
@@ -233,40 +263,45 @@ def reduce_neurons(
     _check_context(model, input_ids)
     adapter = adapter_for(model)
     device = model_device(model)
+    if max_batch_tokens is None and device.type == "cpu":
+        max_batch_tokens = CPU_BATCH_TOKENS
     gradient = reduction in GRADIENT_REDUCTIONS
     was_training = model.training
     model.eval()
-    with _frozen(model), _Probe(adapter, reduction) as probe:
-        for batch in make_batches(input_ids, targets, batch_size, pad_id, max_batch_tokens):
-            probe.set_mask(batch.attention_mask.to(device))
-            if gradient:
-                with torch.enable_grad():
-                    example_losses(model, batch, device).sum().backward()
-            else:
-                with torch.no_grad():
-                    model(
-                        input_ids=batch.input_ids.to(device),
-                        attention_mask=batch.attention_mask.to(device),
-                        logits_to_keep=1,
-                        use_cache=False,
-                    )
-            if on_batch is not None:
-                on_batch(len(batch.targets), batch.n_tokens)
-    model.train(was_training)
+    try:
+        with _frozen(model), _Probe(adapter, reduction) as probe:
+            for batch in make_batches(input_ids, targets, batch_size, pad_id, max_batch_tokens):
+                probe.set_mask(batch.attention_mask.to(device))
+                if gradient:
+                    with torch.enable_grad():
+                        example_losses(model, batch, device).sum().backward()
+                else:
+                    with torch.no_grad():
+                        model(
+                            input_ids=batch.input_ids.to(device),
+                            attention_mask=batch.attention_mask.to(device),
+                            logits_to_keep=1,
+                            use_cache=False,
+                        )
+                if on_batch is not None:
+                    on_batch(len(batch.targets), batch.n_tokens)
+    finally:
+        model.train(was_training)
     return probe.result()
 
 
 def cgvst(
     model: nn.Module,
     input_ids: Sequence[Sequence[int]],
-    targets: Sequence[Sequence[int]],
+    targets: Sequence[Targets],
     *,
     batch_size: int = 8,
 ) -> torch.Tensor:
     """CGVST scores ``Σ_i |Σ_j ∂L_i/∂W_up[l][n, j]|``: float32 CPU tensor [n_layers, d_mlp].
 
-    ``targets[i]`` lists the positions t (1 ≤ t < len) whose token is predicted from t−1;
-    ``L_i`` is the mean cross-entropy over example i's targets. No weight gradient is computed.
+    ``targets[i]`` lists the positions t (1 ≤ t < len) whose token is predicted from t−1, or a
+    list of such groups; ``L_i = Σ_g mean over g of the cross-entropy`` (one group: the mean).
+    No weight gradient is computed.
     """
     return reduce_neurons(
         model, input_ids, targets, reduction="up_weight_grad", batch_size=batch_size

@@ -1,8 +1,12 @@
 """Named scoring methods: what each targets, how it reduces, how sums become scores.
 
-``cgvst``       CGVST: up-weight gradient variation, targets = role-marker (special) tokens
-``gv``          the same gradient score with every token as a target (all-tokens variant)
-``grad_x_act``  attribution ``|Σ_t a·∂L/∂a|`` at the activation site, special-token targets
+``cgvst``         CGVST as the paper's released code computes it: up-weight gradient variation,
+                  the logits at every role-marker token predicting the next token, loss =
+                  mean(earlier turns) + mean(last demonstration and query)
+``cgvst_marker``  the same gradient score predicting the marker tokens themselves, one mean,
+                  prompts with the real BOS/EOS (atlas's first reading of the method)
+``gv``            the same gradient score with every token as a target (all-tokens variant)
+``grad_x_act``    attribution ``|Σ_t a·∂L/∂a|`` at the activation site, cgvst's targets and loss
 ``act_mean``    mean |activation| over all tokens
 ``act_prob``    probability that the activation is > 0, over all tokens (LAPE's input)
 ``lape``        activation-probability entropy across a set of tasks (see :func:`lape_scores`)
@@ -23,18 +27,24 @@ from atlas.errors import AtlasError
 class Method:
     name: str
     reduction: str | None  # engine reduction; None for methods computed without a model pass
-    targets: str | None  # "special" | "all" | None (forward-only methods read every token)
+    targets: str | None  # "reference" | "marker" | "all" | None (forward-only: every token)
     per_token: bool = False  # divide the sums by the number of tokens
 
     @property
     def needs_grad(self) -> bool:
         return self.targets is not None
 
+    @property
+    def rule(self) -> str:
+        """The prompt rule (rendering and special tokens) of the method's examples."""
+        return "marker" if self.targets == "marker" else "reference"
+
 
 METHODS: dict[str, Method] = {
-    "cgvst": Method("cgvst", "up_weight_grad", "special"),
+    "cgvst": Method("cgvst", "up_weight_grad", "reference"),
+    "cgvst_marker": Method("cgvst_marker", "up_weight_grad", "marker"),
     "gv": Method("gv", "up_weight_grad", "all"),
-    "grad_x_act": Method("grad_x_act", "grad_x_act", "special"),
+    "grad_x_act": Method("grad_x_act", "grad_x_act", "reference"),
     "act_mean": Method("act_mean", "act_abs_sum", None, per_token=True),
     "act_prob": Method("act_prob", "act_pos_count", None, per_token=True),
     "lape": Method("lape", None, None),

@@ -100,17 +100,18 @@ class RunRow:
     status: str
     n_examples: int
     n_tokens: int
+    n_skipped: int | None = None
 
 
 def find_run(conn: Connection, model_id: int, task_id: int, method: str, key: str,
              status: tuple[str, ...]) -> RunRow | None:
     row = conn.execute(
-        text("SELECT run_id, status, n_examples, n_tokens FROM runs WHERE model_id = :m "
+        text("SELECT run_id, status, n_examples, n_tokens, n_skipped FROM runs WHERE model_id = :m "
              "AND task_id = :t AND method = :method AND params_key = :key "
              "AND list_contains(:status, status) ORDER BY run_id DESC LIMIT 1"),
         {"m": model_id, "t": task_id, "method": method, "key": key, "status": list(status)},
     ).first()
-    return RunRow(row.run_id, row.status, row.n_examples, row.n_tokens) if row else None
+    return RunRow(row.run_id, row.status, row.n_examples, row.n_tokens, row.n_skipped) if row else None
 
 
 def start_run(conn: Connection, model_id: int, task_id: int, method: str,

@@ -24,6 +24,7 @@ class Completed:
     n_examples: int
     n_tokens: int
     n_selected: int
+    n_skipped: int = 0
 
 
 class RunStore(Protocol):
@@ -73,7 +74,8 @@ class DatabaseRuns:
                 return None
             size = conn.execute(text("SELECT coalesce(max(size), 0) FROM neuron_sets "
                                      "WHERE run_id = :r"), {"r": done.run_id}).scalar_one()
-        return Completed(done.run_id, done.n_examples, done.n_tokens, int(size))
+        return Completed(done.run_id, done.n_examples, done.n_tokens, int(size),
+                         done.n_skipped or 0)
 
     def open_run(self, task: Task, method: str, params: dict, key: str) -> int:
         task_id = self.task_id(task)
@@ -115,7 +117,7 @@ class DatabaseRuns:
             repo.write_set(conn, name, self.model_id, task_id, run_id, rule, mask, method)
             repo.complete_run(conn, run_id, n_examples=n_examples, n_tokens=n_tokens,
                               n_skipped=n_skipped)
-        return Completed(run_id, n_examples, n_tokens, int(mask.sum()))
+        return Completed(run_id, n_examples, n_tokens, int(mask.sum()), n_skipped)
 
     def fail(self, run_id: int, error: str) -> None:
         with self.engine.begin() as conn:

@@ -1,13 +1,25 @@
-"""Few-shot conversations, chat-template rendering and the special-token (role-marker) rule.
+"""Few-shot conversations, chat-template rendering and the special-token rules.
 
 A scoring example is the paper's k-shot conversation: system = the task Definition, k
 demonstrations (user = input, assistant = output), then the query with its gold answer.
 
-Special tokens are found by rendering, never by hard-coded ids. A probe conversation with
-sentinel contents is rendered with empty BOS/EOS strings; the template text that opens the
-second user message and the second assistant message gives the user and assistant
-*role markers* (``<|im_start|>user``, ``[INST]``, ``[/INST]`` ...). Every token of every
-occurrence of a marker in the template text of a rendered prompt is a target.
+Role markers are found by rendering, never by hard-coded ids: a probe conversation is rendered
+with empty BOS/EOS strings; the template text that opens the second user message and the second
+assistant message gives the user and assistant markers (``<|im_start|>user``, ``[INST]``,
+``[/INST]`` ...). A marker's *tokens* are the tokens of that text up to the message's content
+(its trailing whitespace included: ``<|im_start|>user\n``); every tokenization of them that the
+probe shows is matched in token ids, as the released code matches its hard-coded ids.
+
+Two target rules (``token t is predicted from the logits at t − 1``):
+
+``reference``  the released code's rule. Prompts are rendered with empty BOS/EOS strings and
+               tokenized with the tokenizer's own special tokens (one BOS). The logits *at* every
+               marker token predict the next token, so the targets are the marker's later tokens
+               and the first token of each message (the gold answer's included). Two groups: the
+               last demonstration and the query form the second, everything before the first
+               (exactly the released 28/14 split on Llama-2-chat with 5 shots); the loss is the
+               sum of the groups' mean cross-entropies, an empty group left out.
+``marker``     the marker tokens themselves, one group, on prompts rendered with the real BOS/EOS.
 """
 
 from __future__ import annotations
@@ -25,26 +37,42 @@ BUILTIN_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}### Assistant:\n{% endif %}"
 )
 _SENTINELS = ("\x01U1\x01", "\x01A1\x01", "\x01U2\x01", "\x01A2\x01")
+# Natural contents for finding marker tokens in context (a sentinel byte would split them off).
+_PROBE = ("Probe definition.", "First question", "First answer", "Second question",
+          "Second answer", "Third question", "Third answer")
+RULES = ("reference", "marker")
+# With the reference rule, the markers of the last demonstration and of the query (user and
+# assistant each) form the second loss group.
+_LAST_GROUP_MARKERS = 4
 
 
 def build_messages(
-    definition: str, demos: list[Instance], query: Instance, with_answer: bool
+    definition: str, demos: list[Instance], query: Instance, with_answer: bool,
+    join_outputs: bool = False,
 ) -> list[dict[str, str]]:
+    """The k-shot conversation. ``join_outputs`` answers with all gold outputs joined (as the
+    released code does); by default the first output is the answer."""
+
+    def answer(inst: Instance) -> str:
+        return "".join(inst.outputs) if join_outputs else inst.output
+
     messages = [{"role": "system", "content": definition}] if definition else []
     for demo in demos:
         messages += [
             {"role": "user", "content": demo.input},
-            {"role": "assistant", "content": demo.output},
+            {"role": "assistant", "content": answer(demo)},
         ]
     messages.append({"role": "user", "content": query.input})
     if with_answer:
-        messages.append({"role": "assistant", "content": query.output})
+        messages.append({"role": "assistant", "content": answer(query)})
     return messages
 
 
-def pick_demos(pool: list[Instance], query: Instance, shots: int, seed: int) -> list[Instance]:
-    """``shots`` demonstrations from ``pool``, never the query itself; seeded per query."""
-    candidates = [inst for inst in pool if inst.id != query.id]
+def pick_demos(pool: list[Instance], query: Instance, shots: int, seed: int,
+               include_query: bool = False) -> list[Instance]:
+    """``shots`` demonstrations from ``pool``, seeded per query. The query itself is never one
+    unless ``include_query`` (the released code samples from the whole half, query included)."""
+    candidates = list(pool) if include_query else [inst for inst in pool if inst.id != query.id]
     rng = random.Random(f"{seed}:{query.id}")
     return rng.sample(candidates, min(shots, len(candidates)))
 
@@ -52,8 +80,21 @@ def pick_demos(pool: list[Instance], query: Instance, shots: int, seed: int) -> 
 @dataclass
 class Encoded:
     input_ids: list[int]
-    targets: list[int]  # special-token positions (≥ 1)
+    target_groups: list[list[int]]  # positions t (≥ 1) predicted from t − 1, per loss group
     answer_start: int  # first token position of the final assistant content (or len)
+
+    @property
+    def targets(self) -> list[int]:
+        return sorted(t for group in self.target_groups for t in group)
+
+
+@dataclass(frozen=True)
+class MarkerTokens:
+    """One tokenization of a role marker: its ids, of which the first ``n_core`` cover the
+    marker text and the rest its trailing whitespace."""
+
+    ids: tuple[int, ...]
+    n_core: int
 
 
 @dataclass
@@ -65,6 +106,7 @@ class PromptFormat:
     template_name: str = "model"
     system_in_user: bool = False
     markers: dict[str, str] = field(default_factory=dict)
+    marker_tokens: list[MarkerTokens] = field(default_factory=list)
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> PromptFormat:
@@ -72,6 +114,7 @@ class PromptFormat:
         fmt = cls(tokenizer, None if own else BUILTIN_TEMPLATE, "model" if own else "builtin")
         fmt.system_in_user = not fmt._accepts_system()
         fmt.markers = fmt._find_markers()
+        fmt.marker_tokens = fmt._find_marker_tokens()
         return fmt
 
     @property
@@ -85,6 +128,7 @@ class PromptFormat:
             "template_hash": self.template_hash,
             "system_in_user": self.system_in_user,
             "markers": self.markers,
+            "marker_ids": [list(m.ids) for m in self.marker_tokens],
         }
 
     def render(
@@ -99,6 +143,19 @@ class PromptFormat:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **variables
         )
+
+    def render_text(self, messages: list[dict[str, str]], rule: str = "reference",
+                    add_generation_prompt: bool = False) -> str:
+        """The prompt text: empty BOS/EOS strings for the reference rule, the real ones else."""
+        _check_rule(rule)
+        empty = {"bos_token": "", "eos_token": ""} if rule == "reference" else {}
+        return self.render(messages, add_generation_prompt, **empty)
+
+    def tokenize(self, text: str, rule: str = "reference") -> dict:
+        """Ids and offsets; the reference rule adds the tokenizer's own special tokens (one BOS),
+        as ``tokenizer.encode`` does in the released code."""
+        return self.tokenizer(text, add_special_tokens=rule == "reference",
+                              return_offsets_mapping=True)
 
     def _accepts_system(self) -> bool:
         try:
@@ -137,28 +194,48 @@ class PromptFormat:
             )
         return markers
 
-    def encode(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> Encoded:
-        """Tokenize a rendered conversation and locate its special tokens."""
-        text = self.render(messages, add_generation_prompt)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    def _find_marker_tokens(self) -> list[MarkerTokens]:
+        """Every tokenization of a marker (with its trailing whitespace) in a probe conversation
+        rendered both ways: at the start of a prompt and after a message."""
+        system, *turns = _PROBE
+        messages = [{"role": "system", "content": system}] + [
+            {"role": "user" if k % 2 == 0 else "assistant", "content": c}
+            for k, c in enumerate(turns)]
+        found: dict[tuple[int, ...], MarkerTokens] = {}
+        for rule in RULES:
+            text = self.render_text(messages, rule)
+            enc = self.tokenize(text, rule)
+            for start, core_end, span_end in _marker_spans(text, self.markers, _PROBE):
+                core = [p for p, (s, e) in enumerate(enc["offset_mapping"])
+                        if e > s and s < core_end and e > start]
+                tail = [p for p, (s, e) in enumerate(enc["offset_mapping"])
+                        if e > s and s >= core_end and e <= span_end]
+                ids = tuple(enc["input_ids"][p] for p in core + tail)
+                if core and ids not in found:
+                    found[ids] = MarkerTokens(ids, len(core))
+        if not found:
+            raise AtlasError("the role markers of the chat template could not be located in its "
+                             "tokens; use a template whose markers are plain text or special tokens")
+        return list(found.values())
+
+    def encode(self, messages: list[dict[str, str]], rule: str = "reference",
+               add_generation_prompt: bool = False) -> Encoded:
+        """Render and tokenize a conversation and locate its special-token targets."""
+        text = self.render_text(messages, rule, add_generation_prompt)
+        enc = self.tokenize(text, rule)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        content_spans = _content_spans(text, [m["content"] for m in messages])
-        marker_spans = [
-            (start, start + len(marker))
-            for marker in self.markers.values()
-            for start in _find_all(text, marker)
-            if not any(s <= start < e for s, e in content_spans)
-        ]
-        targets = [
-            pos
-            for pos, (start, end) in enumerate(offsets)
-            if pos >= 1 and end > start and any(start < me and end > ms for ms, me in marker_spans)
-        ]
+        groups = special_token_targets(ids, self, rule)
         answer_start = len(ids)
+        content_spans = _content_spans(text, [m["content"] for m in messages])
         if messages and messages[-1]["role"] == "assistant" and content_spans:
             char = content_spans[-1][0]
             answer_start = next((p for p, (s, e) in enumerate(offsets) if e > char), len(ids))
-        return Encoded(ids, targets, answer_start)
+        return Encoded(ids, groups, answer_start)
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in RULES:
+        raise AtlasError(f"unknown target rule '{rule}'; choose one of {', '.join(RULES)}")
 
 
 def _find_all(text: str, needle: str) -> list[int]:
@@ -169,7 +246,7 @@ def _find_all(text: str, needle: str) -> list[int]:
     return found
 
 
-def _content_spans(text: str, contents: list[str]) -> list[tuple[int, int]]:
+def _content_spans(text: str, contents: list[str] | tuple[str, ...]) -> list[tuple[int, int]]:
     """Character spans of each message's content in the rendered text, found in order."""
     spans, cursor = [], 0
     for content in contents:
@@ -184,6 +261,76 @@ def _content_spans(text: str, contents: list[str]) -> list[tuple[int, int]]:
     return spans
 
 
+def _marker_spans(text: str, markers: dict[str, str], contents) -> list[tuple[int, int, int]]:
+    """(start, end of the marker text, end of its trailing whitespace) of every marker in the
+    template text (not inside a message's content)."""
+    content_spans = _content_spans(text, contents)
+    spans = []
+    for marker in markers.values():
+        for start in _find_all(text, marker):
+            if any(s <= start < e for s, e in content_spans):
+                continue
+            end = span_end = start + len(marker)
+            while span_end < len(text) and text[span_end].isspace():
+                span_end += 1
+            spans.append((start, end, span_end))
+    return sorted(spans)
+
+
+def _match_all(ids: list[int], sub: tuple[int, ...]) -> list[int]:
+    n = len(sub)
+    return [i for i in range(len(ids) - n + 1) if tuple(ids[i : i + n]) == sub]
+
+
+_FORMATS: dict[int, tuple[object, str | None, PromptFormat]] = {}
+
+
+def format_for(tokenizer) -> PromptFormat:
+    """The :class:`PromptFormat` of ``tokenizer`` (cached while its chat template stays)."""
+    template = getattr(tokenizer, "chat_template", None)
+    cached = _FORMATS.get(id(tokenizer))
+    if cached and cached[0] is tokenizer and cached[1] == template:
+        return cached[2]
+    fmt = PromptFormat.for_tokenizer(tokenizer)
+    _FORMATS[id(tokenizer)] = (tokenizer, template, fmt)
+    return fmt
+
+
+def render_reference(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The released code's prompt ids: the chat template rendered with empty BOS/EOS strings,
+    then tokenized with the tokenizer's special tokens (one BOS)."""
+    fmt = format_for(tokenizer)
+    return fmt.tokenize(fmt.render_text(messages, "reference"), "reference")["input_ids"]
+
+
+def special_token_targets(input_ids: list[int], tokenizer, rule: str = "reference"
+                          ) -> list[list[int]]:
+    """Loss groups of target positions t (token t predicted from the logits at t − 1).
+
+    ``reference``: every token after a marker token (the marker's later tokens and the first
+    token of the message), grouped as [everything before the last demonstration, the last
+    demonstration and the query]; an empty group is left out. ``marker``: the marker tokens
+    themselves, one group. ``tokenizer`` may also be a :class:`PromptFormat`."""
+    _check_rule(rule)
+    fmt = tokenizer if isinstance(tokenizer, PromptFormat) else format_for(tokenizer)
+    ids = list(input_ids)
+    occurrences: dict[int, set[int]] = {}  # marker end -> target positions
+    for marker in fmt.marker_tokens:
+        for i in _match_all(ids, marker.ids):
+            if rule == "reference":
+                end, positions = i + len(marker.ids), range(i + 1, i + len(marker.ids) + 1)
+            else:
+                end, positions = i + marker.n_core, range(max(i, 1), i + marker.n_core)
+            occurrences.setdefault(end, set()).update(p for p in positions if p < len(ids))
+    ordered = [sorted(occurrences[end]) for end in sorted(occurrences)]
+    if rule == "marker":
+        groups = [[p for occ in ordered for p in occ]]
+    else:
+        cut = max(len(ordered) - _LAST_GROUP_MARKERS, 0)
+        groups = [[p for occ in ordered[:cut] for p in occ], [p for occ in ordered[cut:] for p in occ]]
+    return [sorted(set(g)) for g in groups if g]
+
+
 @dataclass
 class Example:
     instance: Instance
@@ -191,13 +338,16 @@ class Example:
 
 
 def scoring_examples(
-    task: Task, instances: list[Instance], fmt: PromptFormat, shots: int, seed: int
+    task: Task, instances: list[Instance], fmt: PromptFormat, shots: int, seed: int, *,
+    rule: str = "reference", pool: list[Instance] | None = None, demos_include_query: bool = False,
+    join_outputs: bool = False,
 ) -> list[Example]:
-    """The k-shot scoring conversations (with gold answers) of ``instances``; demos come from
-    the same list, never the query."""
+    """The k-shot scoring conversations (with gold answers) of ``instances``; demonstrations
+    come from ``pool`` (default: ``instances``), never the query unless ``demos_include_query``."""
+    pool = instances if pool is None else pool
     examples = []
     for inst in instances:
-        demos = pick_demos(instances, inst, shots, seed)
-        messages = build_messages(task.definition, demos, inst, with_answer=True)
-        examples.append(Example(inst, fmt.encode(messages)))
+        demos = pick_demos(pool, inst, shots, seed, demos_include_query)
+        messages = build_messages(task.definition, demos, inst, True, join_outputs)
+        examples.append(Example(inst, fmt.encode(messages, rule)))
     return examples

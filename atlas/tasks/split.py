@@ -6,6 +6,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
+from atlas.errors import AtlasError
 from atlas.tasks.sni import Instance, Task
 
 
@@ -15,11 +16,22 @@ class Split:
     evaluate: list[Instance]
     seed: int
     stratified: bool
+    rule: str = "stratified"
 
 
-def split_task(task: Task, seed: int = 0, score_fraction: float = 0.5) -> Split:
-    """Shuffle with ``seed`` and halve; classification tasks are split per label (stratified),
-    since some SNI files are sorted by label. Both halves keep the file's order."""
+SPLIT_RULES = ("stratified", "file")
+
+
+def split_task(task: Task, seed: int = 0, score_fraction: float = 0.5,
+               rule: str = "stratified") -> Split:
+    """``stratified``: shuffle with ``seed`` and halve; classification tasks are split per label,
+    since some SNI files are sorted by label. ``file``: the released code's split, the first
+    part of the file scores and the rest evaluates. Both halves keep the file's order."""
+    if rule not in SPLIT_RULES:
+        raise AtlasError(f"unknown split '{rule}'; choose one of {', '.join(SPLIT_RULES)}")
+    if rule == "file":
+        cut = int(len(task.instances) * score_fraction)
+        return Split(task.instances[:cut], task.instances[cut:], seed, False, "file")
     labels = task.labels
     groups: dict[str, list[int]] = defaultdict(list)
     for k, inst in enumerate(task.instances):

@@ -67,3 +67,20 @@ def test_ingest_cli_on_real_model(tmp_path):
     res = CliRunner().invoke(app, ["sql", "SELECT count(*) AS n FROM neuron_scores",
                                    "--db", str(db), "-f", "csv"])
     assert "46080" in res.output  # 30 × 1536
+
+
+def test_chatml_reference_targets_on_the_real_tokenizer(smollm2):
+    from atlas.tasks import build_messages, render_reference, special_token_targets
+
+    tok = smollm2.tokenizer
+    task = load_task("task195", SNI_DIR)
+    demo, query = task.instances[:2]
+    messages = build_messages(task.definition, [demo], query, with_answer=True)
+    ids = render_reference(tok, messages)
+    (group,) = special_token_targets(ids, tok)  # one shot: the first group is empty
+    pieces = [tok.decode([ids[p]]) for p in group]
+    first_input = tok.decode(tok(demo.input.strip(), add_special_tokens=False)["input_ids"][:1])
+    first_answer = tok.decode(tok(query.output, add_special_tokens=False)["input_ids"][:1])
+    assert pieces[:3] == ["user", "\n", first_input]
+    assert pieces[-4:] == ["ass", "istant", "\n", first_answer]
+    assert len(pieces) == 2 * (3 + 4)

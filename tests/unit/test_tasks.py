@@ -52,7 +52,7 @@ def test_chatml_markers_and_targets(task512):
     tok = build_tokenizer()
     fmt = PromptFormat.for_tokenizer(tok)
     assert fmt.markers == {"user": "<|im_start|>user", "assistant": "<|im_start|>assistant"}
-    ex = scoring_examples(task512, task512.instances[:4], fmt, 2, seed=0)[0].encoded
+    ex = scoring_examples(task512, task512.instances[:4], fmt, 2, seed=0, rule="marker")[0].encoded
     text = "".join(_decoded_targets(tok, ex))
     # 3 user + 3 assistant turns (2 demos + query), each marker fully covered
     assert text.count("<|im_start|>") == 6 and text.count("user") == 3
@@ -63,7 +63,7 @@ def test_llama2_template_gives_inst_tokens(task512):
     tok = build_tokenizer(LLAMA2)
     fmt = PromptFormat.for_tokenizer(tok)
     assert fmt.markers == {"user": "[INST]", "assistant": "[/INST]"}
-    ex = scoring_examples(task512, task512.instances[:4], fmt, 2, seed=0)[0].encoded
+    ex = scoring_examples(task512, task512.instances[:4], fmt, 2, seed=0, rule="marker")[0].encoded
     joined = "".join(_decoded_targets(tok, ex)).replace(" ", "")
     assert joined == "[INST][/INST]" * 3
     assert "<s>" not in joined and "SYS" not in joined
@@ -74,7 +74,7 @@ def test_builtin_template_for_models_without_one(task512):
     fmt = PromptFormat.for_tokenizer(tok)
     assert fmt.template_name == "builtin"
     assert fmt.markers == {"user": "### User:", "assistant": "### Assistant:"}
-    ex = scoring_examples(task512, task512.instances[:3], fmt, 1, seed=0)[0].encoded
+    ex = scoring_examples(task512, task512.instances[:3], fmt, 1, seed=0, rule="marker")[0].encoded
     assert "".join(_decoded_targets(tok, ex)).count("User") == 2
 
 
@@ -99,3 +99,24 @@ def test_unsupported_architecture_lists_supported():
     with pytest.raises(AtlasError, match="unsupported architecture 'bert'") as err:
         adapter_for(model)
     assert all(family in str(err.value) for family in ARCHITECTURES)
+
+
+def test_demonstrations_come_from_the_whole_half_when_queries_are_subsampled(task512):
+    from types import SimpleNamespace
+
+    from atlas.ingest import IngestOptions, _prepare
+
+    tok = build_tokenizer()
+    fmt = PromptFormat.for_tokenizer(tok)
+    prep = _prepare(SimpleNamespace(max_positions=None), fmt, task512,
+                    IngestOptions(examples=3, shots=5))
+    assert len(prep.queries) == 3 and len(prep.pool) == len(split_task(task512).score)
+    examples, _ = prep.examples("reference")
+    queries = {q.id for q in prep.queries}
+    texts = [tok.decode(ex.encoded.input_ids) for ex in examples]
+    outside = [i for i in prep.pool if i.id not in queries and any(i.input in t for t in texts)]
+    assert len(outside) >= 10  # 3 prompts × 5 demonstrations, drawn beyond the 3 queries
+    with pytest.raises(AtlasError, match="too few for 500 demonstrations"):
+        _prepare(SimpleNamespace(max_positions=None), fmt, task512, IngestOptions(shots=500))
+    with pytest.raises(AtlasError, match="--examples must be at least 1"):
+        IngestOptions(examples=0)
