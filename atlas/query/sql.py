@@ -1,7 +1,12 @@
-"""Read-only SQL over the atlas, and Parquet export of every table and view."""
+"""Read-only SQL over the atlas, and Parquet export of every table and view.
+
+Queries run on the store's sandboxed read-only connection (see :mod:`atlas.store.db`): one
+SELECT or EXPLAIN statement, no file, URL or extension access, configuration locked. Results are
+written by the library (pyarrow), never by a DuckDB ``COPY`` built from a path."""
 
 from __future__ import annotations
 
+import io
 import json
 from contextlib import contextmanager
 from decimal import Decimal
@@ -13,7 +18,7 @@ import pyarrow as pa
 from atlas.errors import AtlasError
 from atlas.store.db import open_db
 
-READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA"}
+READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 TABLES = ["models", "tasks", "runs", "neuron_scores", "neuron_sets", "neuron_set_members"]
 VIEWS = ["task_sets", "set_sizes", "set_overlaps", "unique_neurons", "layer_counts"]
 
@@ -49,29 +54,45 @@ def run_sql(query: str, db: str | Path | None = None) -> pa.Table:
 
 
 def write_table(table: pa.Table, fmt: str, out: str | Path | None) -> str | None:
-    """Write ``table`` as csv/json/parquet to ``out`` (or return csv/json text for stdout)."""
-    con = duckdb.connect()
-    con.register("result", table)
-    if fmt == "parquet":
-        if not out:
-            raise AtlasError("--format parquet needs --output FILE")
-        con.execute(f"COPY result TO '{out}' (FORMAT parquet)")
-        return None
-    if fmt not in ("csv", "json"):
+    """Write ``table`` as csv/json/parquet to the file ``out`` (or return csv/json text)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if fmt not in ("csv", "json", "parquet"):
         raise AtlasError(f"unknown format '{fmt}'; choose table, csv, json or parquet")
+    if fmt == "parquet" and not out:
+        raise AtlasError("--format parquet needs --output FILE")
     if out:
-        opts = "(FORMAT csv, HEADER)" if fmt == "csv" else "(FORMAT json, ARRAY true)"
-        con.execute(f"COPY result TO '{out}' {opts}")
+        target = Path(out)
+        if not target.parent.is_dir():
+            raise AtlasError(f"cannot write {target}: folder {target.parent} does not exist")
+        if fmt == "parquet":
+            pq.write_table(table, target)
+        elif fmt == "csv":
+            pacsv.write_csv(_flat(table), target)
+        else:
+            target.write_text(_json_text(table), encoding="utf-8")
         return None
     if fmt == "csv":
-        import io
-
-        import pyarrow.csv as pacsv
-
         buf = io.BytesIO()
-        pacsv.write_csv(table, buf)
+        pacsv.write_csv(_flat(table), buf)
         return buf.getvalue().decode()
+    return _json_text(table)
+
+
+def _json_text(table: pa.Table) -> str:
     return json.dumps(table.to_pylist(), default=_json_value, indent=1)
+
+
+def _flat(table: pa.Table) -> pa.Table:
+    """CSV has no nested values: list, struct and map columns are written as JSON text."""
+    columns = []
+    for column in table.columns:
+        if pa.types.is_nested(column.type):
+            column = pa.array([None if v is None else json.dumps(v, default=_json_value)
+                               for v in column.to_pylist()], pa.string())
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
 
 
 def _json_value(value):
@@ -82,6 +103,8 @@ def _json_value(value):
 
 def export_parquet(folder: str | Path, db: str | Path | None = None) -> list[Path]:
     """One Parquet file per table and view into ``folder``."""
+    import pyarrow.parquet as pq
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -89,11 +112,11 @@ def export_parquet(folder: str | Path, db: str | Path | None = None) -> list[Pat
         names = TABLES + VIEWS + (["evaluations"] if _has_table(con, "evaluations") else [])
         for name in names:
             target = folder / f"{name}.parquet"
-            con.execute(f"COPY (SELECT * FROM {name}) TO '{target}' (FORMAT parquet)")
+            pq.write_table(con.sql(f"SELECT * FROM {name}").to_arrow_table(), target)
             written.append(target)
     return written
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                            [name]).fetchone()[0])
+                            [name]).fetchall()[0][0])

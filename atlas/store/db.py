@@ -1,37 +1,68 @@
-"""Open an atlas database: DuckDB through SQLAlchemy (duckdb-engine), migrated by Alembic."""
+"""Open an atlas database: DuckDB through SQLAlchemy (duckdb-engine), migrated by Alembic.
+
+Concurrency: an engine holds no connection between transactions (``NullPool``), so a writer
+(ingest, ablate) locks the file only while it commits a checkpoint, a run or an evaluation, and
+readers (sql, queries, plots, export, serve) open it between those commits. A connection that
+finds the file locked waits, with backoff, up to ``$ATLAS_LOCK_WAIT`` seconds (default 60), then
+fails with a one-line message.
+
+Read-only engines are a sandbox: a read-only DuckDB connection with external access disabled
+(no file, URL or extension reads and writes), extension autoload and autoinstall off, and the
+configuration locked. They never migrate: an older schema or a database that is not an atlas
+database is refused and left untouched.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import duckdb
-from alembic import command
-from alembic.config import Config
-from alembic.ddl.impl import DefaultImpl
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, exc
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool
 
 from atlas.errors import AtlasError
 
 DEFAULT_DB = "atlas.duckdb"
-
-
-class DuckDBImpl(DefaultImpl):
-    """Alembic's implementation for the ``duckdb`` dialect (transactional DDL)."""
-
-    __dialect__ = "duckdb"
-    transactional_ddl = True
+SANDBOX = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "lock_configuration": True,
+}
 
 
 def db_path(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get("ATLAS_DB") or DEFAULT_DB)
 
 
-def alembic_config() -> Config:
+def lock_wait() -> float:
+    return float(os.environ.get("ATLAS_LOCK_WAIT", "60"))
+
+
+_ALEMBIC_READY: list[bool] = []
+
+
+def _alembic():
+    """Import Alembic (only for commands that check or change the schema) and register its
+    implementation for the ``duckdb`` dialect (transactional DDL)."""
+    import alembic.ddl.impl
+
+    if not _ALEMBIC_READY:
+        class DuckDBImpl(alembic.ddl.impl.DefaultImpl):
+            __dialect__ = "duckdb"
+            transactional_ddl = True
+
+        _ALEMBIC_READY.append(True)
+    return alembic
+
+
+def alembic_config():
+    _alembic()
+    from alembic.config import Config
+
     import migrations
 
     cfg = Config()
@@ -40,42 +71,67 @@ def alembic_config() -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def _lock_error(path: Path, err: Exception) -> AtlasError:
-    text = str(err).splitlines()[0]
-    return AtlasError(
-        f"database {path} is in use by another process ({text}); "
-        "wait for it to finish or use another --db"
-    )
+def _waiting_connect(path: Path):
+    """A ``do_connect`` hook: retry while another process holds the file, then one line."""
+
+    def connect(dialect, conn_rec, cargs, cparams):
+        started, delay = time.monotonic(), 0.05
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except (duckdb.IOException, duckdb.ConnectionException) as err:
+                message = str(err).splitlines()[0]
+                if "lock" not in message.lower():
+                    raise AtlasError(f"cannot open {path} as a DuckDB database ({message}); "
+                                     "pass the --db of an atlas database") from err
+                waited = time.monotonic() - started
+                if waited >= lock_wait():
+                    raise AtlasError(
+                        f"database {path} is in use by another process ({message}); waited "
+                        f"{waited:.0f} s: wait for it to finish, raise $ATLAS_LOCK_WAIT, or use "
+                        "another --db") from err
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    return connect
 
 
 def connect(path: str | Path | None = None, *, read_only: bool = False) -> Engine:
-    """An engine holding one DuckDB connection (and the file lock while it is open)."""
+    """An engine that opens a DuckDB connection per transaction (sandboxed when read-only)."""
     path = db_path(path)
     if read_only and not path.exists():
         raise AtlasError(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
-    engine = create_engine(
-        f"duckdb:///{path}",
-        connect_args={"read_only": read_only},
-        poolclass=StaticPool,
-    )
-    try:
-        with engine.connect():
-            pass
-    except (exc.OperationalError, exc.DBAPIError, duckdb.IOException, duckdb.ConnectionException) as err:
-        engine.dispose()
-        raise _lock_error(path, err) from err
+    args: dict = {"read_only": read_only}
+    if read_only:
+        args["config"] = dict(SANDBOX)
+    engine = create_engine(f"duckdb:///{path}", connect_args=args, poolclass=NullPool)
+    event.listen(engine, "do_connect", _waiting_connect(path))
+    with engine.connect():
+        pass
     return engine
 
 
 def current_revision(engine: Engine) -> str | None:
+    _alembic()
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def _n_tables(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM information_schema.tables")).scalar_one()
+
+
 def migrate(engine: Engine, revision: str = "head", *, down: bool = False) -> None:
+    from alembic import command
+
     cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
@@ -85,19 +141,30 @@ def migrate(engine: Engine, revision: str = "head", *, down: bool = False) -> No
             command.upgrade(cfg, revision)
 
 
+def check_schema(engine: Engine, path: Path, revision: str | None) -> None:
+    """Refuse a database that is not an atlas database or not at this atlas's schema."""
+    if revision is None and _n_tables(engine):
+        raise AtlasError(f"{path} is not an atlas database (no alembic_version table); "
+                         "it was left untouched: pass the --db of an atlas database")
+    head = head_revision()
+    if revision != head:
+        raise AtlasError(f"database {path} is at schema revision {revision}, this atlas needs "
+                         f"{head}; run `atlas db upgrade --db {path}` (read-only commands never "
+                         "migrate)")
+
+
 def open_db(path: str | Path | None = None, *, read_only: bool = False) -> Engine:
-    """Open (creating and upgrading as needed) the database at ``path``."""
+    """Open the database at ``path``: read-only (sandboxed, never migrated), or for writing
+    (created and upgraded as needed; a foreign database is refused)."""
     path = db_path(path)
-    if read_only:
-        engine = connect(path, read_only=True)
-        if current_revision(engine) == head_revision():
-            return engine
+    engine = connect(path, read_only=read_only)
+    try:
+        revision = current_revision(engine)
+        if read_only or (revision is None and _n_tables(engine)):
+            check_schema(engine, path, revision)
+        elif revision != head_revision():
+            migrate(engine)
+    except BaseException:
         engine.dispose()
-        migrate_engine = connect(path)
-        migrate(migrate_engine)
-        migrate_engine.dispose()
-        return connect(path, read_only=True)
-    engine = connect(path)
-    if current_revision(engine) != head_revision():
-        migrate(engine)
+        raise
     return engine

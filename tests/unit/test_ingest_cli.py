@@ -119,7 +119,8 @@ def test_failure_marks_run_failed_and_keeps_other_runs(llama_dir, tmp_path, monk
     assert query(db, "SELECT count(DISTINCT run_id) FROM neuron_scores") == [(1,)]
 
 
-def test_second_writer_gets_clear_message(llama_dir, tmp_path):
+def test_second_writer_gets_clear_message(llama_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_LOCK_WAIT", "1")
     db = tmp_path / "a.duckdb"
     assert ingest(llama_dir, db, "--task", "task379").exit_code == 0
     import subprocess
