@@ -17,6 +17,7 @@ import torch
 
 from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
+from atlas.progress import Reporter
 from atlas.scoring.engine import reduce_neurons
 from atlas.scoring.methods import Method, get_method, lape_scores, random_scores
 from atlas.scoring.selection import parse_rule, select
@@ -132,15 +133,6 @@ class Prepared:
                     "tokens; use fewer --shots or a larger --max-tokens")
             self._encoded[rule] = (kept, len(examples) - len(kept))
         return self._encoded[rule]
-
-
-class Reporter:
-    """Progress callbacks; the CLI plugs a rich progress bar in, the library stays silent."""
-
-    def start(self, label: str, total: int) -> None: ...
-    def advance(self, n_examples: int, n_tokens: int) -> None: ...
-    def finish(self) -> None: ...
-    def message(self, text: str) -> None: ...
 
 
 def task_seed(seed: int, task_name: str) -> int:

@@ -15,11 +15,8 @@ from rich.progress import (
 )
 
 from atlas.errors import AtlasError
-from atlas.ingest import IngestOptions, Ingestor, Reporter, load_tasks
-from atlas.models.loading import DEFAULT_MODEL, load_model
-from atlas.store import open_db
-from atlas.store.runs import DatabaseRuns
-from atlas.tasks.sni import expand_task_names
+from atlas.models.names import DEFAULT_MODEL
+from atlas.progress import Reporter
 from cli.common import DbOption, console, err_console, rich_table
 
 
@@ -88,6 +85,12 @@ def ingest(
     db: str = DbOption,
 ) -> None:
     """Score neurons of MODEL on each TASK and store scores, runs and default neuron sets."""
+    from atlas.ingest import IngestOptions, Ingestor, load_tasks
+    from atlas.models.loading import load_model
+    from atlas.store import open_db
+    from atlas.store.runs import DatabaseRuns
+    from atlas.tasks.sni import expand_task_names
+
     options = IngestOptions(
         methods=method, shots=shots, examples=examples, seed=seed, split_seed=split_seed,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_tokens=max_tokens,
@@ -137,6 +140,7 @@ def _ingest_ray(models, tasks, options, device, dtype, device_map, address, shar
 
     from atlas.distributed.ray_backend import import_shards, plan_jobs, run_on_ray
     from atlas.distributed.shards import complete_shards
+    from atlas.store import open_db
     from atlas.store.db import db_path
 
     shard_root = shards or f"{db_path(db)}.shards"

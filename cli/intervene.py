@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from atlas.ingest import Reporter
-from atlas.intervene.experiment import AblateOptions, Experiment, find_set, report_matrix
-from atlas.intervene.stats import describe_tests, report_tests
-from atlas.models.loading import DEFAULT_MODEL, display_name, load_model
-from atlas.query.plots import heatmap
-from atlas.store import open_db
+from atlas.models.names import DEFAULT_MODEL
+from atlas.progress import Reporter
 from cli.common import DbOption, console, rich_table
 from cli.query import plot_app
 
@@ -37,6 +32,10 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
                 control_seed: int, batch_size: int, device: str, dtype: str, sni_dir: str | None,
                 db: str | None, control: bool = True, preset: str | None = None,
                 split: str = "stratified") -> None:
+    from atlas.intervene.experiment import AblateOptions, Experiment, find_set
+    from atlas.models.loading import display_name, load_model
+    from atlas.store import open_db
+
     options = AblateOptions(factor=factor, metric=metric, examples=examples, shots=shots, seed=seed,
                             control_seed=control_seed, batch_size=batch_size, control=control,
                             eval_tasks=eval_task or ["all"], sni_dir=sni_dir, split=split,
@@ -108,6 +107,10 @@ def report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
            format: str = typer.Option("markdown", "--format", "-f", help="markdown, csv or json."),
            db: str = DbOption) -> None:
     """Task × task matrix of relative accuracy change, random controls and specificity indices."""
+    from atlas.intervene.experiment import report_matrix
+    from atlas.intervene.stats import describe_tests, report_tests
+    from atlas.store import open_db
+
     engine = open_db(db, read_only=True)
     names, cols, matrix, summary = report_matrix(engine, model, method, factor, metric)
     engine.dispose()
@@ -145,6 +148,12 @@ def plot_report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
                 metric: str = typer.Option("label_likelihood"),
                 output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
     """Heatmap of the intervention report."""
+    import numpy as np
+
+    from atlas.intervene.experiment import report_matrix
+    from atlas.query.plots import heatmap
+    from atlas.store import open_db
+
     engine = open_db(db, read_only=True)
     names, cols, matrix, _ = report_matrix(engine, model, method, factor, metric)
     engine.dispose()

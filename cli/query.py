@@ -6,20 +6,7 @@ import sys
 
 import typer
 
-from atlas.query import (
-    compare_models,
-    depth_profile,
-    export_parquet,
-    import_sets,
-    neuron_entropy,
-    overlap_matrix,
-    run_sql,
-    specificity,
-)
-from atlas.query.core import resolve_model
-from atlas.query.plots import plot_compare, plot_layers, plot_overlap
-from atlas.query.sql import write_table
-from atlas.store import open_db
+from atlas import query as q
 from cli.common import AtlasGroup, DbOption, console, rich_table
 
 plot_app = typer.Typer(cls=AtlasGroup, help="Figures as PNG files.", no_args_is_help=True)
@@ -27,11 +14,19 @@ ModelOption = typer.Option(..., "--model", "-m", help="Model name as stored (see
 MethodOption = typer.Option("cgvst", "--method", help="Scoring method of the sets.")
 
 
+def open_db(db: str | None, read_only: bool = False):
+    from atlas.store.db import open_db as open_store
+
+    return open_store(db, read_only=read_only)
+
+
 def _emit(rows: list[dict], fmt: str, output: str | None, title: str) -> None:
     if fmt == "table":
         console.print(rich_table(rows, title=title))
         return
     import pyarrow as pa
+
+    from atlas.query.sql import write_table
 
     text = write_table(pa.Table.from_pylist(rows), fmt, output)
     if text is not None:
@@ -43,7 +38,9 @@ def sql(query: str = typer.Argument(..., help="One read-only SQL statement."),
         output: str = typer.Option(None, "--output", "-o", help="Write to this file."),
         db: str = DbOption) -> None:
     """Run read-only SQL over the atlas tables and views."""
-    table = run_sql(query, db)
+    from atlas.query.sql import write_table
+
+    table = q.run_sql(query, db)
     if format == "table":
         console.print(rich_table(table.to_pylist(), title=None))
         return
@@ -58,7 +55,7 @@ def overlap(model: str = ModelOption, method: str = MethodOption,
             output: str = typer.Option(None, "--output", "-o"), db: str = DbOption) -> None:
     """The task × task overlap matrix of a model's neuron sets."""
     engine = open_db(db, read_only=True)
-    matrix = overlap_matrix(engine, model, method, measure)
+    matrix = q.overlap_matrix(engine, model, method, measure)
     _emit(matrix.as_rows(), format, output, f"{model} · {method} · {measure}")
 
 
@@ -68,9 +65,9 @@ def specificity_cmd(model: str = ModelOption, method: str = MethodOption,
                     output: str = typer.Option(None, "--output", "-o"), db: str = DbOption) -> None:
     """Per task: set size, unique neurons, specificity; per neuron: entropy across tasks."""
     engine = open_db(db, read_only=True)
-    _emit(specificity(engine, model, method), format, output, f"{model} · {method} specificity")
+    _emit(q.specificity(engine, model, method), format, output, f"{model} · {method} specificity")
     if neurons:
-        _emit(neuron_entropy(engine, model, method, neurons), "table", None,
+        _emit(q.neuron_entropy(engine, model, method, neurons), "table", None,
               "lowest-entropy neurons")
 
 
@@ -81,7 +78,7 @@ def compare(model: list[str] = typer.Option(..., "--model", "-m", help="Two mode
     if len(model) != 2:
         raise typer.BadParameter("give --model twice")
     engine = open_db(db, read_only=True)
-    _emit(compare_models(engine, model[0], model[1], method), format, output,
+    _emit(q.compare_models(engine, model[0], model[1], method), format, output,
           f"{model[0]} vs {model[1]} · {method}")
 
 
@@ -96,7 +93,7 @@ def import_cmd(path: str = typer.Argument(..., help="torch.save file of per-laye
     engine = open_db(db)
     try:
         names = [t for group in task for t in group.split(",") if t]
-        done = import_sets(engine, path, model=model, tasks=names, fmt=format, n_layers=layers,
+        done = q.import_sets(engine, path, model=model, tasks=names, fmt=format, n_layers=layers,
                            d_mlp=d_mlp)
     finally:
         engine.dispose()
@@ -105,7 +102,7 @@ def import_cmd(path: str = typer.Argument(..., help="torch.save file of per-laye
 
 def export(folder: str = typer.Argument(..., help="Output folder."), db: str = DbOption) -> None:
     """Export every table and view as Parquet, one file each."""
-    for path in export_parquet(folder, db):
+    for path in q.export_parquet(folder, db):
         console.print(str(path))
 
 
@@ -114,18 +111,23 @@ def plot_overlap_cmd(model: str = ModelOption, method: str = MethodOption,
                      measure: str = typer.Option("jaccard"),
                      output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
     """Heatmap of the overlap matrix."""
+    from atlas.query.plots import plot_overlap
+
     engine = open_db(db, read_only=True)
-    console.print(str(plot_overlap(overlap_matrix(engine, model, method, measure), output)))
+    console.print(str(plot_overlap(q.overlap_matrix(engine, model, method, measure), output)))
 
 
 @plot_app.command("layers")
 def plot_layers_cmd(model: str = ModelOption, method: str = MethodOption,
                     output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
     """Per-layer distribution of each task's neurons."""
+    from atlas.query.core import resolve_model
+    from atlas.query.plots import plot_layers
+
     engine = open_db(db, read_only=True)
     info = resolve_model(engine, model)
-    overlap_matrix(engine, model, method)  # validates model and method
-    prof = depth_profile(engine, model, method)
+    q.overlap_matrix(engine, model, method)  # validates model and method
+    prof = q.depth_profile(engine, model, method)
     console.print(str(plot_layers(prof, info["n_layers"], f"{model} · {method}", output)))
 
 
@@ -134,10 +136,12 @@ def plot_compare_cmd(model: list[str] = typer.Option(..., "--model", "-m"),
                      method: str = MethodOption, output: str = typer.Option(..., "--output", "-o"),
                      db: str = DbOption) -> None:
     """Relative-depth distributions of two models' task sets."""
+    from atlas.query.plots import plot_compare
+
     if len(model) != 2:
         raise typer.BadParameter("give --model twice")
     engine = open_db(db, read_only=True)
     for name in model:
-        overlap_matrix(engine, name, method)
-    profiles = [depth_profile(engine, name, method) for name in model]
+        q.overlap_matrix(engine, name, method)
+    profiles = [q.depth_profile(engine, name, method) for name in model]
     console.print(str(plot_compare(profiles[0], profiles[1], (model[0], model[1]), output)))

@@ -1,15 +1,22 @@
-"""Model loading and per-architecture neuron adapters."""
+"""Model loading and per-architecture neuron adapters (imported on first use: torch is heavy)."""
 
-from atlas.models.adapters import ARCHITECTURES, Adapter, ArchSpec, adapter_for
-from atlas.models.loading import ALIASES, DEFAULT_MODEL, LoadedModel, load_model
+from importlib import import_module
 
-__all__ = [
-    "ALIASES",
-    "ARCHITECTURES",
-    "DEFAULT_MODEL",
-    "Adapter",
-    "ArchSpec",
-    "LoadedModel",
-    "adapter_for",
-    "load_model",
-]
+from atlas.models.names import DEFAULT_MODEL as DEFAULT_MODEL
+
+_EXPORTS = {
+    "ALIASES": "loading",
+    "ARCHITECTURES": "adapters",
+    "Adapter": "adapters",
+    "ArchSpec": "adapters",
+    "LoadedModel": "loading",
+    "adapter_for": "adapters",
+    "load_model": "loading",
+}
+__all__ = sorted([*_EXPORTS, "DEFAULT_MODEL"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"atlas.models.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'atlas.models' has no attribute '{name}'")

@@ -20,6 +20,7 @@ from torch import nn
 
 from atlas.errors import AtlasError
 from atlas.models.adapters import Adapter, adapter_for, context_length
+from atlas.models.names import DEFAULT_MODEL
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,7 +51,6 @@ def _gemma3_gguf() -> Path:
 
 
 ALIASES = {"smollm2-135m-instruct": _smollm2_gguf, "gemma-3-270m": _gemma3_gguf}
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 @dataclass

@@ -1,18 +1,24 @@
-"""Questions asked of the atlas: overlaps, specificity, cross-model comparison, SQL, import."""
+"""Questions asked of the atlas: overlaps, specificity, cross-model comparison, SQL, import.
 
-from atlas.query.compare import compare_models, depth_profile
-from atlas.query.importer import import_sets
-from atlas.query.overlap import OverlapMatrix, neuron_entropy, overlap_matrix, specificity
-from atlas.query.sql import export_parquet, run_sql
+Names are imported on first use, so that a quick query does not load every dependency."""
 
-__all__ = [
-    "OverlapMatrix",
-    "compare_models",
-    "depth_profile",
-    "export_parquet",
-    "import_sets",
-    "neuron_entropy",
-    "overlap_matrix",
-    "run_sql",
-    "specificity",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "OverlapMatrix": "overlap",
+    "compare_models": "compare",
+    "depth_profile": "compare",
+    "export_parquet": "sql",
+    "import_sets": "importer",
+    "neuron_entropy": "overlap",
+    "overlap_matrix": "overlap",
+    "run_sql": "sql",
+    "specificity": "overlap",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"atlas.query.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'atlas.query' has no attribute '{name}'")

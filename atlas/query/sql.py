@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from atlas.errors import AtlasError
-from atlas.store.db import open_db
+from atlas.store.db import sandbox_connection
 
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 TABLES = ["models", "tasks", "runs", "neuron_scores", "neuron_sets", "neuron_set_members"]
@@ -25,13 +25,12 @@ VIEWS = ["task_sets", "set_sizes", "set_overlaps", "unique_neurons", "layer_coun
 
 @contextmanager
 def _read_only_connection(db: str | Path | None):
-    """The raw DuckDB connection of a read-only atlas engine."""
-    engine = open_db(db, read_only=True)
+    """A sandboxed read-only DuckDB connection, closed on exit."""
+    con = sandbox_connection(db)
     try:
-        with engine.connect() as conn:
-            yield conn.connection.dbapi_connection
+        yield con
     finally:
-        engine.dispose()
+        con.close()
 
 
 def run_sql(query: str, db: str | Path | None = None) -> pa.Table:

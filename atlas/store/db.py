@@ -17,15 +17,19 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
 
 from atlas.errors import AtlasError
 
+if TYPE_CHECKING:  # SQLAlchemy is imported where an engine is made (quick paths skip it)
+    from sqlalchemy.engine import Engine
+
 DEFAULT_DB = "atlas.duckdb"
+# The newest migration; a test checks it against Alembic's head, so quick read-only paths can
+# check a database's schema without importing Alembic.
+SCHEMA_HEAD = "0003"
 SANDBOX = {
     "enable_external_access": False,
     "autoinstall_known_extensions": False,
@@ -76,33 +80,62 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def _wait_for_lock(path: Path, open_connection):
+    """``open_connection()``, retried while another process holds the file, then one line."""
+    started, delay = time.monotonic(), 0.05
+    while True:
+        try:
+            return open_connection()
+        except (duckdb.IOException, duckdb.ConnectionException) as err:
+            message = str(err).splitlines()[0]
+            if "lock" not in message.lower():
+                raise AtlasError(f"cannot open {path} as a DuckDB database ({message}); "
+                                 "pass the --db of an atlas database") from err
+            waited = time.monotonic() - started
+            if waited >= lock_wait():
+                raise AtlasError(
+                    f"database {path} is in use by another process ({message}); waited "
+                    f"{waited:.0f} s: wait for it to finish, raise $ATLAS_LOCK_WAIT, or use "
+                    "another --db") from err
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 def _waiting_connect(path: Path):
-    """A ``do_connect`` hook: retry while another process holds the file, then one line."""
+    """A ``do_connect`` hook that waits for the file lock."""
 
     def connect(dialect, conn_rec, cargs, cparams):
-        started, delay = time.monotonic(), 0.05
-        while True:
-            try:
-                return dialect.connect(*cargs, **cparams)
-            except (duckdb.IOException, duckdb.ConnectionException) as err:
-                message = str(err).splitlines()[0]
-                if "lock" not in message.lower():
-                    raise AtlasError(f"cannot open {path} as a DuckDB database ({message}); "
-                                     "pass the --db of an atlas database") from err
-                waited = time.monotonic() - started
-                if waited >= lock_wait():
-                    raise AtlasError(
-                        f"database {path} is in use by another process ({message}); waited "
-                        f"{waited:.0f} s: wait for it to finish, raise $ATLAS_LOCK_WAIT, or use "
-                        "another --db") from err
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        return _wait_for_lock(path, lambda: dialect.connect(*cargs, **cparams))
 
     return connect
 
 
+def sandbox_connection(path: str | Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A raw read-only, sandboxed DuckDB connection to an atlas database at this schema (the
+    quick path for SQL; checked like :func:`open_db` with ``read_only``)."""
+    path = db_path(path)
+    if not path.exists():
+        raise AtlasError(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
+    con = _wait_for_lock(path, lambda: duckdb.connect(str(path), read_only=True,
+                                                      config=dict(SANDBOX)))
+    try:
+        tables = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+        revision = None
+        if "alembic_version" in tables:
+            revision = con.execute("SELECT version_num FROM alembic_version").fetchall()[0][0]
+        _refuse_schema(path, revision, bool(tables), SCHEMA_HEAD)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 def connect(path: str | Path | None = None, *, read_only: bool = False) -> Engine:
     """An engine that opens a DuckDB connection per transaction (sandboxed when read-only)."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import NullPool
+
     path = db_path(path)
     if read_only and not path.exists():
         raise AtlasError(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
@@ -125,6 +158,8 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def _n_tables(engine: Engine) -> int:
+    from sqlalchemy import text
+
     with engine.connect() as conn:
         return conn.execute(text("SELECT count(*) FROM information_schema.tables")).scalar_one()
 
@@ -143,10 +178,13 @@ def migrate(engine: Engine, revision: str = "head", *, down: bool = False) -> No
 
 def check_schema(engine: Engine, path: Path, revision: str | None) -> None:
     """Refuse a database that is not an atlas database or not at this atlas's schema."""
-    if revision is None and _n_tables(engine):
+    _refuse_schema(path, revision, bool(_n_tables(engine)), head_revision())
+
+
+def _refuse_schema(path: Path, revision: str | None, has_tables: bool, head: str) -> None:
+    if revision is None and has_tables:
         raise AtlasError(f"{path} is not an atlas database (no alembic_version table); "
                          "it was left untouched: pass the --db of an atlas database")
-    head = head_revision()
     if revision != head:
         raise AtlasError(f"database {path} is at schema revision {revision}, this atlas needs "
                          f"{head}; run `atlas db upgrade --db {path}` (read-only commands never "

@@ -189,3 +189,24 @@ def test_sigkill_at_several_points_resumes_to_identical_scores(llama_dir, tmp_pa
              "JOIN runs r USING (run_id) JOIN tasks t USING (task_id) ORDER BY ALL")
     assert _poll(killed, query) == _poll(clean, query)
     assert _poll(killed, "SELECT count(*) FROM runs WHERE status <> 'complete'") == [(0,)]
+
+
+def test_schema_head_constant_matches_the_migrations():
+    from atlas.store.db import SCHEMA_HEAD, head_revision
+
+    assert head_revision() == SCHEMA_HEAD
+
+
+def test_quick_commands_import_no_heavy_library(atlas_db):
+    code = ("import sys; from cli.main import app; sys.argv = ['atlas', 'sql', 'select 1', '--db', "
+            f"{str(atlas_db)!r}]\ntry:\n    app()\nexcept SystemExit as e:\n    assert not e.code\n"
+            "heavy = {'torch', 'scipy', 'matplotlib', 'transformers', 'sqlalchemy', 'alembic'}\n"
+            "print(sorted(heavy & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    help_code = ("import sys; from cli.main import app; sys.argv = ['atlas', '--help']\ntry:\n"
+                 "    app()\nexcept SystemExit:\n    pass\n"
+                 "print(sorted({'torch', 'scipy', 'matplotlib', 'sqlalchemy'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", help_code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
