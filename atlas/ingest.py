@@ -20,7 +20,7 @@ from atlas.models.loading import LoadedModel
 from atlas.progress import Reporter
 from atlas.scoring.engine import reduce_neurons
 from atlas.scoring.methods import Method, get_method, lape_scores, random_scores
-from atlas.scoring.selection import parse_rule, select
+from atlas.scoring.selection import require_finite, select
 from atlas.store import repository as repo
 from atlas.store.runs import RunStore
 from atlas.tasks.prompts import Example, PromptFormat, scoring_examples
@@ -202,7 +202,7 @@ class Ingestor:
 
     def __init__(self, loaded: LoadedModel, options: IngestOptions, runs: RunStore,
                  reporter: Reporter | None = None):
-        parse_rule(options.rule)
+        select(torch.zeros(loaded.n_layers, loaded.d_mlp), options.rule)  # a rule that selects
         for name in options.methods:
             get_method(name)
         self.loaded = loaded
@@ -245,14 +245,16 @@ class Ingestor:
         done = self.runs.find_complete(prep.task, method.name, key)
         if done and not self.options.force:
             self.reporter.message(f"{label}: reusing complete run {done.ref} (--force recomputes)")
+            n_selected = self.runs.ensure_set(done, self.options.rule)
             return IngestResult(prep.task.name, method.name, done.ref, "reused", done.n_examples,
-                                done.n_tokens, done.n_skipped, 0.0, done.n_selected)
+                                done.n_tokens, done.n_skipped, 0.0, n_selected)
         params = {**identity, "rule": self.options.rule, "batch_size": self.options.batch_size,
                   "device": str(self.loaded.device), "versions": library_versions()}
         handle = self.runs.open_run(prep.task, method.name, params, key)
         started = time.perf_counter()
         try:
             scores, n_examples, n_tokens, n_skipped, resumed = compute(handle)
+            require_finite(scores, f"run {handle} ({label})")
             mask = select(scores, self.options.rule)
             done = self.runs.complete(handle, prep.task, method.name, scores, mask,
                                       self.options.rule, n_examples, n_tokens, n_skipped)

@@ -168,3 +168,33 @@ def _ingest_ray(models, tasks, options, device, dtype, device_map, address, shar
     if errors:
         raise AtlasError(f"{len(errors)} Ray job(s) failed; completed runs are stored, "
                          "re-run the same command to resume the rest")
+
+
+def select_cmd(
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Stored model: NAME, NAME@DTYPE, NAME@REVISION or #ID."),
+    task: list[str] = typer.Option(..., "--task", "-t", help="Stored task(s): full name or SNI id."),
+    method: str = typer.Option("cgvst", "--method", help="Scoring method of the run."),
+    rule: str = typer.Option(..., help="top:RATE (global) or layer:K (per layer)."),
+    db: str = DbOption,
+) -> None:
+    """Make a neuron set from a complete run's stored scores (nothing is recomputed)."""
+    from atlas.store import open_db
+    from atlas.store import repository as repo
+    from atlas.store.identity import resolve_model, resolve_task
+
+    engine = open_db(db)
+    rows = []
+    try:
+        for spec in task:
+            with engine.begin() as conn:
+                found = resolve_model(conn, model)
+                task_row = resolve_task(conn, spec)
+                run_id = repo.latest_complete_run(conn, found["model_id"], task_row["task_id"],
+                                                  method)
+                name, size, created = repo.set_from_run(conn, run_id, rule)
+            rows.append({"set": name, "run": run_id, "rule": rule, "size": size,
+                         "status": "created" if created else "exists"})
+    finally:
+        engine.dispose()
+    console.print(rich_table(rows, title="neuron sets"))

@@ -6,7 +6,7 @@ import typer
 
 from cli.common import AtlasGroup
 from cli.db import db_app
-from cli.ingest import ingest
+from cli.ingest import ingest, select_cmd
 from cli.intervene import ablate, amplify, report
 from cli.query import compare, export, import_cmd, overlap, plot_app, specificity_cmd, sql
 
@@ -19,6 +19,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.command()(ingest)
+app.command("select")(select_cmd)
 app.command()(sql)
 app.command()(overlap)
 app.command("specificity")(specificity_cmd)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, first_line
 from atlas.ingest import IngestOptions, Ingestor, IngestResult
 from atlas.scoring.selection import select
 from atlas.store.runs import DatabaseRuns
@@ -65,7 +65,7 @@ def run_on_ray(jobs: list[RayJob], options: IngestOptions, shard_root: str | Pat
             results += ray.get(ref)
         except Exception as err:  # a worker's failure must not stop the import of the others
             errors.append(f"{job.model} [{', '.join(t.short_name for t in job.tasks)}]: "
-                          f"{str(err).splitlines()[0]}")
+                          f"{first_line(err)}")
     return results, errors
 
 

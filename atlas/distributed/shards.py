@@ -19,6 +19,7 @@ import torch
 
 from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
+from atlas.scoring.selection import require_finite
 from atlas.store.repository import Checkpoint
 from atlas.store.runs import Completed
 from atlas.tasks.sni import Task
@@ -57,6 +58,10 @@ class ShardRuns:
         meta = json.loads((folder / "meta.json").read_text())
         return Completed(str(folder), meta["n_examples"], meta["n_tokens"], meta["n_selected"],
                          meta.get("n_skipped", 0))
+
+    def ensure_set(self, done: Completed, rule: str) -> int:
+        """Shards carry scores only; the driver makes sets on import (`atlas select` after)."""
+        return done.n_selected
 
     def open_run(self, task: Task, method: str, params: dict, key: str) -> str:
         folder = self.folder(task, method, key)
@@ -121,8 +126,7 @@ def read_shard_scores(folder: Path, shape: tuple[int, int]) -> torch.Tensor:
     score = table["score"].to_numpy()
     if layer.min() < 0 or layer.max() >= n_layers or neuron.min() < 0 or neuron.max() >= d_mlp:
         raise AtlasError(f"shard {folder} has neuron indices outside {n_layers}×{d_mlp}")
-    if not np.isfinite(score).all():
-        raise AtlasError(f"shard {folder} has non-finite scores")
+    require_finite(score, f"shard {folder}")
     out = np.full((n_layers, d_mlp), np.nan, dtype=np.float32)
     out[layer, neuron] = score
     if np.isnan(out).any():

@@ -6,6 +6,7 @@ cached as a plain Hugging Face folder under ``$ATLAS_HOME/models`` so later load
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -18,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from atlas.errors import AtlasError
-from atlas.models.adapters import Adapter, adapter_for, context_length
+from atlas.errors import AtlasError, first_line
+from atlas.models.adapters import ARCHITECTURES, Adapter, adapter_for, context_length
 from atlas.models.names import DEFAULT_MODEL
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -105,6 +106,15 @@ def convert_gguf(gguf: Path) -> Path:
     target = atlas_home() / "models" / f"{gguf.stem}-{sha[:12]}"
     if (target / "atlas.json").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / f".{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes on one machine convert once
+        if not (target / "atlas.json").is_file():
+            _convert(gguf, sha, target)
+    return target
+
+
+def _convert(gguf: Path, sha: str, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -114,7 +124,6 @@ def convert_gguf(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
         model.save_pretrained(tmp)
@@ -123,7 +132,6 @@ def convert_gguf(gguf: Path) -> Path:
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def resolve_device(device: str) -> torch.device:
@@ -166,6 +174,9 @@ def _source_of(spec: str) -> tuple[str, Path | str, str | None]:
         folder = convert_gguf(path)
         return display_name(spec), folder, _gguf_revision(folder)
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise AtlasError(f"folder {path} is not a Hugging Face model folder (no config.json); "
+                             f"give a model folder, a .gguf file or an alias ({', '.join(ALIASES)})")
         return display_name(spec), path, _folder_fingerprint(path)
     if path.exists() or spec.startswith((".", "/")) or spec.count("/") > 1:
         raise AtlasError(
@@ -178,7 +189,7 @@ def _source_of(spec: str) -> tuple[str, Path | str, str | None]:
 def load_model(spec: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str | None = None,
                device_map: str | None = None) -> LoadedModel:
     """Load ``spec`` (alias, .gguf, folder or hub id) for scoring; parameters are frozen."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -190,11 +201,17 @@ def load_model(spec: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str | 
     if device_map:
         kwargs["device_map"] = device_map
     try:
+        config = AutoConfig.from_pretrained(str(source))
+        family = str(getattr(config, "model_type", ""))
+        if family not in ARCHITECTURES:
+            kind = " (an encoder-decoder model)" if getattr(config, "is_encoder_decoder", False) else ""
+            raise AtlasError(f"model '{spec}' is a '{family}'{kind}, an architecture atlas does not "
+                             f"support; supported: {', '.join(sorted(ARCHITECTURES))}")
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
-    except OSError as err:
+    except (OSError, ValueError, KeyError, ImportError) as err:
         raise AtlasError(
-            f"could not load model '{spec}': {str(err).splitlines()[0]} "
+            f"could not load model '{spec}': {first_line(err)} "
             f"(built-in aliases: {', '.join(ALIASES)})"
         ) from err
     if revision is None:

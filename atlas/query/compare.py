@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import spearmanr, wasserstein_distance
 from sqlalchemy.engine import Engine
 
 from atlas.query.core import check_method, resolve_model, rows
@@ -19,20 +20,6 @@ def depth_profile(engine: Engine, model: str, method: str) -> dict[str, np.ndarr
     return {t: np.asarray(v) for t, v in out.items()}
 
 
-def wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
-    """Earth mover's distance between two samples on [0, 1] (area between their CDFs)."""
-    grid = np.sort(np.concatenate([a, b]))
-    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
-    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
-    return float(np.sum(np.abs(cdf_a - cdf_b)[:-1] * np.diff(grid)))
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rx = np.argsort(np.argsort(x)).astype(float)
-    ry = np.argsort(np.argsort(y)).astype(float)
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
 def compare_models(engine: Engine, model_a: str, model_b: str, method: str = "cgvst") -> list[dict]:
     """Per task present in both: mean relative depth of each set, the Wasserstein distance of the
     depth distributions; when both models have the same shape, the Jaccard overlap of the
@@ -46,7 +33,7 @@ def compare_models(engine: Engine, model_a: str, model_b: str, method: str = "cg
     for task in sorted(set(prof_a) & set(prof_b)):
         row = {"task": task, "depth_a": float(prof_a[task].mean()),
                "depth_b": float(prof_b[task].mean()),
-               "depth_distance": wasserstein_1d(prof_a[task], prof_b[task])}
+               "depth_distance": float(wasserstein_distance(prof_a[task], prof_b[task]))}
         if same_shape:
             row.update(_index_agreement(engine, model_a, model_b, method, task))
         out.append(row)
@@ -76,5 +63,5 @@ def _index_agreement(engine: Engine, model_a: str, model_b: str, method: str, ta
             WHERE a.run_id = :ra AND b.run_id = :rb""", ra=stats["run_a"], rb=stats["run_b"])
         x = np.array([r["sa"] for r in scores])
         y = np.array([r["sb"] for r in scores])
-        result["spearman"] = _spearman(x, y) if len(x) > 1 else float("nan")
+        result["spearman"] = float(spearmanr(x, y).statistic) if len(x) > 1 else float("nan")
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from sqlalchemy.engine import Engine
 
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, first_line
 from atlas.query.core import rows
 from atlas.store import repository as repo
 from atlas.tasks.sni import KNOWN_TASKS
@@ -26,7 +26,7 @@ def _load(path: Path) -> list:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign files
-        raise AtlasError(f"cannot read {path} as a torch.save file: {str(err).splitlines()[0]}") from err
+        raise AtlasError(f"cannot read {path} as a torch.save file: {first_line(err)}") from err
     if not isinstance(obj, (list, tuple)) or not obj:
         raise AtlasError(f"{path} holds {type(obj).__name__}, not a list of per-layer index lists")
     return list(obj)

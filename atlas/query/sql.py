@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, first_line
 from atlas.store.db import sandbox_connection
 
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
@@ -39,7 +39,7 @@ def run_sql(query: str, db: str | Path | None = None) -> pa.Table:
         try:
             statements = con.extract_statements(query)
         except duckdb.Error as err:
-            raise AtlasError(f"SQL error: {str(err).splitlines()[0]}") from err
+            raise AtlasError(f"SQL error: {first_line(err)}") from err
         if len(statements) != 1:
             raise AtlasError(f"give exactly one SQL statement (got {len(statements)})")
         kind = statements[0].type.name
@@ -49,7 +49,7 @@ def run_sql(query: str, db: str | Path | None = None) -> pa.Table:
         try:
             return con.sql(query).to_arrow_table()
         except duckdb.Error as err:
-            raise AtlasError(f"SQL error: {str(err).splitlines()[0]}") from err
+            raise AtlasError(f"SQL error: {first_line(err)}") from err
 
 
 def write_table(table: pa.Table, fmt: str, out: str | Path | None) -> str | None:

@@ -16,6 +16,9 @@ def top_rate(scores: torch.Tensor, rate: float = 0.05) -> torch.Tensor:
         raise AtlasError(f"selection rate {rate} must lie in (0, 1]; e.g. 0.05 for the top 5%")
     flat = scores.flatten().numpy()
     k = int(flat.size * rate)
+    if k == 0:
+        raise AtlasError(f"rule top:{rate:g} selects no neuron of {flat.size}; use a rate of at "
+                         f"least {1 / flat.size:.2g}")
     order = np.argsort(-flat, kind="stable")[:k]
     mask = np.zeros(flat.size, dtype=bool)
     mask[order] = True
@@ -31,6 +34,14 @@ def per_layer_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     mask = np.zeros((n_layers, d_mlp), dtype=bool)
     np.put_along_axis(mask, order, True, axis=1)
     return torch.from_numpy(mask)
+
+
+def require_finite(scores, what: str) -> None:
+    """Refuse NaN or infinite scores (a tensor or an array), naming where they came from."""
+    bad = int((~np.isfinite(np.asarray(scores))).sum())
+    if bad:
+        raise AtlasError(f"{what} has {bad} non-finite score(s) (NaN or inf); check the model's "
+                         "dtype (try --dtype float32) and the examples")
 
 
 def parse_rule(rule: str) -> tuple[str, float]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, first_line
 
 if TYPE_CHECKING:  # SQLAlchemy is imported where an engine is made (quick paths skip it)
     from sqlalchemy.engine import Engine
@@ -87,7 +87,7 @@ def _wait_for_lock(path: Path, open_connection):
         try:
             return open_connection()
         except (duckdb.IOException, duckdb.ConnectionException) as err:
-            message = str(err).splitlines()[0]
+            message = first_line(err)
             if "lock" not in message.lower():
                 raise AtlasError(f"cannot open {path} as a DuckDB database ({message}); "
                                  "pass the --db of an atlas database") from err

@@ -173,6 +173,46 @@ def write_set(conn: Connection, name: str, model_id: int, task_id: int | None,
     return set_id
 
 
+def set_name(conn: Connection, model: str, task: str, method: str, run_id: int,
+             rule: str | None = None) -> str:
+    """``model/task id/method`` (``@rule`` for a set beyond the run's first); runs with other
+    params get ``#run_id`` when the name is taken."""
+    base = f"{model}/{task.split('_')[0]}/{method}" + (f"@{rule}" if rule else "")
+    taken = conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"), {"n": base}).first()
+    return f"{base}#{run_id}" if taken else base
+
+
+def set_from_run(conn: Connection, run_id: int, rule: str) -> tuple[str, int, bool]:
+    """The set of complete run ``run_id`` under ``rule``, made from its stored scores (no
+    recomputation) when it does not exist yet: (name, size, created)."""
+    from atlas.scoring.selection import select
+
+    found = conn.execute(text("SELECT name, size FROM neuron_sets WHERE run_id = :r AND rule = :rule"),
+                         {"r": run_id, "rule": rule}).first()
+    if found:
+        return found.name, int(found.size), False
+    run = conn.execute(text(
+        "SELECT r.model_id, r.task_id, r.method, r.status, m.name AS model, m.n_layers, m.d_mlp, "
+        "t.name AS task FROM runs r JOIN models m USING (model_id) JOIN tasks t USING (task_id) "
+        "WHERE r.run_id = :r"), {"r": run_id}).first()
+    if run is None or run.status != "complete":
+        raise AtlasError(f"run {run_id} is not a complete run; sets are made from complete runs")
+    mask = select(read_scores(conn, run_id, run.n_layers, run.d_mlp), rule)
+    name = set_name(conn, run.model, run.task, run.method, run_id, rule)
+    write_set(conn, name, run.model_id, run.task_id, run_id, rule, mask, run.method)
+    return name, int(mask.sum()), True
+
+
+def latest_complete_run(conn: Connection, model_id: int, task_id: int, method: str) -> int:
+    run_id = conn.execute(text(
+        "SELECT max(run_id) FROM runs WHERE model_id = :m AND task_id = :t AND method = :method "
+        "AND status = 'complete'"), {"m": model_id, "t": task_id, "method": method}).scalar()
+    if run_id is None:
+        raise AtlasError(f"no complete '{method}' run for this model and task; run atlas ingest "
+                         f"--method {method} first")
+    return int(run_id)
+
+
 def delete_sets(conn: Connection, set_ids: list[int]) -> None:
     for set_id in set_ids:
         conn.execute(text("DELETE FROM neuron_set_members WHERE set_id = :s"), {"s": set_id})

@@ -35,6 +35,7 @@ class RunStore(Protocol):
     def save_checkpoint(self, handle, ckpt: repo.Checkpoint) -> None: ...
     def complete(self, handle, task: Task, method: str, scores: torch.Tensor, mask: torch.Tensor,
                  rule: str, n_examples: int, n_tokens: int, n_skipped: int) -> Completed: ...
+    def ensure_set(self, done: Completed, rule: str) -> int: ...
     def fail(self, handle, error: str) -> None: ...
     def read_scores(self, ref, shape: tuple[int, int]) -> torch.Tensor: ...
 
@@ -72,6 +73,10 @@ class DatabaseRuns:
             done = repo.find_run(conn, self.model_id, task_id, method, key, ("complete",))
             if done is None:
                 return None
+            # An interrupted --force recomputation of this run: the complete run stands.
+            stale = repo.find_run(conn, self.model_id, task_id, method, key, ("running",))
+            if stale is not None:
+                repo.delete_run(conn, stale.run_id)
             size = conn.execute(text("SELECT coalesce(max(size), 0) FROM neuron_sets "
                                      "WHERE run_id = :r"), {"r": done.run_id}).scalar_one()
         return Completed(done.run_id, done.n_examples, done.n_tokens, int(size),
@@ -109,15 +114,16 @@ class DatabaseRuns:
             for old in older:  # --force: the new run replaces the old one, atomically
                 repo.delete_run(conn, old)
             repo.write_scores(conn, run_id, scores)
-            base = f"{self.model_name}/{task.short_name}/{method}"
-            taken = conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"),
-                                 {"n": base}).first()
-            # The plain name goes to the first run; runs with other params get a suffix.
-            name = f"{base}#{run_id}" if taken else base
+            name = repo.set_name(conn, self.model_name, task.name, method, run_id)
             repo.write_set(conn, name, self.model_id, task_id, run_id, rule, mask, method)
             repo.complete_run(conn, run_id, n_examples=n_examples, n_tokens=n_tokens,
                               n_skipped=n_skipped)
         return Completed(run_id, n_examples, n_tokens, int(mask.sum()), n_skipped)
+
+    def ensure_set(self, done: Completed, rule: str) -> int:
+        """The size of the complete run's set under ``rule``, made from stored scores if new."""
+        with self.engine.begin() as conn:
+            return repo.set_from_run(conn, int(done.ref), rule)[1]
 
     def fail(self, run_id: int, error: str) -> None:
         with self.engine.begin() as conn:

@@ -11,11 +11,12 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, first_line
 from atlas.models.loading import atlas_home
 
 SNI_RAW_URL = "https://raw.githubusercontent.com/allenai/natural-instructions/master/tasks/{}.json"
@@ -109,10 +110,12 @@ def load_table_file(path: Path, definition: str = "") -> Task:
     import datasets
 
     kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix]
+    if path.stat().st_size == 0:
+        raise AtlasError(f"task file {path} is empty; give a file with input and output rows")
     try:
         table = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as err:  # datasets raises many types for unreadable files
-        raise AtlasError(f"cannot read task file {path}: {str(err).splitlines()[0]}") from err
+        raise AtlasError(f"cannot read task file {path}: {first_line(err)}") from err
     missing = {"input", "output"} - set(table.column_names)
     if missing:
         raise AtlasError(f"task file {path} lacks column(s) {sorted(missing)}; add them")
@@ -159,9 +162,10 @@ def _download(name: str, cache: Path) -> Path | None:
         return None
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"{full}.json"
-    tmp = target.with_suffix(".part")
-    tmp.write_bytes(body)
-    tmp.rename(target)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{full}.", suffix=".part")  # unique per process
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(body)
+    os.replace(tmp, target)
     return target
 
 

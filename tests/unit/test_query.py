@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from atlas.query import compare_models, overlap_matrix, specificity
-from atlas.query.compare import wasserstein_1d
 from atlas.store import open_db
 from cli.main import app
 from tests.conftest import PUBLISHED_DIR, SNI_DIR, save_tiny
@@ -123,11 +122,6 @@ def test_compare_models_same_shape(tiny_db):
     assert all(r["jaccard"] == 1 and r["spearman"] == pytest.approx(1) for r in same)
     assert all(r["depth_distance"] == 0 for r in same)
     engine.dispose()
-
-
-def test_wasserstein_matches_shift():
-    a = np.array([0.1, 0.2, 0.3])
-    assert wasserstein_1d(a, a + 0.25) == pytest.approx(0.25)
 
 
 def test_sql_is_read_only_and_reports_errors(tiny_db):

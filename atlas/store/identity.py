@@ -1,0 +1,59 @@
+"""Identity: a model is (name, revision, dtype) and a task is its full name; every lookup ends in
+an id. A name that matches several stored models is an error listing them, never a silent merge.
+
+Model specs: ``name``, ``name@dtype``, ``name@revision`` (or a revision prefix), or ``#model_id``.
+Task specs: the full name, a Super-NaturalInstructions id (``task195``) when exactly one stored
+task has it, or ``#task_id``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from atlas.errors import AtlasError
+
+_SNI_ID = re.compile(r"task\d+")
+
+
+def _label(model: dict[str, Any]) -> str:
+    return f"{model['name']}@{model['dtype']} (#{model['model_id']}, {model['revision']})"
+
+
+def resolve_model(conn: Connection, spec: str) -> dict[str, Any]:
+    """The one stored model that ``spec`` names (a row of ``models`` as a dict)."""
+    models = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM models ORDER BY model_id"))]
+    if spec.startswith("#") and spec[1:].isdigit():
+        found = [m for m in models if m["model_id"] == int(spec[1:])]
+    else:
+        name, _, qualifier = spec.partition("@")
+        found = [m for m in models if m["name"] == name and (
+            not qualifier or m["dtype"] == qualifier or str(m["revision"]).startswith(qualifier))]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        known = sorted({m["name"] for m in models})
+        raise AtlasError(f"no model '{spec}' in the atlas; known: {', '.join(known) or 'none'}")
+    raise AtlasError(f"model '{spec}' is ambiguous: {'; '.join(map(_label, found))}; name one as "
+                     "NAME@DTYPE, NAME@REVISION or #ID")
+
+
+def resolve_task(conn: Connection, spec: str) -> dict[str, Any]:
+    """The one stored task that ``spec`` names (a row of ``tasks`` as a dict)."""
+    tasks = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM tasks ORDER BY task_id"))]
+    if spec.startswith("#") and spec[1:].isdigit():
+        found = [t for t in tasks if t["task_id"] == int(spec[1:])]
+    else:
+        found = [t for t in tasks if t["name"] == spec]
+        if not found and _SNI_ID.fullmatch(spec):
+            found = [t for t in tasks if t["name"].startswith(spec + "_")]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise AtlasError(f"no task '{spec}' in the atlas; give a stored task's full name "
+                         "(SELECT name FROM tasks)")
+    names = ", ".join(f"{t['name']} (#{t['task_id']})" for t in found)
+    raise AtlasError(f"task '{spec}' is ambiguous: {names}; give the full name or #ID")

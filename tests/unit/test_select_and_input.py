@@ -1,0 +1,146 @@
+"""Sets made from stored scores, identity by id, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import atlas.ingest
+from cli.main import app
+from tests.conftest import SNI_DIR, save_tiny
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_tiny("llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+def ingest(model_dir, db, *extra):
+    return runner.invoke(app, ["ingest", "--model", str(model_dir), "--sni-dir", str(SNI_DIR),
+                               "--db", str(db), "--shots", "1", "--examples", "3", *extra])
+
+
+def query(db, sql):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_new_rule_reuses_the_scores(llama_dir, tmp_path, monkeypatch):
+    db = tmp_path / "a.duckdb"
+    assert ingest(llama_dir, db, "--task", "task195").exit_code == 0
+    calls = []
+    real = atlas.ingest.reduce_neurons
+    monkeypatch.setattr(atlas.ingest, "reduce_neurons", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = ingest(llama_dir, db, "--task", "task195", "--rule", "layer:4")
+    assert res.exit_code == 0, res.output
+    assert calls == []  # nothing recomputed
+    assert query(db, "SELECT count(*) FROM runs") == [(1,)]
+    assert sorted(query(db, "SELECT rule, size FROM neuron_sets")) == [("layer:4", 8), ("top:0.05", 4)]
+    name = llama_dir.name
+    res = runner.invoke(app, ["select", "--model", name, "--task", "task195", "--rule", "top:0.25",
+                              "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert ("top:0.25", 24) in query(db, "SELECT rule, size FROM neuron_sets")
+    again = runner.invoke(app, ["select", "--model", name, "--task", "task195", "--rule",
+                                "top:0.25", "--db", str(db)])
+    assert "exists" in again.output and query(db, "SELECT count(*) FROM neuron_sets") == [(3,)]
+    members = query(db, "SELECT count(*) FROM neuron_set_members JOIN neuron_sets USING (set_id) "
+                        "WHERE rule = 'top:0.25'")
+    assert members == [(24,)]
+
+
+def test_two_dtypes_of_one_model_are_two_identities(llama_dir, tmp_path):
+    db = tmp_path / "a.duckdb"
+    assert ingest(llama_dir, db, "--task", "task195").exit_code == 0
+    assert ingest(llama_dir, db, "--task", "task195", "--dtype", "bfloat16").exit_code == 0
+    assert query(db, "SELECT dtype FROM models ORDER BY 1") == [("bfloat16",), ("float32",)]
+    name = llama_dir.name
+    res = runner.invoke(app, ["select", "--model", name, "--task", "task195", "--rule", "layer:2",
+                              "--db", str(db)])
+    assert res.exit_code == 2 and "ambiguous" in res.output
+    assert f"{name}@float32" in res.output and f"{name}@bfloat16" in res.output
+    res = runner.invoke(app, ["select", "--model", f"{name}@bfloat16", "--task", "task195", "--rule",
+                              "layer:2", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert query(db, "SELECT m.dtype FROM neuron_sets JOIN models m USING (model_id) "
+                     "WHERE rule = 'layer:2'") == [("bfloat16",)]
+
+
+def test_non_finite_scores_fail_the_run(llama_dir, tmp_path, monkeypatch):
+    db = tmp_path / "a.duckdb"
+    monkeypatch.setattr(atlas.ingest, "reduce_neurons",
+                        lambda *a, **k: torch.full((2, 48), float("nan")))
+    res = ingest(llama_dir, db, "--task", "task195")
+    assert res.exit_code == 2 and "non-finite" in res.output
+    assert query(db, "SELECT status FROM runs") == [("failed",)]
+    assert query(db, "SELECT count(*) FROM neuron_scores") == [(0,)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--examples", "0"], "--examples must be at least 1"),
+    (["--examples", "-3"], "--examples must be at least 1"),
+    (["--shots", "-1"], "--shots must be 0 or more"),
+    (["--rule", "top:0.001"], "selects no neuron"),
+    (["--rule", "layer:999"], "per-layer k=999"),
+])
+def test_bad_numbers_are_one_line_errors(llama_dir, tmp_path, args, message):
+    db = tmp_path / "a.duckdb"
+    res = ingest(llama_dir, db, "--task", "task195", *args)
+    assert res.exit_code == 2 and message in res.output, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and res.output.rstrip().endswith(errors[0])
+    assert "Traceback" not in res.output
+    assert not db.exists() or query(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_bad_models_and_files_are_one_line_errors(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    (tmp_path / "empty_folder").mkdir()
+    (tmp_path / "bad_config").mkdir()
+    (tmp_path / "bad_config" / "config.json").write_text("{}")
+    T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2,
+                                        vocab_size=100, d_kv=8)).save_pretrained(tmp_path / "t5")
+    (tmp_path / "empty.jsonl").write_text("")
+    cases = [
+        (["--model", str(tmp_path / "empty_folder"), "--task", "task195"], "no config.json"),
+        (["--model", str(tmp_path / "bad_config"), "--task", "task195"], "could not load model"),
+        (["--model", str(tmp_path / "t5"), "--task", "task195"], "encoder-decoder"),
+        (["--task", str(tmp_path / "empty.jsonl")], "is empty"),
+    ]
+    for args, message in cases:
+        res = runner.invoke(app, ["ingest", *args, "--sni-dir", str(SNI_DIR), "--db",
+                                  str(tmp_path / "a.duckdb")])
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+
+
+def test_interrupted_force_run_is_cleaned_by_the_next_ingest(llama_dir, tmp_path, monkeypatch):
+    db = tmp_path / "a.duckdb"
+    assert ingest(llama_dir, db, "--task", "task195", "--checkpoint-every", "1").exit_code == 0
+    scores = query(db, "SELECT layer, neuron, score FROM neuron_scores ORDER BY ALL")
+    real, calls = atlas.ingest.reduce_neurons, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(atlas.ingest, "reduce_neurons", dying)
+    assert ingest(llama_dir, db, "--task", "task195", "--checkpoint-every", "1",
+                  "--force").exit_code == 130
+    assert sorted(query(db, "SELECT status FROM runs")) == [("complete",), ("running",)]
+    monkeypatch.setattr(atlas.ingest, "reduce_neurons", real)
+    res = ingest(llama_dir, db, "--task", "task195", "--checkpoint-every", "1")
+    assert res.exit_code == 0 and "reusing" in res.output
+    assert query(db, "SELECT status FROM runs") == [("complete",)]
+    assert query(db, "SELECT count(*) FROM run_checkpoints") == [(0,)]
+    assert query(db, "SELECT layer, neuron, score FROM neuron_scores ORDER BY ALL") == scores
