@@ -32,8 +32,8 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
                 control_seed: int, batch_size: int, device: str, dtype: str, sni_dir: str | None,
                 db: str | None, control: bool = True, preset: str | None = None,
                 split: str = "stratified") -> None:
-    from atlas.intervene.experiment import AblateOptions, Experiment, find_set
-    from atlas.models.loading import display_name, load_model
+    from atlas.intervene.experiment import AblateOptions, Experiment, find_set, set_owner
+    from atlas.models.loading import display_name, load_model, resolve_device, resolve_dtype
     from atlas.store import open_db
 
     options = AblateOptions(factor=factor, metric=metric, examples=examples, shots=shots, seed=seed,
@@ -45,7 +45,8 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
                       f"{options.split}, whole evaluation half, released prompts")
     engine = open_db(db)
     try:
-        targets = [find_set(engine, display_name(model), task=t, method=method, name=set_name)
+        stored = set_owner(engine, display_name(model), resolve_dtype(dtype, resolve_device(device)))
+        targets = [find_set(engine, stored, task=t, method=method, name=set_name)
                    for t in (tasks or [None])]
         with console.status(f"loading {model}"):
             loaded = load_model(model, device=device, dtype=dtype)
@@ -101,9 +102,13 @@ def _fmt(v):
     return None if v is None else round(float(v), 4)
 
 
+ConfigOption = typer.Option(None, "--config", help="Evaluation configuration (a prefix of its "
+                                                     "hash) when the model has several.")
+
+
 def report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
            method: str = typer.Option("cgvst"), factor: float = typer.Option(0.0),
-           metric: str = typer.Option("label_likelihood"),
+           metric: str = typer.Option("label_likelihood"), config: str = ConfigOption,
            format: str = typer.Option("markdown", "--format", "-f", help="markdown, csv or json."),
            db: str = DbOption) -> None:
     """Task × task matrix of relative accuracy change, random controls and specificity indices."""
@@ -112,7 +117,7 @@ def report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
     from atlas.store import open_db
 
     engine = open_db(db, read_only=True)
-    names, cols, matrix, summary = report_matrix(engine, model, method, factor, metric)
+    names, cols, matrix, summary = report_matrix(engine, model, method, factor, metric, config)
     engine.dispose()
     if format == "json":
         import json
@@ -145,7 +150,7 @@ def report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
 @plot_app.command("report")
 def plot_report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
                 method: str = typer.Option("cgvst"), factor: float = typer.Option(0.0),
-                metric: str = typer.Option("label_likelihood"),
+                metric: str = typer.Option("label_likelihood"), config: str = ConfigOption,
                 output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
     """Heatmap of the intervention report."""
     import numpy as np
@@ -155,7 +160,7 @@ def plot_report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
     from atlas.store import open_db
 
     engine = open_db(db, read_only=True)
-    names, cols, matrix, _ = report_matrix(engine, model, method, factor, metric)
+    names, cols, matrix, _ = report_matrix(engine, model, method, factor, metric, config)
     engine.dispose()
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix])
     heatmap(values, names, cols, f"{model} · {method} × {factor:g} · {metric}", output,

@@ -18,8 +18,9 @@ from atlas.evaluate.metrics import METRICS, evaluate
 from atlas.ingest import Reporter, apply_preset
 from atlas.intervene.spec import Intervention, apply, random_control
 from atlas.models.loading import LoadedModel
-from atlas.query.core import rows
+from atlas.query.core import resolve_model, resolve_task, rows
 from atlas.store import repository as repo
+from atlas.store.identity import task_labels
 from atlas.tasks.prompts import PromptFormat
 from atlas.tasks.sni import Task, load_task
 from atlas.tasks.split import split_task, subsample
@@ -60,18 +61,29 @@ class AblateOptions:
 
 def find_set(engine: Engine, model: str, *, task: str | None = None, method: str = "cgvst",
              name: str | None = None) -> dict:
-    """A stored set, by name or as the current (model, task, method) set."""
+    """A stored set, by name or as the current set of (model, task, method); ``model`` and
+    ``task`` are identity specs (see :mod:`atlas.store.identity`)."""
     if name:
         found = rows(engine, "SELECT ts.*, m.name AS model FROM neuron_sets ts JOIN models m "
                              "USING (model_id) WHERE ts.name = :n", n=name)
     else:
-        found = rows(engine, "SELECT * FROM task_sets WHERE model = :m AND method = :method AND "
-                             "(task = :t OR task_short = :t) ORDER BY set_id DESC LIMIT 1",
-                     m=model, method=method, t=task)
+        info, task_row = resolve_model(engine, model), resolve_task(engine, task)
+        found = rows(engine, "SELECT * FROM task_sets WHERE model_id = :mid AND method = :method "
+                             "AND task_id = :tid", mid=info["model_id"], method=method,
+                     tid=task_row["task_id"])
     if not found:
         what = f"set '{name}'" if name else f"no '{method}' set of task '{task}' for model '{model}'"
         raise AtlasError(f"{what} not found; run atlas ingest first (or check --set/--method)")
     return found[0]
+
+
+def set_owner(engine: Engine, name: str, dtype: str) -> str:
+    """The stored model whose sets an ablation of ``name`` in ``dtype`` uses: ``name@dtype`` when
+    stored, else ``name`` (an error when that is ambiguous)."""
+    try:
+        return f"#{resolve_model(engine, f'{name}@{dtype}')['model_id']}"
+    except AtlasError:
+        return name
 
 
 def set_mask(engine: Engine, set_id: int, n_layers: int, d_mlp: int) -> torch.Tensor:
@@ -82,12 +94,12 @@ def set_mask(engine: Engine, set_id: int, n_layers: int, d_mlp: int) -> torch.Te
     return mask
 
 
-def _eval_task_names(engine: Engine, model: str, method: str, names: list[str]) -> list[str]:
+def _eval_task_names(engine: Engine, model_id: int, method: str, names: list[str]) -> list[str]:
     if names != ["all"]:
         return names
-    return [r["task"] for r in rows(engine, "SELECT DISTINCT task FROM task_sets WHERE model = :m "
-                                            "AND method = :method ORDER BY task", m=model,
-                                    method=method)]
+    return [r["task"] for r in rows(engine, "SELECT DISTINCT task FROM task_sets WHERE model_id = "
+                                            ":mid AND method = :method ORDER BY task",
+                                    mid=model_id, method=method)]
 
 
 class Experiment:
@@ -162,7 +174,7 @@ class Experiment:
         spec = Intervention.from_mask(mask, self.options.factor, label=target["name"])
         control = Intervention.from_mask(random_control(mask, self.options.control_seed),
                                          self.options.factor, label="random control")
-        names = _eval_task_names(self.engine, target["model"], target["method"],
+        names = _eval_task_names(self.engine, target["model_id"], target["method"],
                                  self.options.eval_tasks)
         tasks = [load_task(name, self.options.sni_dir) for name in names]
         out = []
@@ -178,43 +190,105 @@ class Experiment:
         return out
 
 
-def report_matrix(engine: Engine, model: str, method: str, factor: float, metric: str
-                  ) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
-    """Rows = intervened sets (and their controls), columns = evaluated tasks, values = relative
-    change against the unmodified model; plus per set a specificity index (the target task's
-    relative drop minus the mean relative drop of the other tasks) and the mean |change| over
-    all evaluated tasks, of the set and of its random control."""
+def _params(value) -> dict:
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+def evaluation_configs(engine: Engine, model_id: int, method: str, factor: float,
+                       metric: str) -> list[dict]:
+    """The evaluation configurations with intervened evaluations of this selection, newest
+    first: ``config`` (a hash of the params without the evaluated task's data hash), its
+    ``params_keys`` (one per task) and ``params``."""
     data = rows(engine, """
-        SELECT split_part(set_task, '_', 1) AS set_task, is_control,
-               split_part(eval_task, '_', 1) AS eval_task, avg(rel_change) AS rel_change
+        SELECT e.params_key, any_value(e.params) AS params, max(e.created_at) AS last
+        FROM evaluations e JOIN neuron_sets s USING (set_id)
+        WHERE e.model_id = :mid AND s.method = :method AND e.factor = :factor
+          AND e.metric = :metric
+        GROUP BY e.params_key ORDER BY last DESC""", mid=model_id, method=method, factor=factor,
+                metric=metric)
+    configs: dict[str, dict] = {}
+    for r in data:
+        params = {k: v for k, v in _params(r["params"]).items() if k != "data_hash"}
+        config = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+        entry = configs.setdefault(config, {"config": config, "params": params, "params_keys": []})
+        entry["params_keys"].append(r["params_key"])
+    return list(configs.values())
+
+
+def _choose_config(configs: list[dict], config: str | None, what: str) -> dict:
+    if config:
+        found = [c for c in configs if c["config"].startswith(config)]
+        if len(found) != 1:
+            raise AtlasError(f"--config {config} matches {len(found)} evaluation configurations of "
+                             f"{what}; give a prefix of one of: "
+                             f"{', '.join(c['config'] for c in configs)}")
+        return found[0]
+    if len(configs) > 1:
+        def summary(c: dict) -> str:
+            p = c["params"]
+            return (f"{c['config']} (shots {p.get('shots')}, examples {p.get('examples')}, "
+                    f"seed {p.get('seed')}, {p.get('split')}, preset {p.get('preset')})")
+        raise AtlasError(f"{what} has {len(configs)} evaluation configurations; a report shows one: "
+                         f"pass --config with one of {'; '.join(map(summary, configs))}")
+    return configs[0]
+
+
+def report_matrix(engine: Engine, model: str, method: str, factor: float, metric: str,
+                  config: str | None = None
+                  ) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
+    """Rows = intervened sets (and their random controls, one row per control seed), columns =
+    evaluated tasks, values = relative change against the unmodified model in the same
+    evaluation configuration (``config``: a prefix of its hash; required when several exist).
+    Per set: a specificity index (the target task's relative drop minus the mean relative drop of
+    the other tasks) and the mean |change| over all evaluated tasks, of the set and its control."""
+    info = resolve_model(engine, model)
+    what = f"model '{model}' with {method} sets at factor {factor:g} ({metric})"
+    configs = evaluation_configs(engine, info["model_id"], method, factor, metric)
+    if not configs:
+        raise AtlasError(f"no evaluations of {what}; run atlas ablate first")
+    keys = _choose_config(configs, config, what)["params_keys"]
+    data = rows(engine, """
+        SELECT set_task_id, set_task, is_control, coalesce(control_seed, -1) AS control_seed,
+               eval_task_id, eval_task, avg(rel_change) AS rel_change
         FROM evaluation_effects
-        WHERE model = :model AND method = :method AND factor = :factor AND metric = :metric
-          AND set_name IN (SELECT name FROM task_sets)
-        GROUP BY ALL""", model=model, method=method, factor=factor, metric=metric)
-    if not data:
-        raise AtlasError(f"no evaluations of '{model}' with {method} sets at factor {factor} "
-                         f"({metric}); run atlas ablate first")
-    sets = sorted({r["set_task"] for r in data})
-    cols = sorted({r["eval_task"] for r in data})
-    cell = {(r["set_task"], r["is_control"], r["eval_task"]): r["rel_change"] for r in data}
+        WHERE model_id = :mid AND method = :method AND factor = :factor AND metric = :metric
+          AND list_contains(:keys, params_key) AND set_id IN (SELECT set_id FROM task_sets)
+        GROUP BY ALL""", mid=info["model_id"], method=method, factor=factor, metric=metric, keys=keys)
+    set_names = {r["set_task_id"]: r["set_task"] for r in data}
+    eval_names = {r["eval_task_id"]: r["eval_task"] for r in data}
+    sets = sorted(set_names, key=set_names.get)
+    cols = sorted(eval_names, key=eval_names.get)
+    names = {**set_names, **eval_names}  # task id -> full name
+    labels = dict(zip(names, task_labels(list(names.values()))))
+    seeds = sorted({r["control_seed"] for r in data if r["is_control"]})
+    cell = {(r["set_task_id"], r["is_control"], r["control_seed"], r["eval_task_id"]): r["rel_change"]
+            for r in data}
     row_names, matrix, summary = [], [], []
     for s in sets:
-        for control in (False, True):
-            row_names.append(f"{s} (random)" if control else s)
-            matrix.append([cell.get((s, control, c)) for c in cols])
-        target = cell.get((s, False, s))
-        others = [cell[(s, False, c)] for c in cols if c != s and cell.get((s, False, c)) is not None]
-        ctrl_target = cell.get((s, True, s))
-        magnitude = [abs(cell[(s, False, c)]) for c in cols if cell.get((s, False, c)) is not None]
-        ctrl_magnitude = [abs(cell[(s, True, c)]) for c in cols if cell.get((s, True, c)) is not None]
+        row_names.append(labels[s])
+        matrix.append([cell.get((s, False, -1, c)) for c in cols])
+        for seed in seeds:
+            row_names.append(f"{labels[s]} (random, seed {seed})")
+            matrix.append([cell.get((s, True, seed, c)) for c in cols])
+
+        def changes(control: bool, s=s) -> dict[int, float]:
+            found: dict[int, list[float]] = {}
+            for (set_id, is_control, _, col), value in cell.items():
+                if set_id == s and is_control == control and value is not None:
+                    found.setdefault(col, []).append(value)
+            return {col: sum(v) / len(v) for col, v in found.items()}  # mean over control seeds
+
+        own, ctrl = changes(False), changes(True)
+        target = own.get(s) if s in cols else None
+        others = [v for c, v in own.items() if c != s]
         summary.append({
-            "set": s,
+            "set": labels[s],
             "target_change": target,
             "others_mean_change": sum(others) / len(others) if others else None,
             "specificity_index": (-(target) + sum(others) / len(others))
             if target is not None and others else None,
-            "control_target_change": ctrl_target,
-            "mean_abs_change": sum(magnitude) / len(magnitude) if magnitude else None,
-            "control_mean_abs_change": sum(ctrl_magnitude) / len(ctrl_magnitude) if ctrl_magnitude else None,
+            "control_target_change": ctrl.get(s),
+            "mean_abs_change": sum(map(abs, own.values())) / len(own) if own else None,
+            "control_mean_abs_change": sum(map(abs, ctrl.values())) / len(ctrl) if ctrl else None,
         })
-    return row_names, cols, matrix, summary
+    return row_names, [labels[c] for c in cols], matrix, summary

@@ -10,10 +10,12 @@ from atlas.query.core import check_method, resolve_model, rows
 
 
 def depth_profile(engine: Engine, model: str, method: str) -> dict[str, np.ndarray]:
-    """Per task, the relative depth ((layer + 0.5) / n_layers) of every neuron of its set."""
+    """Per task (full name), the relative depth ((layer + 0.5) / n_layers) of every neuron of its
+    set."""
+    info = resolve_model(engine, model)
     data = rows(engine, """
-        SELECT task, rel_depth, n FROM layer_counts WHERE model = :model AND method = :method
-        ORDER BY task, rel_depth""", model=model, method=method)
+        SELECT task, rel_depth, n FROM layer_counts WHERE model_id = :mid AND method = :method
+        ORDER BY task, rel_depth""", mid=info["model_id"], method=method)
     out: dict[str, list] = {}
     for r in data:
         out.setdefault(r["task"], []).extend([r["rel_depth"]] * int(r["n"]))
@@ -35,17 +37,18 @@ def compare_models(engine: Engine, model_a: str, model_b: str, method: str = "cg
                "depth_b": float(prof_b[task].mean()),
                "depth_distance": float(wasserstein_distance(prof_a[task], prof_b[task]))}
         if same_shape:
-            row.update(_index_agreement(engine, model_a, model_b, method, task))
+            row.update(_index_agreement(engine, info_a["model_id"], info_b["model_id"], method,
+                                        task))
         out.append(row)
     return out
 
 
-def _index_agreement(engine: Engine, model_a: str, model_b: str, method: str, task: str) -> dict:
+def _index_agreement(engine: Engine, model_a: int, model_b: int, method: str, task: str) -> dict:
     stats = rows(engine, """
         WITH a AS (SELECT set_id, size, run_id FROM task_sets
-                   WHERE model = :ma AND method = :method AND task = :task),
+                   WHERE model_id = :ma AND method = :method AND task = :task),
              b AS (SELECT set_id, size, run_id FROM task_sets
-                   WHERE model = :mb AND method = :method AND task = :task)
+                   WHERE model_id = :mb AND method = :method AND task = :task)
         SELECT (SELECT count(*) FROM neuron_set_members x JOIN neuron_set_members y
                   ON x.layer = y.layer AND x.neuron = y.neuron
                 WHERE x.set_id = (SELECT set_id FROM a) AND y.set_id = (SELECT set_id FROM b))

@@ -1,4 +1,4 @@
-"""Small helpers shared by the queries: rows as dicts, model lookup."""
+"""Small helpers shared by the queries: rows as dicts, model and task lookup by id."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
+from atlas.store import identity
 
 
 def rows(engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
@@ -16,13 +17,17 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in result]
 
 
-def resolve_model(engine: Engine, name: str) -> dict[str, Any]:
-    """The newest stored model called ``name`` (model_id, name, n_layers, d_mlp ...)."""
-    found = rows(engine, "SELECT * FROM models WHERE name = :n ORDER BY model_id DESC LIMIT 1", n=name)
-    if not found:
-        known = [r["name"] for r in rows(engine, "SELECT DISTINCT name FROM models ORDER BY 1")]
-        raise AtlasError(f"no model '{name}' in the atlas; known: {', '.join(known) or 'none'}")
-    return found[0]
+def resolve_model(engine: Engine, spec: str) -> dict[str, Any]:
+    """The one stored model ``spec`` names (NAME, NAME@DTYPE, NAME@REVISION or #ID); an
+    ambiguous name is an error listing the candidates."""
+    with engine.connect() as conn:
+        return identity.resolve_model(conn, spec)
+
+
+def resolve_task(engine: Engine, spec: str) -> dict[str, Any]:
+    """The one stored task ``spec`` names (full name, unique SNI id or #ID)."""
+    with engine.connect() as conn:
+        return identity.resolve_task(conn, spec)
 
 
 def check_method(engine: Engine, model: dict, method: str) -> None:

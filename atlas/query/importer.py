@@ -13,7 +13,7 @@ import torch
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError, first_line
-from atlas.query.core import rows
+from atlas.store import identity
 from atlas.store import repository as repo
 from atlas.tasks.sni import KNOWN_TASKS
 
@@ -51,7 +51,11 @@ def import_sets(engine: Engine, path: str | Path, *, model: str, tasks: list[str
     path = Path(path)
     if fmt not in FORMATS:
         raise AtlasError(f"unknown import format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    known = rows(engine, "SELECT * FROM models WHERE name = :n ORDER BY model_id DESC", n=model)
+    with engine.connect() as conn:
+        known = identity.matching_models(conn, model)
+    if len(known) > 1:
+        with engine.connect() as conn:
+            identity.resolve_model(conn, model)  # the error that lists the candidates
     if known:
         n_layers = n_layers or known[0]["n_layers"]
         d_mlp = d_mlp or known[0]["d_mlp"]
@@ -70,11 +74,11 @@ def import_sets(engine: Engine, path: str | Path, *, model: str, tasks: list[str
         if known and (known[0]["n_layers"], known[0]["d_mlp"]) == (n_layers, d_mlp):
             model_id = known[0]["model_id"]
         else:
-            model_id = repo.ensure_model(conn, model, family, n_layers, d_mlp, "imported", "none")
+            model_id = repo.ensure_model(conn, model, family, n_layers, d_mlp, repo.IMPORTED, "none")
         for task, per_layer in zip(tasks, groups):
             task = KNOWN_TASKS.get(task, task)  # a paper task's id names its SNI file
             mask = _mask(per_layer, n_layers, d_mlp, path)
-            task_id = repo.ensure_task(conn, task, str(path), 0, "imported")
+            task_id = repo.ensure_task(conn, task, str(path), 0, repo.IMPORTED)
             name = f"{model}/{task.split('_')[0]}/{fmt}:imported"
             set_id = repo.write_set(conn, name, model_id, task_id, None, f"imported:{path.name}",
                                     mask, fmt)

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
 from atlas.query.core import check_method, resolve_model, rows
+from atlas.store.identity import task_labels
 
 MEASURES = ("jaccard", "overlap_coef", "n_shared")
 
@@ -21,9 +22,13 @@ class OverlapMatrix:
     tasks: list[str]
     values: np.ndarray  # [n_tasks, n_tasks]
 
+    @property
+    def labels(self) -> list[str]:
+        return task_labels(self.tasks)
+
     def as_rows(self) -> list[dict]:
-        return [{"task": t.split("_")[0], **{u.split("_")[0]: float(v) for u, v in zip(self.tasks, row)}}
-                for t, row in zip(self.tasks, self.values)]
+        return [{"task": label, **{u: float(v) for u, v in zip(self.labels, row)}}
+                for label, row in zip(self.labels, self.values)]
 
 
 def overlap_matrix(engine: Engine, model: str, method: str = "cgvst",
@@ -34,7 +39,8 @@ def overlap_matrix(engine: Engine, model: str, method: str = "cgvst",
     info = resolve_model(engine, model)
     check_method(engine, info, method)
     data = rows(engine, f"SELECT task_a, task_b, {measure} AS v FROM set_overlaps "
-                        "WHERE model = :model AND method = :method", model=model, method=method)
+                        "WHERE model_id = :mid AND method = :method", mid=info["model_id"],
+                method=method)
     tasks = sorted({r["task_a"] for r in data})
     index = {t: k for k, t in enumerate(tasks)}
     values = np.zeros((len(tasks), len(tasks)))
@@ -51,15 +57,15 @@ def specificity(engine: Engine, model: str, method: str = "cgvst") -> list[dict]
     return rows(engine, """
         WITH uniq AS (
             SELECT set_id, count(*) AS n_unique FROM unique_neurons
-            WHERE model = :model AND method = :method GROUP BY set_id),
+            WHERE model_id = :mid AND method = :method GROUP BY set_id),
         other AS (
             SELECT set_a AS set_id, avg(jaccard) AS mean_jaccard FROM set_overlaps
-            WHERE model = :model AND method = :method AND set_a <> set_b GROUP BY set_a)
-        SELECT ts.task, ts.size, coalesce(u.n_unique, 0) AS n_unique,
+            WHERE model_id = :mid AND method = :method AND set_a <> set_b GROUP BY set_a)
+        SELECT ts.task, ts.task_id, ts.size, coalesce(u.n_unique, 0) AS n_unique,
                coalesce(u.n_unique, 0) / ts.size AS specificity, o.mean_jaccard
         FROM task_sets ts LEFT JOIN uniq u USING (set_id) LEFT JOIN other o USING (set_id)
-        WHERE ts.model = :model AND ts.method = :method
-        ORDER BY ts.task""", model=model, method=method)
+        WHERE ts.model_id = :mid AND ts.method = :method
+        ORDER BY ts.task""", mid=info["model_id"], method=method)
 
 
 def neuron_entropy(engine: Engine, model: str, method: str = "cgvst", limit: int | None = None
@@ -72,7 +78,7 @@ def neuron_entropy(engine: Engine, model: str, method: str = "cgvst", limit: int
         WITH s AS (
             SELECT ts.task, sc.layer, sc.neuron, greatest(sc.score, 0) AS score
             FROM task_sets ts JOIN neuron_scores sc USING (run_id)
-            WHERE ts.model = :model AND ts.method = :method)
+            WHERE ts.model_id = :mid AND ts.method = :method)
         SELECT layer, neuron,
                ln(sum(score)) - sum(CASE WHEN score > 0 THEN score * ln(score) ELSE 0 END)
                    / sum(score) AS entropy,
@@ -81,4 +87,4 @@ def neuron_entropy(engine: Engine, model: str, method: str = "cgvst", limit: int
         ORDER BY entropy, layer, neuron"""
     if limit:
         sql += f" LIMIT {int(limit)}"
-    return rows(engine, sql, model=model, method=method)
+    return rows(engine, sql, mid=info["model_id"], method=method)

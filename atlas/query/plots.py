@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from atlas.query.overlap import OverlapMatrix  # noqa: E402
+from atlas.store.identity import task_labels  # noqa: E402
 
 
 def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, out: str | Path,
@@ -41,7 +42,7 @@ def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, ou
 
 
 def plot_overlap(matrix: OverlapMatrix, out: str | Path) -> Path:
-    labels = [t.split("_")[0] for t in matrix.tasks]
+    labels = matrix.labels
     return heatmap(matrix.values, labels, labels, f"{matrix.model} · {matrix.method} sets",
                    out, matrix.measure, fmt=".2f" if matrix.measure != "n_shared" else ".0f")
 
@@ -49,10 +50,12 @@ def plot_overlap(matrix: OverlapMatrix, out: str | Path) -> Path:
 def plot_layers(profiles: dict[str, np.ndarray], n_layers: int, title: str, out: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=130)
     edges = np.linspace(0, 1, n_layers + 1)
-    for task, depths in sorted(profiles.items()):
+    tasks = sorted(profiles)
+    for task, label in zip(tasks, task_labels(tasks)):
+        depths = profiles[task]
         hist, _ = np.histogram(depths, bins=edges)
         ax.plot((edges[:-1] + edges[1:]) / 2, hist / max(len(depths), 1), marker="o", ms=3,
-                label=task.split("_")[0])
+                label=label)
     ax.set_xlabel("relative depth (layer / n_layers)")
     ax.set_ylabel("share of the set's neurons")
     ax.set_title(title)
@@ -73,7 +76,7 @@ def plot_compare(prof_a: dict[str, np.ndarray], prof_b: dict[str, np.ndarray], n
         parts = ax.violinplot([prof[t] for t in tasks], positions + offset, widths=0.33,
                               showmeans=True)
         parts["bodies"][0].set_label(name)
-    ax.set_xticks(positions, [t.split("_")[0] for t in tasks], rotation=45, ha="right")
+    ax.set_xticks(positions, task_labels(tasks), rotation=45, ha="right")
     ax.set_ylabel("relative depth")
     ax.set_title("depth of task neurons")
     ax.legend()

@@ -23,19 +23,23 @@ def _label(model: dict[str, Any]) -> str:
     return f"{model['name']}@{model['dtype']} (#{model['model_id']}, {model['revision']})"
 
 
-def resolve_model(conn: Connection, spec: str) -> dict[str, Any]:
-    """The one stored model that ``spec`` names (a row of ``models`` as a dict)."""
+def matching_models(conn: Connection, spec: str) -> list[dict[str, Any]]:
+    """Every stored model that ``spec`` could name (rows of ``models`` as dicts)."""
     models = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM models ORDER BY model_id"))]
     if spec.startswith("#") and spec[1:].isdigit():
-        found = [m for m in models if m["model_id"] == int(spec[1:])]
-    else:
-        name, _, qualifier = spec.partition("@")
-        found = [m for m in models if m["name"] == name and (
-            not qualifier or m["dtype"] == qualifier or str(m["revision"]).startswith(qualifier))]
+        return [m for m in models if m["model_id"] == int(spec[1:])]
+    name, _, qualifier = spec.partition("@")
+    return [m for m in models if m["name"] == name and (
+        not qualifier or m["dtype"] == qualifier or str(m["revision"]).startswith(qualifier))]
+
+
+def resolve_model(conn: Connection, spec: str) -> dict[str, Any]:
+    """The one stored model that ``spec`` names (a row of ``models`` as a dict)."""
+    found = matching_models(conn, spec)
     if len(found) == 1:
         return found[0]
     if not found:
-        known = sorted({m["name"] for m in models})
+        known = sorted({r.name for r in conn.execute(text("SELECT name FROM models"))})
         raise AtlasError(f"no model '{spec}' in the atlas; known: {', '.join(known) or 'none'}")
     raise AtlasError(f"model '{spec}' is ambiguous: {'; '.join(map(_label, found))}; name one as "
                      "NAME@DTYPE, NAME@REVISION or #ID")
@@ -57,3 +61,10 @@ def resolve_task(conn: Connection, spec: str) -> dict[str, Any]:
                          "(SELECT name FROM tasks)")
     names = ", ".join(f"{t['name']} (#{t['task_id']})" for t in found)
     raise AtlasError(f"task '{spec}' is ambiguous: {names}; give the full name or #ID")
+
+
+def task_labels(names: list[str]) -> list[str]:
+    """Short display labels: a task's SNI id (``task195``) where no other of ``names`` shares it,
+    else its full name. Labels never merge two tasks."""
+    ids = [name.split("_")[0] if _SNI_ID.fullmatch(name.split("_")[0]) else None for name in names]
+    return [i if i and ids.count(i) == 1 else name for i, name in zip(ids, names)]

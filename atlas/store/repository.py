@@ -80,12 +80,21 @@ def ensure_model(conn: Connection, name: str, family: str | None, n_layers: int,
     ).scalar_one())
 
 
+IMPORTED = "imported"  # the data hash of a task known only from imported sets
+
+
 def ensure_task(conn: Connection, name: str, source: str, n_instances: int, data_hash: str) -> int:
+    """The task called ``name`` (a task is its full name), created if new. Its row describes the
+    newest data ingested under that name; each run's params keep the exact data hash it used."""
     row = conn.execute(
-        text("SELECT task_id FROM tasks WHERE name = :name AND data_hash = :hash"),
-        {"name": name, "hash": data_hash},
+        text("SELECT task_id, data_hash FROM tasks WHERE name = :name ORDER BY task_id LIMIT 1"),
+        {"name": name},
     ).first()
     if row:
+        if data_hash != IMPORTED and row.data_hash != data_hash:
+            conn.execute(text("UPDATE tasks SET source = :source, n_instances = :n, data_hash = :hash "
+                              "WHERE task_id = :t"),
+                         {"source": source, "n": n_instances, "hash": data_hash, "t": row.task_id})
         return int(row.task_id)
     return int(conn.execute(
         text("INSERT INTO tasks (name, source, n_instances, data_hash) "
