@@ -98,10 +98,6 @@ ablate = _intervention_command(
 amplify = _intervention_command("amplify", 2.0, "Like ablate, with a default factor of 2 (amplification).")
 
 
-def _fmt(v):
-    return None if v is None else round(float(v), 4)
-
-
 ConfigOption = typer.Option(None, "--config", help="Evaluation configuration (a prefix of its "
                                                      "hash) when the model has several.")
 
@@ -112,39 +108,14 @@ def report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
            format: str = typer.Option("markdown", "--format", "-f", help="markdown, csv or json."),
            db: str = DbOption) -> None:
     """Task × task matrix of relative accuracy change, random controls and specificity indices."""
-    from atlas.intervene.experiment import report_matrix
-    from atlas.intervene.stats import describe_tests, report_tests
+    from atlas.intervene.report import build_report, render
     from atlas.store import open_db
 
     engine = open_db(db, read_only=True)
-    names, cols, matrix, summary = report_matrix(engine, model, method, factor, metric, config)
-    engine.dispose()
-    if format == "json":
-        import json
-
-        sys.stdout.write(json.dumps({"rows": names, "columns": cols, "rel_change": matrix,
-                                     "summary": summary, "tests": report_tests(summary)},
-                                    indent=1) + "\n")
-        return
-    if format == "csv":
-        sys.stdout.write("set," + ",".join(cols) + "\n")
-        for name, row in zip(names, matrix):
-            sys.stdout.write(name + "," + ",".join("" if v is None else f"{v:.4f}" for v in row) + "\n")
-        return
-    lines = [f"### {model} · {method} · factor {factor:g} · {metric}", "",
-             f"Relative change of {metric} against the unmodified model (rows: intervened set).", "",
-             "| set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for name, row in zip(names, matrix):
-        lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:+.3f}" for v in row) + " |")
-    lines += ["", "| set | target change | mean change, other tasks | specificity index | "
-              "control, target |", "|---|---|---|---|---|"]
-    for s in summary:
-        cells = [_fmt(s[k]) for k in ("target_change", "others_mean_change", "specificity_index",
-                                      "control_target_change")]
-        lines.append(f"| {s['set']} | " + " | ".join("" if c is None else f"{c:+.3f}" for c in cells)
-                     + " |")
-    lines += ["", describe_tests(report_tests(summary))]
-    sys.stdout.write("\n".join(lines) + "\n")
+    try:
+        sys.stdout.write(render(build_report(engine, model, method, factor, metric, config), format))
+    finally:
+        engine.dispose()
 
 
 @plot_app.command("report")
@@ -153,16 +124,11 @@ def plot_report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
                 metric: str = typer.Option("label_likelihood"), config: str = ConfigOption,
                 output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
     """Heatmap of the intervention report."""
-    import numpy as np
-
-    from atlas.intervene.experiment import report_matrix
-    from atlas.query.plots import heatmap
+    from atlas.intervene.report import build_report, plot
     from atlas.store import open_db
 
     engine = open_db(db, read_only=True)
-    names, cols, matrix, _ = report_matrix(engine, model, method, factor, metric, config)
-    engine.dispose()
-    values = np.array([[np.nan if v is None else v for v in row] for row in matrix])
-    heatmap(values, names, cols, f"{model} · {method} × {factor:g} · {metric}", output,
-            f"relative change of {metric}", cmap="RdBu", center=True, fmt="+.2f")
-    console.print(output)
+    try:
+        console.print(str(plot(build_report(engine, model, method, factor, metric, config), output)))
+    finally:
+        engine.dispose()

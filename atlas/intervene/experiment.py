@@ -10,7 +10,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
@@ -19,7 +18,9 @@ from atlas.ingest import Reporter, apply_preset
 from atlas.intervene.spec import Intervention, apply, random_control
 from atlas.models.loading import LoadedModel
 from atlas.query.core import resolve_model, resolve_task, rows
+from atlas.store import evaluations as stored
 from atlas.store import repository as repo
+from atlas.store.evaluations import EvaluationKey
 from atlas.store.identity import task_labels
 from atlas.tasks.prompts import PromptFormat
 from atlas.tasks.sni import Task, load_task
@@ -124,27 +125,19 @@ class Experiment:
                   "split": f"evaluation half ({o.split})", **o.recipe, "preset": o.preset}
         return params, hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
 
-    def _cached(self, conn, task_id: int, set_id: int | None, factor: float, control: bool,
-                key: str) -> dict | None:
-        found = conn.execute(text(
-            "SELECT value, n FROM evaluations WHERE model_id = :m AND eval_task_id = :t "
-            "AND set_id IS NOT DISTINCT FROM :s AND factor = :f AND is_control = :c "
-            "AND metric = :metric AND params_key = :k AND (NOT :c OR control_seed = :cs)"),
-            {"m": self.model_id, "t": task_id, "s": set_id, "f": factor, "c": control,
-             "metric": self.options.metric, "k": key, "cs": self.options.control_seed}).first()
-        return {"value": found.value, "n": found.n} if found else None
-
     def measure(self, task: Task, spec: Intervention | None, set_id: int | None,
                 control: bool = False) -> tuple[float, int, bool]:
         """(value, n, reused) for ``task`` under ``spec`` (None: unmodified)."""
-        params, key = self._params(task)
-        factor = spec.factor if spec else 1.0
+        params, params_key = self._params(task)
         with self.engine.begin() as conn:
             task_id = repo.ensure_task(conn, task.name, task.source, len(task.instances),
                                        task.data_hash)
-            hit = self._cached(conn, task_id, set_id, factor, control, key)
+            key = EvaluationKey(self.model_id, task_id, set_id, spec.factor if spec else 1.0,
+                                control, self.options.control_seed if control else None,
+                                self.options.metric, params_key)
+            hit = stored.find(conn, key)
         if hit:
-            return hit["value"], hit["n"], True
+            return hit[0], hit[1], True
         split = split_task(task, self.options.split_seed, rule=self.options.split)
         queries = subsample(split.evaluate, self.options.examples, self.options.seed)
         label = f"{task.short_name} · {spec.label if spec else 'unmodified'}"
@@ -156,14 +149,7 @@ class Experiment:
         self.reporter.advance(1, 0)
         self.reporter.finish()
         with self.engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO evaluations (model_id, set_id, factor, is_control, control_seed, "
-                "eval_task_id, metric, value, n, seed, params, params_key) VALUES (:m, :s, :f, :c, "
-                ":cs, :t, :metric, :v, :n, :seed, :p, :k)"),
-                {"m": self.model_id, "s": set_id, "f": factor, "c": control,
-                 "cs": self.options.control_seed if control else None, "t": task_id,
-                 "metric": self.options.metric, "v": score.value, "n": score.n,
-                 "seed": self.options.seed, "p": json.dumps(params), "k": key})
+            stored.add(conn, key, score.value, score.n, self.options.seed, params)
         return score.value, score.n, False
 
     def run(self, target: dict) -> list[dict]:

@@ -67,6 +67,10 @@ class LoadedModel:
     device: torch.device
 
     @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
     def n_layers(self) -> int:
         return self.adapter.n_layers
 

@@ -13,9 +13,29 @@ import torch
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from atlas.models.loading import LoadedModel
 from atlas.store import repository as repo
-from atlas.tasks.sni import Task
+
+
+class ModelInfo(Protocol):
+    """What the store keeps of a model (a loaded model provides it)."""
+
+    name: str
+    family: str | None
+    n_layers: int
+    d_mlp: int
+    revision: str
+    dtype: str
+
+
+class Task(Protocol):
+    """What the store keeps of a task (a loaded task provides it)."""
+
+    name: str
+    source: str
+    data_hash: str
+
+    @property
+    def n_instances(self) -> int: ...
 
 
 @dataclass
@@ -28,7 +48,7 @@ class Completed:
 
 
 class RunStore(Protocol):
-    def register_model(self, loaded: LoadedModel) -> None: ...
+    def register_model(self, model: ModelInfo) -> None: ...
     def find_complete(self, task: Task, method: str, key: str) -> Completed | None: ...
     def open_run(self, task: Task, method: str, params: dict, key: str) -> int | str: ...
     def load_checkpoint(self, handle, shape: tuple[int, int]) -> repo.Checkpoint | None: ...
@@ -50,9 +70,9 @@ class DatabaseRuns:
         self.model_name = ""
         self._task_ids: dict[str, int] = {}
 
-    def register_model(self, loaded: LoadedModel) -> None:
-        self.register_model_info(loaded.name, loaded.adapter.family, loaded.n_layers,
-                                 loaded.d_mlp, loaded.revision, loaded.dtype)
+    def register_model(self, model: ModelInfo) -> None:
+        self.register_model_info(model.name, model.family, model.n_layers, model.d_mlp,
+                                 model.revision, model.dtype)
 
     def register_model_info(self, name: str, family: str | None, n_layers: int, d_mlp: int,
                             revision: str, dtype: str) -> None:
@@ -64,7 +84,7 @@ class DatabaseRuns:
         if task.data_hash not in self._task_ids:
             with self.engine.begin() as conn:
                 self._task_ids[task.data_hash] = repo.ensure_task(
-                    conn, task.name, task.source, len(task.instances), task.data_hash)
+                    conn, task.name, task.source, task.n_instances, task.data_hash)
         return self._task_ids[task.data_hash]
 
     def find_complete(self, task: Task, method: str, key: str) -> Completed | None:

@@ -59,6 +59,10 @@ class Task:
     data_hash: str = field(default="")
 
     @property
+    def n_instances(self) -> int:
+        return len(self.instances)
+
+    @property
     def short_name(self) -> str:
         return self.name.split("_")[0]
 

@@ -210,3 +210,28 @@ def test_quick_commands_import_no_heavy_library(atlas_db):
                  "print(sorted({'torch', 'scipy', 'matplotlib', 'sqlalchemy'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", help_code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_core_tables_match_the_migrated_schema(tmp_path):
+    import sqlalchemy as sa
+
+    from atlas.store import schema
+
+    duck_type = {sa.Integer: "INTEGER", sa.String: "VARCHAR", sa.BigInteger: "BIGINT",
+                 sa.SmallInteger: "SMALLINT", sa.REAL: "FLOAT", sa.Double: "DOUBLE",
+                 sa.LargeBinary: "BLOB", sa.TIMESTAMP: "TIMESTAMP", sa.JSON: "JSON",
+                 sa.Boolean: "BOOLEAN"}
+    engine = connect(tmp_path / "s.duckdb")
+    migrate(engine)
+    engine.dispose()
+    con = duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True)
+    stored = con.execute("SELECT table_name, column_name, data_type, is_nullable = 'YES' "
+                         "FROM information_schema.columns WHERE table_schema = 'main' AND "
+                         "table_name IN (SELECT table_name FROM information_schema.tables "
+                         "WHERE table_type = 'BASE TABLE' AND table_name <> 'alembic_version') "
+                         "ORDER BY table_name, ordinal_position").fetchall()
+    con.close()
+    declared = sorted(
+        (table.name, col.name, duck_type[type(col.type)], bool(col.nullable and not col.primary_key))
+        for table in schema.metadata.sorted_tables for col in table.columns)
+    assert sorted(stored) == declared
