@@ -144,3 +144,45 @@ def test_interrupted_force_run_is_cleaned_by_the_next_ingest(llama_dir, tmp_path
     assert query(db, "SELECT status FROM runs") == [("complete",)]
     assert query(db, "SELECT count(*) FROM run_checkpoints") == [(0,)]
     assert query(db, "SELECT layer, neuron, score FROM neuron_scores ORDER BY ALL") == scores
+
+
+def test_scoring_restores_training_mode_on_error(monkeypatch):
+    import atlas.scoring.engine as engine
+    from tests.conftest import tiny_model
+
+    model = tiny_model("llama").train()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "example_losses", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.cgvst(model, [[5, 6, 7, 8]], [[1, 2]])
+    assert model.training
+
+
+def test_gguf_conversion_runs_once_for_concurrent_callers(tmp_path, monkeypatch):
+    import threading
+    import time as clock
+
+    import atlas.models.loading as loading
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF fake weights")
+    calls = []
+
+    def slow_convert(source, sha, target):
+        calls.append(source)
+        clock.sleep(0.5)
+        target.mkdir(parents=True)
+        (target / "atlas.json").write_text("{}")
+
+    monkeypatch.setattr(loading, "_convert", slow_convert)
+    folders = []
+    threads = [threading.Thread(target=lambda: folders.append(loading.convert_gguf(gguf)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(folders)) == 1
