@@ -31,6 +31,17 @@ LLAMA2 = (
 VOCAB = 600
 
 
+def query(db, sql: str) -> list[tuple]:
+    """Rows of ``sql`` on the database file ``db``, read-only."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
 def _corpus() -> list[str]:
     texts = []
     for path in sorted(SNI_DIR.glob("*.json")):

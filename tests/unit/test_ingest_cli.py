@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 from typer.testing import CliRunner
 
 import atlas.ingest
 from atlas.store.db import connect, current_revision, migrate
 from cli.main import app
-from tests.conftest import SNI_DIR, save_tiny
+from tests.conftest import SNI_DIR, query, save_tiny
 
 runner = CliRunner()
 
@@ -29,14 +28,6 @@ def ingest(model_dir, db, *extra):
             "--shots", "1", "--examples", "6", "--batch-size", "3", "--checkpoint-every", "2",
             *extra]
     return runner.invoke(app, args)
-
-
-def query(db, sql):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.mark.parametrize("which", ["llama_dir", "gpt2_dir"])

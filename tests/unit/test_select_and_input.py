@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 import torch
 from typer.testing import CliRunner
 
 import atlas.ingest
 from cli.main import app
-from tests.conftest import SNI_DIR, save_tiny
+from tests.conftest import SNI_DIR, query, save_tiny
 
 runner = CliRunner()
 
@@ -22,14 +21,6 @@ def llama_dir(tmp_path_factory):
 def ingest(model_dir, db, *extra):
     return runner.invoke(app, ["ingest", "--model", str(model_dir), "--sni-dir", str(SNI_DIR),
                                "--db", str(db), "--shots", "1", "--examples", "3", *extra])
-
-
-def query(db, sql):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_new_rule_reuses_the_scores(llama_dir, tmp_path, monkeypatch):
