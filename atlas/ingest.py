@@ -47,7 +47,7 @@ TARGET_RULES = {
 PRESETS = {
     "reference": {"shots": 5, "examples": None, "split": "file", "max_tokens": 1300,
                   "demos_include_query": True, "join_outputs": True, "prompt_rule": "reference",
-                  "metric": "reference_em"},
+                  "metric": "reference_em", "demos": "per_query"},
 }
 
 

@@ -31,7 +31,7 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
                 eval_task: list[str], examples: int, metric: str, shots: int, seed: int,
                 control_seed: int, batch_size: int, device: str, dtype: str, sni_dir: str | None,
                 db: str | None, control: bool = True, preset: str | None = None,
-                split: str = "stratified") -> None:
+                split: str = "stratified", demos: str = "fixed") -> None:
     from atlas.intervene.experiment import AblateOptions, Experiment, find_set, set_owner
     from atlas.models.loading import display_name, load_model, resolve_device, resolve_dtype
     from atlas.store import open_db
@@ -39,7 +39,7 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
     options = AblateOptions(factor=factor, metric=metric, examples=examples, shots=shots, seed=seed,
                             control_seed=control_seed, batch_size=batch_size, control=control,
                             eval_tasks=eval_task or ["all"], sni_dir=sni_dir, split=split,
-                            preset=preset)
+                            demos=demos, preset=preset)
     if preset:
         console.print(f"preset {preset}: metric {options.metric}, shots {options.shots}, split "
                       f"{options.split}, whole evaluation half, released prompts")
@@ -77,6 +77,8 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                 preset: str = typer.Option(None, help="'reference': evaluate as the released "
                                                       "code (see README)."),
                 split: str = typer.Option("stratified", help="stratified or file."),
+                demos: str = typer.Option("fixed", help="fixed (same seeded demonstrations from the "
+                                                        "scoring half, cached) or per_query."),
                 shots: int = typer.Option(5), seed: int = typer.Option(0),
                 control_seed: int = typer.Option(0, help="Seed of the random control set."),
                 control: bool = typer.Option(True, help="Also evaluate a random control set."),
@@ -86,7 +88,8 @@ def _intervention_command(name: str, default_factor: float, doc: str):
         if not task and not set_name:
             raise typer.BadParameter("give --task or --set")
         _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
-                    control_seed, batch_size, device, dtype, sni_dir, db, control, preset, split)
+                    control_seed, batch_size, device, dtype, sni_dir, db, control, preset, split,
+                    demos)
 
     command.__name__, command.__doc__ = name, doc
     return command

@@ -3,7 +3,8 @@ exact match (greedy generation) and the released code's exact match (``reference
 
 Every scorer takes the prompt recipe as keywords: ``rule`` (``marker``: real BOS/EOS, as atlas's
 evaluation always did; ``reference``: empty BOS/EOS and the tokenizer's special tokens),
-``demos_include_query`` and ``join_outputs`` (see :func:`atlas.tasks.build_messages`)."""
+``fixed_demos`` (the same demonstrations for every query, from ``pool``), ``demos_include_query``
+and ``join_outputs`` (see :func:`atlas.tasks.build_messages`)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import string
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from atlas.errors import AtlasError
+from atlas.evaluate.labels import label_sequences, score_sequences
 from atlas.models.loading import LoadedModel
-from atlas.tasks.prompts import PromptFormat, build_messages, pick_demos
+from atlas.tasks.prompts import PromptFormat, build_messages, pick_demos, pick_fixed_demos
 from atlas.tasks.sni import Instance, Task
 
 
@@ -26,71 +27,47 @@ class Score:
     n: int
 
 
-def prompt_ids(fmt: PromptFormat, task: Task, query: Instance, pool: list[Instance], shots: int,
-               seed: int, rule: str = "marker", demos_include_query: bool = False,
-               join_outputs: bool = False) -> list[int]:
-    demos = pick_demos(pool, query, shots, seed, demos_include_query)
+def prompt_text(fmt: PromptFormat, task: Task, query: Instance, pool: list[Instance], shots: int,
+                seed: int, rule: str = "marker", demos_include_query: bool = False,
+                join_outputs: bool = False, fixed_demos: bool = False) -> str:
+    """The evaluation prompt of ``query``, up to where the answer starts. Demonstrations come
+    from ``pool``: the same seeded ones for every query (``fixed_demos``, a shared prefix) or
+    drawn per query."""
+    demos = (pick_fixed_demos(pool, shots, seed) if fixed_demos
+             else pick_demos(pool, query, shots, seed, demos_include_query))
     messages = build_messages(task.definition, demos, query, False, join_outputs)
-    text = fmt.render_text(messages, rule, add_generation_prompt=True)
-    return fmt.tokenize(text, rule)["input_ids"]
+    return fmt.render_text(messages, rule, add_generation_prompt=True)
 
 
-def continuation_logprobs(model, prompt: list[int], continuations: list[list[int]]) -> torch.Tensor:
-    """Σ log p(continuation | prompt) for each continuation: [n_continuations].
-
-    The prompt runs once; its KV cache is repeated for the continuations, which run as one
-    right-padded batch (the work is prompt + Σ continuations, not n × prompt)."""
-    device = next(model.parameters()).device
-    n = len(continuations)
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
-        first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # [vocab]
-        scores = torch.stack([first[c[0]] for c in continuations]).cpu()
-        rest = [c[:-1] for c in continuations]
-        width = max(len(r) for r in rest)
-        if width == 0:
-            return scores
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(n)
-        ids = torch.zeros((n, width), dtype=torch.long)
-        mask = torch.zeros((n, len(prompt) + width), dtype=torch.long)
-        mask[:, : len(prompt)] = 1
-        for row, r in enumerate(rest):
-            ids[row, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[row, len(prompt) : len(prompt) + len(r)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       past_key_values=cache, use_cache=True).logits  # [n, width, vocab]
-        logp = F.log_softmax(logits.float(), dim=-1)
-        for row, c in enumerate(continuations):
-            if len(c) > 1:
-                tokens = torch.tensor(c[1:], device=device)
-                scores[row] += logp[row, : len(c) - 1].gather(-1, tokens[:, None]).sum().cpu()
-    return scores
+def prompt_ids(fmt: PromptFormat, task: Task, query: Instance, pool: list[Instance], shots: int,
+               seed: int, rule: str = "marker", **recipe) -> list[int]:
+    return fmt.tokenize(prompt_text(fmt, task, query, pool, shots, seed, rule, **recipe),
+                        rule)["input_ids"]
 
 
 def label_scores(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
-                 pool: list[Instance], shots: int, seed: int, **recipe
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 pool: list[Instance], shots: int, seed: int, batch_size: int = 8,
+                 rule: str = "marker", **recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ log p(label | prompt) of every label for every query: [n_queries, n_labels], and the
-    gold label's index: [n_queries]."""
+    gold label's index: [n_queries]. Labels are tokenized in context; the prompts' shared prefix
+    is encoded once (see :mod:`atlas.evaluate.labels`)."""
     labels = task.labels
     if not labels:
         raise AtlasError(f"task '{task.name}' is not a classification task; use --metric exact_match")
-    tok = loaded.tokenizer
-    label_ids = [tok(label, add_special_tokens=False)["input_ids"] for label in labels]
-    gold, rows = [], []
+    sequences = []
     for query in queries:
-        prompt = prompt_ids(fmt, task, query, pool, shots, seed, **recipe)
-        rows.append(continuation_logprobs(loaded.model, prompt, label_ids))
-        gold.append(labels.index(query.output))
-    return torch.stack(rows), torch.tensor(gold)
+        text = prompt_text(fmt, task, query, pool, shots, seed, rule, **recipe)
+        sequences += label_sequences(fmt, text, labels, rule)
+    scores = score_sequences(loaded.model, sequences, batch_size=batch_size)
+    gold = torch.tensor([labels.index(q.output) for q in queries])
+    return scores.view(len(queries), len(labels)), gold
 
 
 def label_likelihood(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
                      pool: list[Instance], shots: int, seed: int, batch_size: int = 8,
                      **recipe) -> Score:
     """Accuracy when the label with the highest log-probability after the prompt is the answer."""
-    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed, **recipe)
+    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed, batch_size, **recipe)
     correct = (scores.argmax(1) == gold).float()
     return Score(float(correct.mean()), len(queries))
 
@@ -100,7 +77,7 @@ def label_prob(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list
                **recipe) -> Score:
     """Mean probability of the gold label, normalised over the task's labels: a continuous
     version of label_likelihood that still moves when accuracy sits at chance."""
-    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed, **recipe)
+    scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed, batch_size, **recipe)
     probs = torch.softmax(scores.double(), dim=1)  # [n_queries, n_labels]
     return Score(float(probs[torch.arange(len(gold)), gold].mean()), len(queries))
 

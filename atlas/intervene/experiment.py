@@ -42,6 +42,9 @@ class AblateOptions:
     sni_dir: str | None = None
     split: str = "stratified"
     prompt_rule: str = "marker"  # evaluation prompts: real BOS/EOS; "reference" as released
+    # "fixed": the same seeded demonstrations from the scoring half for every query (a shared,
+    # cached prompt prefix); "per_query": drawn per query from the evaluation half (as released)
+    demos: str = "fixed"
     demos_include_query: bool = False
     join_outputs: bool = False
     preset: str | None = None
@@ -53,11 +56,13 @@ class AblateOptions:
             raise AtlasError(f"--shots must be 0 or more (got {self.shots})")
         if self.preset is not None:
             apply_preset(self, self.preset)
+        if self.demos not in ("fixed", "per_query"):
+            raise AtlasError(f"unknown --demos '{self.demos}'; choose fixed or per_query")
 
     @property
     def recipe(self) -> dict:
         return {"rule": self.prompt_rule, "demos_include_query": self.demos_include_query,
-                "join_outputs": self.join_outputs}
+                "join_outputs": self.join_outputs, "fixed_demos": self.demos == "fixed"}
 
 
 def find_set(engine: Engine, model: str, *, task: str | None = None, method: str = "cgvst",
@@ -122,7 +127,8 @@ class Experiment:
         o = self.options
         params = {"metric": o.metric, "shots": o.shots, "seed": o.seed, "split_seed": o.split_seed,
                   "examples": o.examples, "data_hash": task.data_hash, "prompt": self.fmt.describe(),
-                  "split": f"evaluation half ({o.split})", **o.recipe, "preset": o.preset}
+                  "split": f"evaluation half ({o.split})", **o.recipe, "preset": o.preset,
+                  "label_tokens": "in context"}
         return params, hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
 
     def measure(self, task: Task, spec: Intervention | None, set_id: int | None,
@@ -140,11 +146,12 @@ class Experiment:
             return hit[0], hit[1], True
         split = split_task(task, self.options.split_seed, rule=self.options.split)
         queries = subsample(split.evaluate, self.options.examples, self.options.seed)
+        pool = split.score if self.options.demos == "fixed" else split.evaluate
         label = f"{task.short_name} · {spec.label if spec else 'unmodified'}"
         self.reporter.start(label, 1)
         with apply(self.loaded.model, spec) if spec else nullcontext():
             score = evaluate(self.options.metric, self.loaded, self.fmt, task, queries,
-                             split.evaluate, self.options.shots, self.options.seed,
+                             pool, self.options.shots, self.options.seed,
                              batch_size=self.options.batch_size, **self.options.recipe)
         self.reporter.advance(1, 0)
         self.reporter.finish()

@@ -24,6 +24,7 @@ from torch import nn
 
 from atlas.errors import AtlasError
 from atlas.models.adapters import Adapter, adapter_for, context_length
+from atlas.models.heads import logits_at
 
 REDUCTIONS = ("up_weight_grad", "grad_x_act", "act_abs_sum", "act_pos_count")
 # On a CPU, padded batches beyond about a thousand tokens run slower per token (measured with
@@ -123,18 +124,9 @@ def example_losses(model: nn.Module, batch: Batch, device: torch.device) -> torc
     ids = batch.input_ids.to(device)
     row_idx = torch.tensor(rows, device=device)
     pos_idx = torch.tensor(positions, device=device)
-
-    def gather(module, args):
-        hidden = args[0]  # [batch, pos, d_model]
-        picked = hidden[row_idx.to(hidden.device), pos_idx.to(hidden.device)]  # [n_targets, d_model]
-        return (picked[None], *args[1:])
-
-    handle = model.get_output_embeddings().register_forward_pre_hook(gather)
-    try:
+    with logits_at(model, rows, positions):
         logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device),
                        logits_to_keep=0, use_cache=False).logits[0]  # [n_targets, vocab]
-    finally:
-        handle.remove()
     labels = ids[row_idx, pos_idx + 1].to(logits.device)
     ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [n_targets]
     weighted = ce * torch.tensor(weights, device=ce.device)

@@ -77,6 +77,11 @@ def pick_demos(pool: list[Instance], query: Instance, shots: int, seed: int,
     return rng.sample(candidates, min(shots, len(candidates)))
 
 
+def pick_fixed_demos(pool: list[Instance], shots: int, seed: int) -> list[Instance]:
+    """``shots`` demonstrations from ``pool``, the same for every query (a shared prompt prefix)."""
+    return random.Random(f"{seed}:fixed").sample(list(pool), min(shots, len(pool)))
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]

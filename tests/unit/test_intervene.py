@@ -157,20 +157,31 @@ def _full_sequence_logprobs(model, prompt, labels):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2", "qwen2"])
-def test_cached_label_scoring_equals_full_sequences(family):
-    from atlas.evaluate.metrics import continuation_logprobs
+def test_prefix_cached_label_scoring_equals_full_sequences(family):
+    from atlas.evaluate.labels import Scored, score_sequences
 
     model = tiny_model(family)
-    prompt = torch.randint(5, 600, (23,)).tolist()
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randint(5, 600, (40,), generator=gen).tolist()
     labels = [[7], [8, 9, 10], [11, 12]]
-    cached = continuation_logprobs(model, prompt, labels)
-    assert torch.allclose(cached, _full_sequence_logprobs(model, prompt, labels), atol=1e-4)
+    queries = [torch.randint(5, 600, (n,), generator=gen).tolist() for n in (3, 9, 5, 12)]
+    sequences = [Scored(prefix + q + lab, len(lab)) for q in queries for lab in labels]
+    reference = torch.cat([_full_sequence_logprobs(model, prefix + q, labels) for q in queries])
+    for batch_size in (1, 5, 16):
+        cached = score_sequences(model, sequences, batch_size=batch_size)
+        assert torch.allclose(cached.float(), reference, atol=1e-4)
+    assert torch.allclose(score_sequences(model, sequences, cache_prefix=False).float(), reference,
+                          atol=1e-4)
     with apply(model, Intervention({1: [0, 1, 2]}, 0.0)):
-        assert not torch.allclose(continuation_logprobs(model, prompt, labels), cached)
+        ablated = score_sequences(model, sequences, batch_size=5)
+        ablated_reference = torch.cat([_full_sequence_logprobs(model, prefix + q, labels)
+                                       for q in queries])
+    assert torch.allclose(ablated.float(), ablated_reference, atol=1e-4)
+    assert not torch.allclose(ablated.float(), reference, atol=1e-4)
 
 
 def test_label_metrics_match_full_sequence_scoring(tmp_path):
-    from atlas.evaluate.metrics import label_likelihood, label_prob, prompt_ids
+    from atlas.evaluate.metrics import label_likelihood, label_prob, prompt_text
     from atlas.models import load_model
     from atlas.tasks import PromptFormat, load_task, split_task
 
@@ -179,16 +190,19 @@ def test_label_metrics_match_full_sequence_scoring(tmp_path):
     split = split_task(task)
     fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
     queries = split.evaluate[:4]
-    label_ids = [loaded.tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in task.labels]
+    tok = loaded.tokenizer
     gold_probs, hits = [], []
-    for q in queries:
-        prompt = prompt_ids(fmt, task, q, split.evaluate, 1, 0)
+    for q in queries:  # labels tokenized in context: prompt + label, minus the prompt's tokens
+        text = prompt_text(fmt, task, q, split.score, 2, 0, fixed_demos=True)
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
+        label_ids = [tok(text + lab, add_special_tokens=False)["input_ids"][len(prompt):]
+                     for lab in task.labels]
         probs = torch.softmax(_full_sequence_logprobs(loaded.model, prompt, label_ids).double(), 0)
         gold = task.labels.index(q.output)
         gold_probs.append(float(probs[gold]))
         hits.append(int(probs.argmax()) == gold)
-    prob = label_prob(loaded, fmt, task, queries, split.evaluate, 1, 0)
-    acc = label_likelihood(loaded, fmt, task, queries, split.evaluate, 1, 0)
+    prob = label_prob(loaded, fmt, task, queries, split.score, 2, 0, fixed_demos=True)
+    acc = label_likelihood(loaded, fmt, task, queries, split.score, 2, 0, fixed_demos=True)
     assert prob.n == acc.n == 4
     assert prob.value == pytest.approx(sum(gold_probs) / 4, abs=1e-4)
     assert acc.value == pytest.approx(sum(hits) / 4)
