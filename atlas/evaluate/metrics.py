@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,9 +22,31 @@ from atlas.tasks.sni import Instance, Task
 
 
 @dataclass
+class Outcome:
+    """What one held-out example scored."""
+
+    instance_id: str
+    gold: str
+    predicted: str | None
+    correct: bool
+    gold_logprob: float | None = None  # label metrics: Σ log p(gold label | prompt)
+    gold_prob: float | None = None  # label metrics: p(gold) normalised over the labels
+
+
+@dataclass
 class Score:
     value: float
     n: int
+    examples: list[Outcome] = field(default_factory=list)
+
+
+def _label_outcomes(task: Task, queries: list[Instance], scores: torch.Tensor,
+                    gold: torch.Tensor) -> list[Outcome]:
+    probs = torch.softmax(scores.double(), dim=1)  # [n_queries, n_labels]
+    best = scores.argmax(1)
+    return [Outcome(q.id, q.output, task.labels[int(best[k])], bool(best[k] == gold[k]),
+                    float(scores[k, gold[k]]), float(probs[k, gold[k]]))
+            for k, q in enumerate(queries)]
 
 
 def prompt_text(fmt: PromptFormat, task: Task, query: Instance, pool: list[Instance], shots: int,
@@ -68,8 +90,8 @@ def label_likelihood(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries
                      **recipe) -> Score:
     """Accuracy when the label with the highest log-probability after the prompt is the answer."""
     scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed, batch_size, **recipe)
-    correct = (scores.argmax(1) == gold).float()
-    return Score(float(correct.mean()), len(queries))
+    outcomes = _label_outcomes(task, queries, scores, gold)
+    return Score(sum(o.correct for o in outcomes) / len(outcomes), len(outcomes), outcomes)
 
 
 def label_prob(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
@@ -78,8 +100,8 @@ def label_prob(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list
     """Mean probability of the gold label, normalised over the task's labels: a continuous
     version of label_likelihood that still moves when accuracy sits at chance."""
     scores, gold = label_scores(loaded, fmt, task, queries, pool, shots, seed, batch_size, **recipe)
-    probs = torch.softmax(scores.double(), dim=1)  # [n_queries, n_labels]
-    return Score(float(probs[torch.arange(len(gold)), gold].mean()), len(queries))
+    outcomes = _label_outcomes(task, queries, scores, gold)
+    return Score(sum(o.gold_prob for o in outcomes) / len(outcomes), len(outcomes), outcomes)
 
 
 def normalise(text: str) -> str:
@@ -124,8 +146,9 @@ def exact_match(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: lis
     prompts = [prompt_ids(fmt, task, q, pool, shots, seed, **recipe) for q in queries]
     answers = [tok.decode(a, skip_special_tokens=True)
                for a in greedy_answers(loaded, prompts, max_new, batch_size)]
-    hits = [normalise(a) in {normalise(o) for o in q.outputs} for a, q in zip(answers, queries)]
-    return Score(sum(hits) / len(hits), len(hits))
+    outcomes = [Outcome(q.id, q.output, a, normalise(a) in {normalise(o) for o in q.outputs})
+                for a, q in zip(answers, queries)]
+    return Score(sum(o.correct for o in outcomes) / len(outcomes), len(outcomes), outcomes)
 
 
 REFERENCE_NEW_TOKENS = 20
@@ -142,12 +165,13 @@ def reference_em(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: li
     stop_ids = {i for i in (tok.eos_token_id, getattr(loaded.model.generation_config,
                                                        "eos_token_id", None))
                 if isinstance(i, int)}
-    hits = []
+    outcomes = []
     for ids, query in zip(greedy_answers(loaded, prompts, REFERENCE_NEW_TOKENS, batch_size), queries):
         cut = next((k for k, t in enumerate(ids) if t in stop_ids), len(ids))
         text = tok.decode(ids[:cut], skip_special_tokens=True).split(fmt.markers["user"])[0]
-        hits.append(text.strip().lower() == "".join(query.outputs).lower())
-    return Score(sum(hits) / len(hits), len(hits))
+        gold = "".join(query.outputs)
+        outcomes.append(Outcome(query.id, gold, text, text.strip().lower() == gold.lower()))
+    return Score(sum(o.correct for o in outcomes) / len(outcomes), len(outcomes), outcomes)
 
 
 SCORERS = {"label_likelihood": label_likelihood, "label_prob": label_prob,

@@ -9,6 +9,7 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from sqlalchemy.engine import Engine
 
@@ -35,7 +36,8 @@ class AblateOptions:
     shots: int = 5
     seed: int = 0
     split_seed: int = 0
-    control_seed: int = 0
+    control_seed: int = 0  # control k uses seed control_seed + k
+    controls: int = 3  # random control sets per intervened set
     batch_size: int = 8
     control: bool = True
     eval_tasks: list[str] = field(default_factory=lambda: ["all"])
@@ -54,6 +56,9 @@ class AblateOptions:
             raise AtlasError(f"--examples must be at least 1 (got {self.examples})")
         if self.shots < 0:
             raise AtlasError(f"--shots must be 0 or more (got {self.shots})")
+        if self.controls < 1 and self.control:
+            raise AtlasError(f"--controls must be at least 1 (got {self.controls}); use "
+                             "--no-control for none")
         if self.preset is not None:
             apply_preset(self, self.preset)
         if self.demos not in ("fixed", "per_query"):
@@ -132,14 +137,14 @@ class Experiment:
         return params, hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
 
     def measure(self, task: Task, spec: Intervention | None, set_id: int | None,
-                control: bool = False) -> tuple[float, int, bool]:
+                control_seed: int | None = None) -> tuple[float, int, bool]:
         """(value, n, reused) for ``task`` under ``spec`` (None: unmodified)."""
         params, params_key = self._params(task)
         with self.engine.begin() as conn:
             task_id = repo.ensure_task(conn, task.name, task.source, len(task.instances),
                                        task.data_hash)
             key = EvaluationKey(self.model_id, task_id, set_id, spec.factor if spec else 1.0,
-                                control, self.options.control_seed if control else None,
+                                control_seed is not None, control_seed,
                                 self.options.metric, params_key)
             hit = stored.find(conn, key)
         if hit:
@@ -156,7 +161,7 @@ class Experiment:
         self.reporter.advance(1, 0)
         self.reporter.finish()
         with self.engine.begin() as conn:
-            stored.add(conn, key, score.value, score.n, self.options.seed, params)
+            stored.add(conn, key, score.value, score.n, self.options.seed, params, score.examples)
         return score.value, score.n, False
 
     def run(self, target: dict) -> list[dict]:
@@ -165,8 +170,10 @@ class Experiment:
         if not mask.any():
             raise AtlasError(f"set '{target['name']}' is empty")
         spec = Intervention.from_mask(mask, self.options.factor, label=target["name"])
-        control = Intervention.from_mask(random_control(mask, self.options.control_seed),
-                                         self.options.factor, label="random control")
+        seeds = ([self.options.control_seed + k for k in range(self.options.controls)]
+                 if self.options.control else [])
+        controls = {seed: Intervention.from_mask(random_control(mask, seed), self.options.factor,
+                                                 label=f"random control {seed}") for seed in seeds}
         names = _eval_task_names(self.engine, target["model_id"], target["method"],
                                  self.options.eval_tasks)
         tasks = [load_task(name, self.options.sni_dir) for name in names]
@@ -176,9 +183,11 @@ class Experiment:
             value, _, reused = self.measure(task, spec, target["set_id"])
             row = {"eval_task": task.short_name, "n": n, "baseline": base, "intervened": value,
                    "delta": value - base}
-            if self.options.control:
-                ctrl, _, _ = self.measure(task, control, target["set_id"], control=True)
-                row.update({"control": ctrl, "control_delta": ctrl - base})
+            if controls:
+                values = [self.measure(task, ctrl, target["set_id"], seed)[0]
+                          for seed, ctrl in controls.items()]
+                row.update({"control": float(np.mean(values)), "control_sd": float(np.std(values)),
+                            "control_delta": float(np.mean(values)) - base})
             out.append({**row, "reused": reused})
         return out
 
@@ -226,14 +235,21 @@ def _choose_config(configs: list[dict], config: str | None, what: str) -> dict:
     return configs[0]
 
 
-def report_matrix(engine: Engine, model: str, method: str, factor: float, metric: str,
-                  config: str | None = None
-                  ) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
-    """Rows = intervened sets (and their random controls, one row per control seed), columns =
-    evaluated tasks, values = relative change against the unmodified model in the same
-    evaluation configuration (``config``: a prefix of its hash; required when several exist).
-    Per set: a specificity index (the target task's relative drop minus the mean relative drop of
-    the other tasks) and the mean |change| over all evaluated tasks, of the set and its control."""
+@dataclass
+class ReportData:
+    """The evaluations one report shows, keyed by ids."""
+
+    model_id: int
+    params_keys: list[str]  # the configuration's keys (one per evaluated task)
+    sets: list[int]  # set task ids (rows)
+    cols: list[int]  # evaluated task ids (columns)
+    labels: dict[int, str]  # task id -> display label
+    seeds: list[int]  # control seeds
+    cell: dict[tuple[int, bool, int, int], float | None]  # (set, control, seed|-1, col) -> rel
+
+
+def report_data(engine: Engine, model: str, method: str, factor: float, metric: str,
+                config: str | None = None) -> ReportData:
     info = resolve_model(engine, model)
     what = f"model '{model}' with {method} sets at factor {factor:g} ({metric})"
     configs = evaluation_configs(engine, info["model_id"], method, factor, metric)
@@ -249,39 +265,50 @@ def report_matrix(engine: Engine, model: str, method: str, factor: float, metric
         GROUP BY ALL""", mid=info["model_id"], method=method, factor=factor, metric=metric, keys=keys)
     set_names = {r["set_task_id"]: r["set_task"] for r in data}
     eval_names = {r["eval_task_id"]: r["eval_task"] for r in data}
-    sets = sorted(set_names, key=set_names.get)
-    cols = sorted(eval_names, key=eval_names.get)
     names = {**set_names, **eval_names}  # task id -> full name
-    labels = dict(zip(names, task_labels(list(names.values()))))
-    seeds = sorted({r["control_seed"] for r in data if r["is_control"]})
-    cell = {(r["set_task_id"], r["is_control"], r["control_seed"], r["eval_task_id"]): r["rel_change"]
-            for r in data}
+    return ReportData(
+        info["model_id"], keys, sorted(set_names, key=set_names.get),
+        sorted(eval_names, key=eval_names.get), dict(zip(names, task_labels(list(names.values())))),
+        sorted({r["control_seed"] for r in data if r["is_control"]}),
+        {(r["set_task_id"], r["is_control"], r["control_seed"], r["eval_task_id"]): r["rel_change"]
+         for r in data})
+
+
+def report_matrix(engine: Engine, model: str, method: str, factor: float, metric: str,
+                  config: str | None = None
+                  ) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
+    """Rows = intervened sets (and their random controls, one row per control seed), columns =
+    evaluated tasks, values = relative change against the unmodified model in the same
+    evaluation configuration (``config``: a prefix of its hash; required when several exist).
+    Per set: a specificity index (the target task's relative drop minus the mean relative drop of
+    the other tasks) and the mean |change| over all evaluated tasks, of the set and of its
+    controls (averaged over control seeds, with their spread)."""
+    d = report_data(engine, model, method, factor, metric, config)
     row_names, matrix, summary = [], [], []
-    for s in sets:
-        row_names.append(labels[s])
-        matrix.append([cell.get((s, False, -1, c)) for c in cols])
-        for seed in seeds:
-            row_names.append(f"{labels[s]} (random, seed {seed})")
-            matrix.append([cell.get((s, True, seed, c)) for c in cols])
-
-        def changes(control: bool, s=s) -> dict[int, float]:
-            found: dict[int, list[float]] = {}
-            for (set_id, is_control, _, col), value in cell.items():
-                if set_id == s and is_control == control and value is not None:
-                    found.setdefault(col, []).append(value)
-            return {col: sum(v) / len(v) for col, v in found.items()}  # mean over control seeds
-
-        own, ctrl = changes(False), changes(True)
-        target = own.get(s) if s in cols else None
+    for s in d.sets:
+        row_names.append(d.labels[s])
+        matrix.append([d.cell.get((s, False, -1, c)) for c in d.cols])
+        for seed in d.seeds:
+            row_names.append(f"{d.labels[s]} (random, seed {seed})")
+            matrix.append([d.cell.get((s, True, seed, c)) for c in d.cols])
+        own = {c: v for c in d.cols if (v := d.cell.get((s, False, -1, c))) is not None}
+        per_seed = [{c: v for c in d.cols if (v := d.cell.get((s, True, seed, c))) is not None}
+                    for seed in d.seeds]
+        ctrl = {c: float(np.mean([p[c] for p in per_seed if c in p]))
+                for c in d.cols if any(c in p for p in per_seed)}
+        target = own.get(s)
         others = [v for c, v in own.items() if c != s]
+        ctrl_targets = [p[s] for p in per_seed if s in p]
         summary.append({
-            "set": labels[s],
+            "set": d.labels[s],
+            "set_task_id": s,
             "target_change": target,
-            "others_mean_change": sum(others) / len(others) if others else None,
-            "specificity_index": (-(target) + sum(others) / len(others))
+            "others_mean_change": float(np.mean(others)) if others else None,
+            "specificity_index": float(np.mean(others)) - target
             if target is not None and others else None,
             "control_target_change": ctrl.get(s),
-            "mean_abs_change": sum(map(abs, own.values())) / len(own) if own else None,
-            "control_mean_abs_change": sum(map(abs, ctrl.values())) / len(ctrl) if ctrl else None,
+            "control_target_sd": float(np.std(ctrl_targets)) if len(ctrl_targets) > 1 else None,
+            "mean_abs_change": float(np.mean(np.abs(list(own.values())))) if own else None,
+            "control_mean_abs_change": float(np.mean(np.abs(list(ctrl.values())))) if ctrl else None,
         })
-    return row_names, [labels[c] for c in cols], matrix, summary
+    return row_names, [d.labels[c] for c in d.cols], matrix, summary

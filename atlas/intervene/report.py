@@ -9,11 +9,19 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
-from atlas.intervene.experiment import report_matrix
-from atlas.intervene.stats import describe_tests, report_tests
+from atlas.intervene.experiment import ReportData, report_data, report_matrix
+from atlas.intervene.stats import (
+    above_chance,
+    describe_tests,
+    paired_difference,
+    paired_rel_change_interval,
+    report_tests,
+)
+from atlas.query.core import rows as query_rows
 
 FORMATS = ("markdown", "csv", "json")
 
@@ -28,18 +36,102 @@ class Report:
     columns: list[str]  # evaluated tasks
     rel_change: list[list[float | None]]  # [rows, columns]
     summary: list[dict]  # per set
-    tests: dict
+    tests: dict  # across the sets whose own task the unmodified model does above chance
+    intervals: list[list[tuple[float, float] | None]]  # 95% paired bootstrap, per cell
+    columns_info: list[dict]  # per evaluated task: unmodified accuracy, chance, binomial test
+    excluded: list[str]  # why sets were left out of the summary tests
 
     @property
     def title(self) -> str:
         return f"{self.model} · {self.method} · factor {self.factor:g} · {self.metric}"
 
 
+LABEL_METRICS = ("label_likelihood", "label_prob")
+
+
+def _example_values(engine: Engine, d: ReportData, method: str, factor: float, metric: str
+                    ) -> dict[tuple, dict[str, np.ndarray | list]]:
+    """Per evaluation, its per-example outcomes in example order, keyed (set task id or None,
+    is control, control seed or -1, evaluated task id)."""
+    data = query_rows(engine, """
+        SELECT s.task_id AS set_task_id, e.is_control, coalesce(e.control_seed, -1) AS seed,
+               e.eval_task_id, x.example, x.correct, x.gold_prob, x.gold
+        FROM evaluations e JOIN evaluation_examples x USING (eval_id)
+        LEFT JOIN neuron_sets s ON s.set_id = e.set_id
+        WHERE e.model_id = :mid AND e.metric = :metric AND list_contains(:keys, e.params_key)
+          AND (e.set_id IS NULL OR (e.factor = :factor AND e.set_id IN
+               (SELECT set_id FROM task_sets WHERE method = :method)))
+        ORDER BY e.eval_id, x.example""", mid=d.model_id, metric=metric, keys=d.params_keys,
+                        factor=factor, method=method)
+    out: dict[tuple, dict] = {}
+    for r in data:
+        entry = out.setdefault((r["set_task_id"], r["is_control"], r["seed"], r["eval_task_id"]),
+                               {"correct": [], "gold_prob": [], "gold": []})
+        entry["correct"].append(float(r["correct"]))
+        entry["gold_prob"].append(np.nan if r["gold_prob"] is None else r["gold_prob"])
+        entry["gold"].append(r["gold"])
+    return {k: {**v, "correct": np.array(v["correct"]), "gold_prob": np.array(v["gold_prob"])}
+            for k, v in out.items()}
+
+
 def build_report(engine: Engine, model: str, method: str = "cgvst", factor: float = 0.0,
-                 metric: str = "label_likelihood", config: str | None = None) -> Report:
+                 metric: str = "label_likelihood", config: str | None = None,
+                 seed: int = 0) -> Report:
+    """The report with per-cell 95% intervals (paired bootstrap over examples, ``seed``), each
+    set's own-task effect tested paired against its random controls on the same examples (the
+    gold label's probability for label metrics, accuracy beside it), and the tasks the
+    unmodified model does above chance; sets whose own task is at chance are shown but left out
+    of the summary tests."""
     names, cols, matrix, summary = report_matrix(engine, model, method, factor, metric, config)
-    return Report(model, method, factor, metric, names, cols, matrix, summary,
-                  report_tests(summary))
+    d = report_data(engine, model, method, factor, metric, config)
+    examples = _example_values(engine, d, method, factor, metric)
+    value_key = "gold_prob" if metric == "label_prob" else "correct"
+    columns_info = []
+    for c in d.cols:
+        base = examples.get((None, False, -1, c))
+        info = {"task": d.labels[c]}
+        if base is not None:
+            info.update(above_chance(base["correct"], base["gold"]))
+        columns_info.append(info)
+    intervals = []
+    for s in d.sets:
+        for control, seed_ in [(False, -1)] + [(True, k) for k in d.seeds]:
+            row = []
+            for c in d.cols:
+                base, treated = examples.get((None, False, -1, c)), examples.get((s, control, seed_, c))
+                ok = base is not None and treated is not None and len(base[value_key]) == len(
+                    treated[value_key])
+                row.append(paired_rel_change_interval(base[value_key], treated[value_key], seed)
+                           if ok else None)
+            intervals.append(row)
+    chance_by_task = {c: info for c, info in zip(d.cols, columns_info)}
+    excluded = []
+    for entry in summary:
+        s = entry["set_task_id"]
+        own = examples.get((s, False, -1, s))
+        controls = [examples[k] for k in [(s, True, seed_, s) for seed_ in d.seeds] if k in examples]
+        if own is not None and controls:
+            primary = "gold_prob" if metric in LABEL_METRICS else "correct"
+            entry["paired"] = {"statistic": primary, **paired_difference(
+                own[primary], [c[primary] for c in controls])}
+            if metric in LABEL_METRICS:
+                entry["paired_accuracy"] = paired_difference(own["correct"],
+                                                             [c["correct"] for c in controls])
+        status = chance_by_task.get(s, {})
+        entry["own_task_above_chance"] = status.get("above")
+        if status.get("above") is False:
+            excluded.append(f"{entry['set']}: the unmodified model is at chance on its task "
+                            f"(accuracy {status['accuracy']:.2f}, chance {status['chance']:.2f}, "
+                            f"binomial p = {status['p']:.2g})")
+    included = [e for e in summary if e.get("own_task_above_chance") is not False]
+    tests = report_tests(included)
+    paired = [e["paired"] for e in included if "paired" in e]
+    tests["n_paired"] = len(paired)
+    tests["paired_statistic"] = paired[0]["statistic"] if paired else None
+    tests["mean_paired_diff"] = float(np.mean([p["mean_diff"] for p in paired])) if paired else None
+    tests["n_paired_significant"] = sum(p["p"] is not None and p["p"] < 0.05 for p in paired)
+    return Report(model, method, factor, metric, names, cols, matrix, summary, tests, intervals,
+                  columns_info, excluded)
 
 
 def _signed(value: float | None) -> str:
@@ -50,30 +142,61 @@ def render(report: Report, fmt: str = "markdown") -> str:
     """The report as text: ``markdown`` (matrix, per-set summary, tests), ``csv`` or ``json``."""
     if fmt == "json":
         return json.dumps({"rows": report.rows, "columns": report.columns,
-                           "rel_change": report.rel_change, "summary": report.summary,
-                           "tests": report.tests}, indent=1) + "\n"
+                           "rel_change": report.rel_change, "intervals": report.intervals,
+                           "columns_info": report.columns_info, "summary": report.summary,
+                           "tests": report.tests, "excluded": report.excluded}, indent=1) + "\n"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["set", *report.columns])
-        for name, row in zip(report.rows, report.rel_change):
-            writer.writerow([name, *("" if v is None else f"{v:.4f}" for v in row)])
+        writer.writerow(["set", "eval_task", "rel_change", "ci_low", "ci_high"])
+        for name, row, ci_row in zip(report.rows, report.rel_change, report.intervals):
+            for col, v, ci in zip(report.columns, row, ci_row):
+                writer.writerow([name, col, "" if v is None else f"{v:.4f}",
+                                 "" if ci is None else f"{ci[0]:.4f}",
+                                 "" if ci is None else f"{ci[1]:.4f}"])
         return out.getvalue()
     if fmt != "markdown":
         raise AtlasError(f"unknown report format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    cols = report.columns
+    cols = [f"{c} ✓" if info.get("above") else c
+            for c, info in zip(report.columns, report.columns_info)]
     lines = [f"### {report.title}", "",
              f"Relative change of {report.metric} against the unmodified model (rows: intervened "
-             "set).", "", "| set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += [f"| {name} | " + " | ".join(map(_signed, row)) + " |"
-              for name, row in zip(report.rows, report.rel_change)]
-    lines += ["", "| set | target change | mean change, other tasks | specificity index | "
-              "control, target |", "|---|---|---|---|---|"]
-    keys = ("target_change", "others_mean_change", "specificity_index", "control_target_change")
-    lines += [f"| {s['set']} | " + " | ".join(_signed(s[k]) for k in keys) + " |"
-              for s in report.summary]
+             "set), with its 95% interval (paired bootstrap over examples). ✓: the unmodified "
+             "model does the task above chance (one-sided binomial test, p < 0.05).", "",
+             "| set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, ci_row)) + " |"
+              for name, row, ci_row in zip(report.rows, report.rel_change, report.intervals)]
+    lines += ["", "| task | unmodified accuracy | n | chance | binomial p |", "|---|---|---|---|---|"]
+    lines += [f"| {i['task']} | {i['accuracy']:.3f} | {i['n']} | {i['chance']:.2f} | {i['p']:.2g} |"
+              for i in report.columns_info if "accuracy" in i]
+    lines += ["", "| set | own-task change | control (mean of seeds ± sd) | specificity index | "
+              "paired vs controls: mean difference | p | accuracy difference | p |",
+              "|---|---|---|---|---|---|---|---|"]
+    for s in report.summary:
+        sd = "" if s.get("control_target_sd") is None else f" ± {s['control_target_sd']:.3f}"
+        paired, acc = s.get("paired", {}), s.get("paired_accuracy", {})
+        lines.append(f"| {s['set']} | {_signed(s['target_change'])} | "
+                     f"{_signed(s['control_target_change'])}{sd} | {_signed(s['specificity_index'])} "
+                     f"| {_signed(paired.get('mean_diff'))} | {_p(paired.get('p'))} "
+                     f"| {_signed(acc.get('mean_diff'))} | {_p(acc.get('p'))} |")
+    if report.summary and "paired" in report.summary[0]:
+        lines += ["", f"Paired statistic: per example, the set's {report.summary[0]['paired']['statistic']} "
+                  "minus the mean of its random controls' on the same examples (two-sided "
+                  "sign-flip test)."]
+    if report.excluded:
+        lines += ["", "Left out of the summary tests: " + "; ".join(report.excluded) + "."]
     lines += ["", describe_tests(report.tests)]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None, interval: tuple[float, float] | None) -> str:
+    if value is None:
+        return ""
+    return _signed(value) + ("" if interval is None else f" [{interval[0]:+.2f}, {interval[1]:+.2f}]")
+
+
+def _p(p: float | None) -> str:
+    return "" if p is None else f"{p:.3g}"
 
 
 def plot(report: Report, out: str | Path) -> Path:

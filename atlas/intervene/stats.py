@@ -6,9 +6,10 @@ asks whether the mean over sets differs from 0 more than random signs would make
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
-from scipy.stats import permutation_test
+from scipy.stats import DegenerateDataWarning, binomtest, bootstrap, permutation_test
 
 
 def sign_flip_p(values: list[float]) -> float | None:
@@ -63,3 +64,51 @@ def describe_tests(tests: dict) -> str:
                  f"{tests['control_mean_abs_change']:.3f}")
         text += ("" if p is None else f" (sign-flip p = {p:.3g})") + "."
     return text
+
+
+def paired_rel_change_interval(base: np.ndarray, treated: np.ndarray, seed: int = 0,
+                               level: float = 0.95) -> tuple[float, float] | None:
+    """Bootstrap interval (paired over examples, percentile, seeded) of the relative change
+    ``(mean(treated) − mean(base)) / mean(base)``; None when it is undefined (mean(base) = 0,
+    fewer than 2 examples) or constant."""
+    base, treated = np.asarray(base, float), np.asarray(treated, float)
+    if len(base) < 2 or base.mean() == 0:
+        return None
+    diff = treated - base
+    if not diff.any():  # no example changed: every resample gives 0
+        return 0.0, 0.0
+    if np.all(diff == diff[0]) and np.all(base == base[0]):
+        value = float(diff[0] / base[0])
+        return value, value
+
+    def rel(b, t, axis=-1):
+        mean_b = b.mean(axis)
+        return (t.mean(axis) - mean_b) / np.where(mean_b == 0, np.nan, mean_b)
+
+    with warnings.catch_warnings():  # a degenerate resampling gives NaN bounds, handled below
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = bootstrap((base, treated), rel, paired=True, vectorized=True, n_resamples=1999,
+                           method="percentile", confidence_level=level,
+                           rng=np.random.default_rng(seed))
+    lo, hi = result.confidence_interval
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return None
+    return float(lo), float(hi)
+
+
+def paired_difference(treated: np.ndarray, controls: list[np.ndarray]) -> dict:
+    """Per example, ``treated`` minus the mean of the ``controls`` (same examples): the mean
+    difference and its two-sided sign-flip p-value."""
+    diff = np.asarray(treated, float) - np.mean([np.asarray(c, float) for c in controls], axis=0)
+    return {"mean_diff": float(diff.mean()), "p": sign_flip_p(list(diff)), "n": int(len(diff))}
+
+
+def above_chance(correct: np.ndarray, golds: list[str], alpha: float = 0.05) -> dict:
+    """One-sided binomial test of accuracy against chance: the larger of 1 / labels seen and
+    the share of the most common gold label among the examples."""
+    counts = np.unique(np.asarray(golds), return_counts=True)[1]
+    chance = float(max(1 / len(counts), counts.max() / len(golds)))
+    k, n = int(np.sum(correct)), len(correct)
+    p = float(binomtest(k, n, chance, alternative="greater").pvalue)
+    return {"accuracy": k / n, "n": n, "chance": chance, "p": p, "above": p < alpha}

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
 from sqlalchemy import and_, insert, select
 from sqlalchemy.engine import Connection
 
+from atlas.store.repository import insert_arrow
 from atlas.store.schema import evaluations as table
 
 
@@ -39,9 +41,24 @@ def find(conn: Connection, key: EvaluationKey) -> tuple[float, int] | None:
     return (row.value, row.n) if row else None
 
 
-def add(conn: Connection, key: EvaluationKey, value: float, n: int, seed: int,
-        params: dict) -> None:
-    conn.execute(insert(table).values(
+def add(conn: Connection, key: EvaluationKey, value: float, n: int, seed: int, params: dict,
+        examples: list | None = None) -> int:
+    """Store an evaluation and its per-example outcomes (objects with ``instance_id``, ``gold``,
+    ``predicted``, ``correct``, ``gold_logprob``, ``gold_prob``) in one transaction."""
+    eval_id = int(conn.execute(insert(table).values(
         model_id=key.model_id, set_id=key.set_id, factor=key.factor, is_control=key.is_control,
         control_seed=key.control_seed, eval_task_id=key.eval_task_id, metric=key.metric,
-        value=value, n=n, seed=seed, params=params, params_key=key.params_key))
+        value=value, n=n, seed=seed, params=params, params_key=key.params_key,
+    ).returning(table.c.eval_id)).scalar_one())
+    if examples:
+        insert_arrow(conn, "evaluation_examples", pa.table({
+            "eval_id": pa.array([eval_id] * len(examples), pa.int32()),
+            "example": pa.array(range(len(examples)), pa.int32()),
+            "instance_id": pa.array([e.instance_id for e in examples], pa.string()),
+            "gold": pa.array([e.gold for e in examples], pa.string()),
+            "predicted": pa.array([e.predicted for e in examples], pa.string()),
+            "gold_logprob": pa.array([e.gold_logprob for e in examples], pa.float64()),
+            "gold_prob": pa.array([e.gold_prob for e in examples], pa.float64()),
+            "correct": pa.array([bool(e.correct) for e in examples], pa.bool_()),
+        }))
+    return eval_id

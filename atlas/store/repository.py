@@ -20,7 +20,7 @@ def _duck(conn: Connection):
     return conn.connection.dbapi_connection
 
 
-def _insert_arrow(conn: Connection, table: str, data: pa.Table) -> None:
+def insert_arrow(conn: Connection, table: str, data: pa.Table) -> None:
     duck = _duck(conn)
     view = f"_atlas_{table}_arrow"
     duck.register(view, data)
@@ -45,7 +45,7 @@ def scores_table(run_id: int, scores: torch.Tensor) -> pa.Table:
 
 
 def write_scores(conn: Connection, run_id: int, scores: torch.Tensor) -> None:
-    _insert_arrow(conn, "neuron_scores", scores_table(run_id, scores))
+    insert_arrow(conn, "neuron_scores", scores_table(run_id, scores))
 
 
 def read_scores(conn: Connection, run_id: int, n_layers: int, d_mlp: int) -> torch.Tensor:
@@ -174,7 +174,7 @@ def write_set(conn: Connection, name: str, model_id: int, task_id: int | None,
          "size": int(mask.sum()), "method": method},
     ).scalar_one())
     layers, neurons = np.nonzero(mask.numpy())
-    _insert_arrow(conn, "neuron_set_members", pa.table({
+    insert_arrow(conn, "neuron_set_members", pa.table({
         "set_id": pa.array(np.full(len(layers), set_id, dtype=np.int32)),
         "layer": pa.array(layers.astype(np.int16)),
         "neuron": pa.array(neurons.astype(np.int32)),

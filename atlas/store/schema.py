@@ -107,3 +107,14 @@ evaluations = Table(
     Column("params_key", String, nullable=False),
     Column("created_at", TIMESTAMP),
 )
+evaluation_examples = Table(
+    "evaluation_examples", metadata,
+    Column("eval_id", Integer, nullable=False),
+    Column("example", Integer, nullable=False),
+    Column("instance_id", String, nullable=False),
+    Column("gold", String, nullable=False),
+    Column("predicted", String),
+    Column("gold_logprob", Double),
+    Column("gold_prob", Double),
+    Column("correct", Boolean, nullable=False),
+)

@@ -206,6 +206,6 @@ def test_preset_reference_end_to_end(tmp_path):
     con = duckdb.connect(str(db), read_only=True)
     evals = con.execute("SELECT metric, n, params FROM evaluations").fetchall()
     con.close()
-    assert {e[0] for e in evals} == {"reference_em"} and len(evals) == 3
+    assert {e[0] for e in evals} == {"reference_em"} and len(evals) == 5  # 3 controls
     assert {e[1] for e in evals} == {20}  # the whole second half of the file
     assert json.loads(evals[0][2])["split"] == "evaluation half (file)"

@@ -87,8 +87,8 @@ def test_ablate_stores_and_reuses_evaluations(tmp_path):
     assert res.exit_code == 0, res.output
     count = runner.invoke(app, ["sql", "SELECT count(*) AS n, sum(is_control::INT) AS c, "
                                 "count(set_id) AS s FROM evaluations", "--db", str(db), "-f", "json"])
-    # 2 tasks × (baseline, intervened, control)
-    assert json.loads(count.output) == [{"n": 6, "c": 2, "s": 4}]
+    # 2 tasks × (baseline, intervened, 3 controls)
+    assert json.loads(count.output) == [{"n": 10, "c": 6, "s": 8}]
     values = runner.invoke(app, ["sql", "SELECT value, n FROM evaluations", "--db", str(db),
                                  "-f", "json"])
     assert all(0 <= r["value"] <= 1 and r["n"] == 5 for r in json.loads(values.output))
@@ -96,20 +96,23 @@ def test_ablate_stores_and_reuses_evaluations(tmp_path):
     assert res.exit_code == 0 and "True" in res.output
     again = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM evaluations", "--db", str(db),
                                 "-f", "json"])
-    assert json.loads(again.output) == [{"n": 6}]
+    assert json.loads(again.output) == [{"n": 10}]
     res = runner.invoke(app, ["amplify", *common, "--task", "task195", "--examples", "5",
                               "--eval-task", "task195"])
     assert res.exit_code == 0, res.output
     rep = runner.invoke(app, ["report", "--model", folder.name, "--db", str(db), "-f", "json"])
     assert rep.exit_code == 0, rep.output
     data = json.loads(rep.output)
-    assert data["rows"] == ["task379", "task379 (random, seed 0)"]
+    assert data["rows"] == ["task379"] + [f"task379 (random, seed {k})" for k in range(3)]
     assert data["columns"] == ["task195", "task379"]
-    assert data["tests"]["n_sets"] == 1 and data["tests"]["specificity_p"] is None
-    own, ctrl = data["rel_change"]
+    own, *ctrls = data["rel_change"]
+    ctrl = [sum(row[c] for row in ctrls) / 3 for c in range(2)]  # mean over control seeds
     assert data["summary"][0]["mean_abs_change"] == pytest.approx(sum(abs(v) for v in own) / len(own))
     assert data["summary"][0]["control_mean_abs_change"] == pytest.approx(
         sum(abs(v) for v in ctrl) / len(ctrl))
+    assert len(data["intervals"]) == 4 and len(data["columns_info"]) == 2
+    paired = data["summary"][0]["paired"]  # own task vs its 3 controls, same 5 examples
+    assert paired["statistic"] == "gold_prob" and paired["n"] == 5
     png = tmp_path / "r.png"
     res = runner.invoke(app, ["plot", "report", "--model", folder.name, "--db", str(db), "-o", str(png)])
     assert res.exit_code == 0 and png.stat().st_size > 5000
@@ -121,8 +124,8 @@ def test_ablate_stores_and_reuses_evaluations(tmp_path):
     assert res.exit_code == 0, res.output
     probs = runner.invoke(app, ["sql", "SELECT value FROM evaluations WHERE metric = 'label_prob'",
                                 "--db", str(db), "-f", "json"])
-    values = [r["value"] for r in json.loads(probs.output)]  # baseline, intervened, control
-    assert len(values) == 3 and all(0 < v < 1 for v in values)
+    values = [r["value"] for r in json.loads(probs.output)]  # baseline, intervened, 3 controls
+    assert len(values) == 5 and all(0 < v < 1 for v in values)
     res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--metric", "bleu"])
     assert res.exit_code == 2 and "unknown metric" in res.output
 

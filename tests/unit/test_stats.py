@@ -50,3 +50,43 @@ def test_report_tests_pairs_each_set_with_its_control():
     assert tests["control_mean_abs_change"] == pytest.approx(0.175)
     assert tests["abs_change_minus_control_p"] == pytest.approx(brute_force_p([0.2, -0.05]))
     assert "over 3 sets" in describe_tests(tests) and "random controls 0.175" in describe_tests(tests)
+
+
+def test_paired_interval_brackets_the_estimate():
+    from atlas.intervene.stats import paired_rel_change_interval
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 2, 200).astype(float)
+    strong = base.copy()
+    strong[base == 1][:40] = 0
+    strong[np.flatnonzero(base == 1)[:40]] = 0
+    estimate = (strong.mean() - base.mean()) / base.mean()
+    lo, hi = paired_rel_change_interval(base, strong, seed=0)
+    assert lo <= estimate <= hi and hi < 0  # a clear drop excludes 0
+    noise = base.copy()
+    flip = rng.choice(200, 10, replace=False)
+    noise[flip] = 1 - noise[flip]
+    lo, hi = paired_rel_change_interval(base, noise, seed=0)
+    assert lo < 0 < hi
+    assert paired_rel_change_interval(base, base) == (0.0, 0.0)
+    assert paired_rel_change_interval(np.zeros(5), np.ones(5)) is None  # undefined relative change
+    assert paired_rel_change_interval(base, noise, seed=3) == paired_rel_change_interval(base, noise, seed=3)
+
+
+def test_paired_difference_and_above_chance_match_direct_computation():
+    from scipy.stats import binomtest
+
+    from atlas.intervene.stats import above_chance, paired_difference, sign_flip_p
+
+    treated = np.array([0.9, 0.2, 0.4, 0.8, 0.1])
+    controls = [np.array([0.5, 0.5, 0.5, 0.5, 0.5]), np.array([0.7, 0.1, 0.3, 0.6, 0.3])]
+    diff = treated - (controls[0] + controls[1]) / 2
+    got = paired_difference(treated, controls)
+    assert got["mean_diff"] == pytest.approx(diff.mean()) and got["n"] == 5
+    assert got["p"] == pytest.approx(sign_flip_p(list(diff)))
+    golds = ["a"] * 14 + ["b"] * 6  # majority share 0.7 beats 1 / 2 labels
+    correct = np.array([1] * 17 + [0] * 3)
+    res = above_chance(correct, golds)
+    assert res["chance"] == pytest.approx(0.7)
+    assert res["p"] == pytest.approx(binomtest(17, 20, 0.7, alternative="greater").pvalue)
+    assert res["above"] == (res["p"] < 0.05)
