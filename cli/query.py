@@ -7,7 +7,8 @@ import sys
 import typer
 
 from atlas import query as q
-from cli.common import AtlasGroup, DbOption, console, rich_table
+from atlas.errors import AtlasError
+from cli.common import AtlasGroup, DbOption, console, err_console, rich_table
 
 plot_app = typer.Typer(cls=AtlasGroup, help="Figures as PNG files.", no_args_is_help=True)
 ModelOption = typer.Option(..., "--model", "-m", help="Model name as stored (see models table).")
@@ -74,12 +75,22 @@ def specificity_cmd(model: str = ModelOption, method: str = MethodOption,
 def compare(model: list[str] = typer.Option(..., "--model", "-m", help="Two model names."),
             method: str = MethodOption, format: str = typer.Option("table", "--format", "-f"),
             output: str = typer.Option(None, "--output", "-o"), db: str = DbOption) -> None:
-    """Compare two models' task sets (depth profiles; index overlap when shapes match)."""
+    """Compare two models' task sets: depth profiles, index overlap when shapes match, and
+    whether they find the same tasks similar (Mantel test of their Jaccard matrices)."""
     if len(model) != 2:
         raise typer.BadParameter("give --model twice")
     engine = open_db(db, read_only=True)
     _emit(q.compare_models(engine, model[0], model[1], method), format, output,
           f"{model[0]} vs {model[1]} · {method}")
+    try:
+        agreement = q.task_similarity_agreement(engine, model[0], model[1], method)
+    except AtlasError as err:
+        err_console.print(f"task-similarity agreement not computed: {err}")
+        return
+    err_console.print(
+        f"task-similarity agreement over {agreement['n_tasks']} shared tasks: Mantel r = "
+        f"{agreement['r']:+.3f}, p = {agreement['p']:.3g} ({agreement['n_permutations']} "
+        f"{'' if agreement['exact'] else 'random '}permutations)")
 
 
 def import_cmd(path: str = typer.Argument(..., help="torch.save file of per-layer indices."),

@@ -14,6 +14,8 @@ _EXPORTS = {
     "overlap_matrix": "overlap",
     "run_sql": "sql",
     "specificity": "overlap",
+    "mantel": "compare",
+    "task_similarity_agreement": "compare",
 }
 __all__ = sorted(_EXPORTS)
 

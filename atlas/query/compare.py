@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 from scipy.stats import spearmanr, wasserstein_distance
 from sqlalchemy.engine import Engine
 
+from atlas.errors import AtlasError
 from atlas.query.core import check_method, resolve_model, rows
 
 
@@ -68,3 +72,42 @@ def _index_agreement(engine: Engine, model_a: int, model_b: int, method: str, ta
         y = np.array([r["sb"] for r in scores])
         result["spearman"] = float(spearmanr(x, y).statistic) if len(x) > 1 else float("nan")
     return result
+
+
+def mantel(a: np.ndarray, b: np.ndarray, n_permutations: int = 9999, seed: int = 0) -> dict:
+    """Pearson correlation of the off-diagonal upper triangles of two symmetric task × task
+    matrices, with a two-sided permutation p-value (rows and columns of ``b`` permuted together;
+    every permutation when there are at most ``n_permutations`` of them)."""
+    n = len(a)
+    if n < 3:
+        raise AtlasError(f"a Mantel test needs at least 3 shared tasks (got {n})")
+    upper = np.triu_indices(n, 1)
+
+    def r(perm: np.ndarray) -> float:
+        return float(np.corrcoef(a[upper], b[np.ix_(perm, perm)][upper])[0, 1])
+
+    observed = r(np.arange(n))
+    if math.factorial(n) <= n_permutations:
+        perms = [np.array(p) for p in itertools.permutations(range(n))]
+        exact = True
+    else:
+        rng = np.random.default_rng(seed)
+        perms = [np.arange(n)] + [rng.permutation(n) for _ in range(n_permutations)]
+        exact = False
+    null = np.array([r(p) for p in perms])
+    p = float(np.mean(np.abs(null) >= abs(observed) - 1e-12))
+    return {"n_tasks": n, "r": observed, "p": p, "n_permutations": len(perms), "exact": exact}
+
+
+def task_similarity_agreement(engine: Engine, model_a: str, model_b: str,
+                              method: str = "cgvst") -> dict:
+    """Do two models find the same tasks similar? The Mantel test of their task × task Jaccard
+    matrices over the tasks both have sets for."""
+    from atlas.query.overlap import overlap_matrix
+
+    ma, mb = overlap_matrix(engine, model_a, method), overlap_matrix(engine, model_b, method)
+    shared = sorted(set(ma.tasks) & set(mb.tasks))
+    ia = [ma.tasks.index(t) for t in shared]
+    ib = [mb.tasks.index(t) for t in shared]
+    result = mantel(ma.values[np.ix_(ia, ia)], mb.values[np.ix_(ib, ib)])
+    return {"model_a": model_a, "model_b": model_b, "method": method, **result}

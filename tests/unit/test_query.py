@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from atlas.query import compare_models, overlap_matrix, specificity
+from atlas.query.core import rows
 from atlas.store import open_db
 from cli.main import app
 from tests.conftest import PUBLISHED_DIR, SNI_DIR, save_tiny
@@ -174,3 +175,51 @@ def test_random_sets_differ_between_tasks(tiny_db):
     assert np.allclose(np.diag(jac), 1)
     assert jac[~np.eye(len(jac), dtype=bool)].max() < 1
     engine.dispose()
+
+
+def test_mantel_matches_brute_force():
+    import itertools
+
+    from atlas.query.compare import mantel
+
+    rng = np.random.default_rng(0)
+    n = 5
+    a = rng.random((n, n))
+    a = (a + a.T) / 2
+    b = a + rng.normal(0, 0.05, (n, n))
+    b = (b + b.T) / 2
+    iu = np.triu_indices(n, 1)
+    observed = np.corrcoef(a[iu], b[iu])[0, 1]
+    null = [np.corrcoef(a[iu], b[np.ix_(p, p)][iu])[0, 1] for p in itertools.permutations(range(n))]
+    got = mantel(a, b)
+    assert got["exact"] and got["n_permutations"] == 120
+    assert got["r"] == pytest.approx(observed)
+    assert got["p"] == pytest.approx(np.mean(np.abs(null) >= abs(observed) - 1e-12))
+    assert mantel(a, a)["r"] == pytest.approx(1.0)
+    sampled = mantel(a, b, n_permutations=50)
+    assert not sampled["exact"] and sampled["n_permutations"] == 51
+
+
+def test_compare_reports_task_similarity_agreement(tiny_db, tmp_path):
+    import shutil
+
+    from atlas.query.compare import mantel
+
+    db = tmp_path / "with_published.duckdb"
+    shutil.copy(tiny_db, db)
+    for task in ("task195", "task379", "task391"):
+        res = runner.invoke(app, ["import", str(PUBLISHED_DIR / f"{task}.pth"), "--model",
+                                  "llama-2-7b-chat", "--task", task, "--layers", "32",
+                                  "--d-mlp", "11008", "--db", str(db)])
+        assert res.exit_code == 0, res.output
+    engine = open_db(db, read_only=True)
+    tiny = [r["name"] for r in rows(engine, "SELECT name FROM models WHERE name LIKE 'tiny-%' "
+                                            "ORDER BY name")]
+    a = overlap_matrix(engine, tiny[0], "cgvst").values
+    b = overlap_matrix(engine, "llama-2-7b-chat", "cgvst").values  # same three tasks, same order
+    engine.dispose()
+    expected = mantel(a, b)
+    res = runner.invoke(app, ["compare", "-m", tiny[0], "-m", "llama-2-7b-chat", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert "over 3 shared tasks" in res.output
+    assert f"Mantel r = {expected['r']:+.3f}, p = {expected['p']:.3g} (6 permutations)" in res.output
