@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -40,6 +41,13 @@ class AtlasGroup(TyperGroup):
 
 
 DbOption = typer.Option(None, "--db", help="Database file (default: $ATLAS_DB or ./atlas.duckdb).")
+SniDirOption = typer.Option(None, "--sni-dir", help="Folder(s) of SNI task files, searched in "
+                                                    "order (repeatable; default: $ATLAS_SNI_DIR).")
+
+
+def sni_path(folders: list[str] | None) -> str | None:
+    """Several --sni-dir folders as one search path."""
+    return os.pathsep.join(folders) if folders else None
 
 
 def rich_table(rows: list[dict], title: str | None = None, floats: int = 4) -> Table:

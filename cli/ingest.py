@@ -17,7 +17,7 @@ from rich.progress import (
 from atlas.errors import AtlasError
 from atlas.models.names import DEFAULT_MODEL
 from atlas.progress import Reporter
-from cli.common import DbOption, console, err_console, rich_table
+from cli.common import DbOption, SniDirOption, console, err_console, rich_table, sni_path
 
 
 class RichReporter(Reporter):
@@ -73,7 +73,7 @@ def ingest(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("auto", help="float32, bfloat16, float16 or auto."),
     device_map: str = typer.Option(None, help="'auto' splits the model across GPUs (accelerate)."),
-    sni_dir: str = typer.Option(None, help="Folder of SNI task files (default: $ATLAS_SNI_DIR)."),
+    sni_dir: list[str] = SniDirOption,
     skip_missing: bool = typer.Option(False, help="Skip tasks that cannot be found."),
     force: bool = typer.Option(False, help="Recompute even when a complete run exists."),
     backend: str = typer.Option("local", help="local (this process) or ray."),
@@ -95,7 +95,7 @@ def ingest(
         methods=method, shots=shots, examples=examples, seed=seed, split_seed=split_seed,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_tokens=max_tokens,
         checkpoint_every=checkpoint_every, rule=rule, force=force, skip_missing=skip_missing,
-        sni_dir=sni_dir, split=split, demos_include_query=demos_include_query,
+        sni_dir=sni_path(sni_dir), split=split, demos_include_query=demos_include_query,
         join_outputs=join_outputs, preset=preset,
     )
     if preset:

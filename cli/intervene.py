@@ -9,7 +9,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from atlas.models.names import DEFAULT_MODEL
 from atlas.progress import Reporter
-from cli.common import DbOption, console, rich_table
+from cli.common import DbOption, SniDirOption, console, rich_table, sni_path
 from cli.query import plot_app
 
 
@@ -38,7 +38,8 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
 
     options = AblateOptions(factor=factor, metric=metric, examples=examples, shots=shots, seed=seed,
                             control_seed=control_seed, batch_size=batch_size, control=control,
-                            eval_tasks=eval_task or ["all"], sni_dir=sni_dir, split=split,
+                            eval_tasks=eval_task or ["all"],
+                            sni_dir=sni_path(sni_dir), split=split,
                             demos=demos, preset=preset, controls=controls)
     if preset:
         console.print(f"preset {preset}: metric {options.metric}, shots {options.shots}, split "
@@ -85,7 +86,8 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                                                      "control-seed + 1, ...)."),
                 control: bool = typer.Option(True, help="Also evaluate a random control set."),
                 batch_size: int = typer.Option(8), device: str = typer.Option("auto"),
-                dtype: str = typer.Option("auto"), sni_dir: str = typer.Option(None),
+                dtype: str = typer.Option("auto"),
+                sni_dir: list[str] = SniDirOption,
                 db: str = DbOption) -> None:
         if not task and not set_name:
             raise typer.BadParameter("give --task or --set")

@@ -42,9 +42,24 @@ def query(db, sql: str) -> list[tuple]:
         con.close()
 
 
+# The tokenizer's training files: a fixed list, so that tests do not depend on what else the
+# shared folder holds.
+CORPUS_FILES = [
+    "task1645_medical_question_pair_dataset_text_classification.json",
+    "task190_snli_classification.json",
+    "task195_sentiment140_classification.json",
+    "task227_clariq_classification.json",
+    "task274_overruling_legal_classification.json",
+    "task379_agnews_topic_classification.json",
+    "task391_causal_relationship.json",
+    "task512_twitter_emotion_classification.json",
+    "task566_circa_classification.json",
+]
+
+
 def _corpus() -> list[str]:
     texts = []
-    for path in sorted(SNI_DIR.glob("*.json")):
+    for path in (SNI_DIR / name for name in CORPUS_FILES):
         data = json.loads(path.read_text(encoding="utf-8"))
         texts.append(data["Definition"][0])
         texts += [x["input"] + " " + x["output"][0] for x in data["Instances"][:60]]

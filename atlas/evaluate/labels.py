@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas.errors import AtlasError
+from atlas.models.adapters import context_length
 from atlas.models.heads import logits_at
 
 
@@ -43,6 +44,10 @@ def label_sequences(fmt, prompt_text: str, labels: list[str], rule: str) -> list
         if n_label < 1:
             raise AtlasError(f"label '{label}' adds no token after the prompt; labels must be "
                              "non-empty text")
+        twin = next((labels[k] for k, other in enumerate(out) if other.ids == whole), None)
+        if twin is not None:
+            raise AtlasError(f"labels '{twin}' and '{label}' give the same tokens after the prompt; "
+                             "they cannot be told apart: merge or rename them in the task file")
         out.append(Scored(whole, n_label))
     return out
 
@@ -99,6 +104,11 @@ def score_sequences(model, sequences: list[Scored], *, cache_prefix: bool = True
                     batch_size: int = 16) -> torch.Tensor:
     """Σ log p(label tokens | everything before them) for each sequence: float64 [n]."""
     device = next(model.parameters()).device
+    limit = context_length(model.config)
+    longest = max(len(s.ids) for s in sequences)
+    if limit and longest > limit:
+        raise AtlasError(f"an evaluation prompt of {longest} tokens exceeds the model's context of "
+                         f"{limit}; use fewer --shots")
     out = torch.zeros(len(sequences), dtype=torch.float64)
     if not cache_prefix:
         for k, s in enumerate(sequences):

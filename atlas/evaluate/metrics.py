@@ -16,6 +16,7 @@ import torch
 
 from atlas.errors import AtlasError
 from atlas.evaluate.labels import label_sequences, score_sequences
+from atlas.models.adapters import context_length
 from atlas.models.loading import LoadedModel
 from atlas.tasks.prompts import PromptFormat, build_messages, pick_demos, pick_fixed_demos
 from atlas.tasks.sni import Instance, Task
@@ -119,6 +120,11 @@ def greedy_answers(loaded: LoadedModel, prompts: list[list[int]], max_new: int,
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: dict[int, list[int]] = {}
+    limit = context_length(loaded.model.config)
+    longest = max(len(p) for p in prompts) + max_new
+    if limit and longest > limit:
+        raise AtlasError(f"an evaluation prompt plus answer of {longest} tokens exceeds the model's "
+                         f"context of {limit}; use fewer --shots")
     for start in range(0, len(order), batch_size):
         group = order[start : start + batch_size]
         width = max(len(prompts[i]) for i in group)

@@ -150,6 +150,11 @@ class Experiment:
         if hit:
             return hit[0], hit[1], True
         split = split_task(task, self.options.split_seed, rule=self.options.split)
+        if self.options.examples is not None and self.options.examples > len(split.evaluate):
+            raise AtlasError(
+                f"task '{task.name}' has {len(split.evaluate)} held-out examples, fewer than "
+                f"--examples {self.options.examples}; ask for at most {len(split.evaluate)} or "
+                "leave --examples out for the whole half")
         queries = subsample(split.evaluate, self.options.examples, self.options.seed)
         pool = split.score if self.options.demos == "fixed" else split.evaluate
         label = f"{task.short_name} · {spec.label if spec else 'unmodified'}"

@@ -132,12 +132,13 @@ def load_table_file(path: Path, definition: str = "") -> Task:
     return _make_task(path.stem, definition, instances, str(path))
 
 
-def search_dirs(sni_dir: str | Path | None = None) -> list[Path]:
-    dirs = [Path(sni_dir)] if sni_dir else []
-    if os.environ.get("ATLAS_SNI_DIR"):
-        dirs.append(Path(os.environ["ATLAS_SNI_DIR"]))
-    dirs.append(atlas_home() / "sni")
-    return dirs
+def search_dirs(sni_dir: str | Path | list | None = None) -> list[Path]:
+    """Folders searched for tasks, in order: ``sni_dir`` (one folder, several joined with the
+    path separator, or a list), ``$ATLAS_SNI_DIR`` (likewise), the download cache."""
+    given = [] if not sni_dir else [sni_dir] if isinstance(sni_dir, (str, Path)) else list(sni_dir)
+    given.append(os.environ.get("ATLAS_SNI_DIR", ""))
+    dirs = [Path(part) for entry in given for part in str(entry).split(os.pathsep) if part]
+    return [*dirs, atlas_home() / "sni"]
 
 
 def _find_in(folder: Path, name: str) -> Path | None:
@@ -173,7 +174,7 @@ def _download(name: str, cache: Path) -> Path | None:
     return target
 
 
-def load_task(name: str, sni_dir: str | Path | None = None) -> Task:
+def load_task(name: str, sni_dir: str | Path | list | None = None) -> Task:
     """Load a task by SNI name or id, or from a path to a task file."""
     path = Path(name).expanduser()
     if path.suffix in {".jsonl", ".csv", ".parquet"} or (path.suffix == ".json" and path.exists()):

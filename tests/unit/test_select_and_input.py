@@ -177,3 +177,40 @@ def test_gguf_conversion_runs_once_for_concurrent_callers(tmp_path, monkeypatch)
     for t in threads:
         t.join()
     assert len(calls) == 1 and len(set(folders)) == 1
+
+
+def test_tasks_are_found_across_several_folders(llama_dir, tmp_path):
+    from tests.conftest import SHARED
+
+    db = tmp_path / "a.duckdb"
+    res = runner.invoke(app, ["ingest", "--model", str(llama_dir), "--sni-dir", str(SNI_DIR),
+                              "--sni-dir", str(SHARED / "sni-more"), "--task", "task195", "--task",
+                              "task533", "--shots", "1", "--examples", "2", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    names = [r[0] for r in query(db, "SELECT name FROM tasks ORDER BY name")]
+    assert names == ["task195_sentiment140_classification",
+                     "task533_europarl_es-en_language_identification"]
+
+
+def test_evaluation_bad_input_is_refused(llama_dir, tmp_path):
+    from atlas.errors import AtlasError
+    from atlas.evaluate.labels import Scored, label_sequences, score_sequences
+    from tests.conftest import tiny_model
+
+    db = tmp_path / "a.duckdb"
+    assert ingest(llama_dir, db, "--task", "task195").exit_code == 0
+    res = runner.invoke(app, ["ablate", "--model", str(llama_dir), "--sni-dir", str(SNI_DIR),
+                              "--db", str(db), "--task", "task195", "--eval-task", "task195",
+                              "--examples", "10000", "--shots", "1"])
+    assert res.exit_code == 2 and "fewer than --examples 10000" in res.output
+    assert query(db, "SELECT count(*) FROM evaluations") == [(0,)]
+
+    class Lowercasing:  # a tokenizer that cannot tell 'Yes' from 'yes'
+        def tokenize(self, text, rule):
+            return {"input_ids": [ord(c) for c in text.lower()]}
+
+    with pytest.raises(AtlasError, match="cannot be told apart"):
+        label_sequences(Lowercasing(), "Answer: ", ["Yes", "yes"], "marker")
+    model = tiny_model("llama")  # context of 2048 positions
+    with pytest.raises(AtlasError, match="exceeds the model's context of 2048"):
+        score_sequences(model, [Scored(list(range(5, 505)) * 5, 1)])
