@@ -57,7 +57,7 @@ def plain(model, adapter, ids, targets, batch_size):
     leaf.remove()
 
 
-def timed(fn, repeats=2):
+def timed(fn, repeats=3):
     best, peak = float("inf"), 0
     for _ in range(repeats):
         if torch.cuda.is_available():
@@ -74,7 +74,7 @@ def timed(fn, repeats=2):
 
 def measure(loaded, ids, targets, batch_size: int) -> dict:
     model, adapter = loaded.model, loaded.adapter
-    t_ref, (ref_scores, grad_bytes), m_ref = timed(lambda: reference(model, adapter, ids, targets), 1)
+    t_ref, (ref_scores, grad_bytes), m_ref = timed(lambda: reference(model, adapter, ids, targets))
     t_atlas, scores, m_atlas = timed(lambda: cgvst(model, ids, targets, batch_size=batch_size))
     t_plain, _, m_plain = timed(lambda: plain(model, adapter, ids, targets, batch_size))
     return {"t_ref": t_ref, "t_atlas": t_atlas, "t_plain": t_plain, "m_ref": m_ref,
@@ -94,6 +94,10 @@ def main() -> None:
     args = ap.parse_args()
     loaded = load_model("smollm2-135m-instruct", device=args.device, dtype=args.dtype)
     fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+    warm = load_task(args.tasks.split(",")[0], args.sni_dir)
+    warm_examples = scoring_examples(warm, split_task(warm).score[:2], fmt, 1, 0)
+    measure(loaded, [e.encoded.input_ids for e in warm_examples],  # warm-up, not reported
+            [e.encoded.target_groups for e in warm_examples], args.batch_size)
     print(f"SmolLM2 {loaded.dtype} on {loaded.device} ({torch.get_num_threads()} CPU threads), "
           f"{args.shots}-shot prompts, released CGVST definition, batch size {args.batch_size}")
     for name in args.tasks.split(","):

@@ -23,7 +23,7 @@ for model in smollm2-135m-instruct gemma-3-270m; do
 done
 $ATLAS sql "
   WITH members AS (
-    SELECT model, task_short AS task, method, layer, neuron
+    SELECT model, task, method, layer, neuron
     FROM task_sets JOIN neuron_set_members USING (set_id)
     WHERE method IN ('cgvst', 'cgvst_marker'))
   SELECT model, task,
