@@ -1,68 +1,60 @@
 #!/usr/bin/env bash
-# The first atlas: the paper's experiment on the two embedded models (CPU-sized).
+# The first atlas: the paper's experiment on the two embedded models, at the paper's prompt scale.
 #
-#   bash experiments/paper_tasks.sh [SNI_DIR]      (default ../shared/data/sni)
+#   bash experiments/paper_tasks.sh [SNI_DIR] [MORE_SNI_DIR]
+#        (defaults ../shared/data/sni and ../shared/data/sni-more)
 #
-# Ingests cgvst, gv, grad_x_act, lape and random for SmolLM2-135M-Instruct and Gemma 3 270M on
-# nine SNI tasks, imports the paper's released Llama-2-7B-chat sets, inhibits (factor 0) and
-# amplifies (factor 2) each task's CGVST set with random controls, inhibits every baseline's
-# sets, measures the gold label's probability and exact match (greedy answers) under inhibition,
-# and writes docs/results.md with its figures. Every step is idempotent: re-running resumes
-# and reuses what is stored. Sizes (1 shot, 24 scoring and 12 evaluation examples per task)
-# keep the whole run to a few hours on two CPU cores.
+# Ingests cgvst (the released definition), cgvst_marker, gv, grad_x_act, lape and random for
+# SmolLM2-135M-Instruct and Gemma 3 270M on the paper's SNI tasks plus the language-ID tasks the
+# small models do above chance, at 5 shots on the whole scoring half; imports the paper's released
+# Llama-2-7B-chat sets; inhibits (x0) every method's sets and amplifies (x2, x4) the CGVST sets,
+# each against 3 random controls, on the whole held-out half of every task (label likelihood,
+# per-example outcomes stored); writes docs/results.md. Every step is idempotent: re-running
+# resumes and reuses what is stored, so the run can be spread over several sessions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SNI=${1:-../shared/data/sni}
+MORE=${2:-../shared/data/sni-more}
 PUBLISHED=${PUBLISHED:-../shared/data/published/cgvst-llama2-7b-chat}
 export ATLAS_DB=${ATLAS_DB:-experiments/paper_tasks.duckdb}
 ATLAS=${ATLAS:-.venv/bin/atlas}
 MODELS=(smollm2-135m-instruct gemma-3-270m)
-TASKS=(task1645 task195 task274 task379 task391 task512 task566 task190 task227)
-SHOTS=1
-SCORE_EXAMPLES=${SCORE_EXAMPLES:-24}
-EVAL_EXAMPLES=${EVAL_EXAMPLES:-12}
+TASKS=(task1645 task195 task274 task379 task391 task512 task566 task190 task227 task533 task447)
+SHOTS=5
 SEED=0
-AMPLIFY=2
+CONTROLS=3
+FACTORS_UP=(2 4)
 start=$(date +%s)
 task_args=()
 for t in "${TASKS[@]}"; do task_args+=(--task "$t"); done
+dirs=(--sni-dir "$SNI" --sni-dir "$MORE")
 
-ingest() {
-  $ATLAS ingest --model "$1" "${task_args[@]}" --sni-dir "$SNI" --shots $SHOTS \
-    --examples $SCORE_EXAMPLES --seed $SEED --method cgvst --method gv --method grad_x_act \
-    --method lape --method random
-}
-run_sets() {  # model method factor [extra args]: each task's set in turn, all tasks evaluated
-  local model=$1 method=$2 factor=$3; shift 3
-  $ATLAS ablate --model "$model" "${task_args[@]}" --method "$method" --factor "$factor" \
-    --eval-task all --examples $EVAL_EXAMPLES --shots $SHOTS --seed $SEED --control-seed $SEED \
-    --sni-dir "$SNI" "$@"
-}
-baselines() {  # model [extra args]
+ingest() {  # model method...
   local model=$1; shift
-  for method in gv grad_x_act lape random; do run_sets "$model" "$method" 0 --no-control "$@"; done
+  local methods=()
+  for m in "$@"; do methods+=(--method "$m"); done
+  $ATLAS ingest --model "$model" "${task_args[@]}" "${dirs[@]}" --skip-missing --shots $SHOTS \
+    --seed $SEED "${methods[@]}"
+}
+run_sets() {  # model method factor: each task's set in turn, every task evaluated (whole half)
+  $ATLAS ablate --model "$1" "${task_args[@]}" --method "$2" --factor "$3" --eval-task all \
+    --shots $SHOTS --seed $SEED --control-seed $SEED --controls $CONTROLS "${dirs[@]}"
 }
 
 for f in "$PUBLISHED"/*.pth; do
   $ATLAS import "$f" --model llama-2-7b-chat --task "$(basename "$f" .pth)" --layers 32 --d-mlp 11008
 done
 # Stages in order of importance, so that a cut-short run still holds the main results.
-ingest "${MODELS[0]}"
-ingest "${MODELS[1]}"
-run_sets "${MODELS[0]}" cgvst 0
-run_sets "${MODELS[1]}" cgvst 0
-baselines "${MODELS[0]}"
-run_sets "${MODELS[0]}" cgvst $AMPLIFY
-run_sets "${MODELS[1]}" cgvst $AMPLIFY
-baselines "${MODELS[1]}"
-# Accuracy over 12 examples moves in steps of 1/12 and sits near chance for these small models:
-# the gold label's probability (label_prob) is the finer measure of the same predictions.
-run_sets "${MODELS[0]}" cgvst 0 --metric label_prob
-run_sets "${MODELS[1]}" cgvst 0 --metric label_prob
-run_sets "${MODELS[0]}" cgvst 0 --metric exact_match
-baselines "${MODELS[0]}" --metric label_prob
-run_sets "${MODELS[1]}" cgvst 0 --metric exact_match
-.venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify $AMPLIFY \
+for model in "${MODELS[@]}"; do ingest "$model" cgvst; done
+for model in "${MODELS[@]}"; do run_sets "$model" cgvst 0; done
+for model in "${MODELS[@]}"; do ingest "$model" cgvst_marker gv grad_x_act lape random; done
+for model in "${MODELS[@]}"; do
+  for factor in "${FACTORS_UP[@]}"; do run_sets "$model" cgvst "$factor"; done
+done
+for model in "${MODELS[@]}"; do
+  for method in cgvst_marker gv grad_x_act lape random; do run_sets "$model" "$method" 0; done
+done
+.venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify "${FACTORS_UP[0]}" \
   --wall-seconds $(( $(date +%s) - start )) \
-  --command "bash experiments/paper_tasks.sh $SNI" --sni-dir "$SNI" \
-  --sizes "shots=$SHOTS, scoring examples=$SCORE_EXAMPLES, evaluation examples=$EVAL_EXAMPLES, seed=$SEED"
+  --command "bash experiments/paper_tasks.sh $SNI $MORE" --sni-dir "$SNI" \
+  --sizes "shots=$SHOTS, scoring examples=whole half, evaluation examples=whole half, seed=$SEED, controls=$CONTROLS"

@@ -17,7 +17,13 @@ from atlas.errors import AtlasError
 from atlas.intervene import report as intervention_report
 from atlas.intervene.experiment import report_matrix
 from atlas.intervene.stats import describe_tests, report_tests
-from atlas.query import compare_models, depth_profile, overlap_matrix, specificity
+from atlas.query import (
+    compare_models,
+    depth_profile,
+    overlap_matrix,
+    specificity,
+    task_similarity_agreement,
+)
 from atlas.query.core import resolve_model, rows
 from atlas.query.plots import plot_compare, plot_layers, plot_overlap
 from atlas.store import open_db
@@ -29,7 +35,7 @@ DOCS = ROOT / "docs"
 FIGS = DOCS / "figures"
 MODELS = ["smollm2-135m-instruct", "gemma-3-270m"]
 REFERENCE = "llama-2-7b-chat"
-METHODS = ["cgvst", "gv", "grad_x_act", "lape", "random"]
+METHODS = ["cgvst", "cgvst_marker", "gv", "grad_x_act", "lape", "random"]
 
 
 def report_section(engine, name: str, factor: float, metric: str, png: Path) -> list[str]:
@@ -156,6 +162,17 @@ def main() -> None:
     lines += ["", "## Where the neurons sit", ""]
     lines += [f"![layers {n}](figures/layers-{n}.png)" for n in [*MODELS, REFERENCE]
               if (FIGS / f"layers-{n}.png").exists()]
+    agreement = []
+    for a, b in ((MODELS[0], MODELS[1]), (MODELS[0], REFERENCE), (MODELS[1], REFERENCE)):
+        try:
+            m = task_similarity_agreement(engine, a, b, "cgvst")
+        except AtlasError:
+            continue
+        agreement.append(f"| {a} | {b} | {m['n_tasks']} | {m['r']:+.3f} | {m['p']:.3g} |")
+    if agreement:
+        lines += ["", "Do the models find the same tasks similar? Correlation of their task × task "
+                  "Jaccard matrices over shared tasks, Mantel permutation p-value:", "",
+                  "| model | model | shared tasks | r | p |", "|---|---|---|---|---|", *agreement]
     for other in (MODELS[1], REFERENCE):
         try:
             data = compare_models(engine, MODELS[0], other, "cgvst")
@@ -235,12 +252,13 @@ def main() -> None:
         for metric in ("label_likelihood", "label_prob"):
             for method in METHODS:
                 try:
-                    _, _, _, summary = report_matrix(engine, name, method, 0.0, metric)
+                    rep = intervention_report.build_report(engine, name, method, 0.0, metric)
                 except AtlasError:
                     continue
+                summary = [e for e in rep.summary if e.get("own_task_above_chance") is not False]
                 idx = [s["specificity_index"] for s in summary if s["specificity_index"] is not None]
                 own = [s["target_change"] for s in summary if s["target_change"] is not None]
-                tests = report_tests(summary)
+                tests = rep.tests
                 if idx:
                     positive = f"{sum(i > 0 for i in idx)}/{len(idx)}"
                     index = tests["mean_specificity_index"]
@@ -257,10 +275,9 @@ def main() -> None:
         for metric, factor in (("label_likelihood", 0.0), ("label_likelihood", args.amplify),
                                ("label_prob", 0.0), ("exact_match", 0.0)):
             try:
-                _, _, _, summary = report_matrix(engine, name, "cgvst", factor, metric)
+                tests = intervention_report.build_report(engine, name, "cgvst", factor, metric).tests
             except AtlasError:
                 continue
-            tests = report_tests(summary)
             if tests["mean_abs_change"] is not None:
                 lines.append(f"| {name} | {metric} | {factor:g} | {tests['mean_abs_change']:.3f} | "
                              f"{tests['control_mean_abs_change']:.3f} | "
