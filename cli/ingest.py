@@ -128,7 +128,11 @@ def ingest(
             del loaded
     finally:
         engine.dispose()
-    rows = [{"task": r.task.split("_")[0], "method": r.method, "run": r.run_id, "status": r.status,
+    from atlas.store.identity import task_labels
+
+    names = sorted({r.task for r in results})
+    labels = dict(zip(names, task_labels(names)))
+    rows = [{"task": labels[r.task], "method": r.method, "run": r.run_id, "status": r.status,
              "examples": r.n_examples, "skipped": r.n_skipped, "tokens": r.n_tokens,
              "seconds": round(r.seconds, 1), "selected": r.n_selected} for r in results]
     console.print(rich_table(rows, title="ingest summary"))
