@@ -9,7 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SNI=${1:-../shared/data/sni}
-export ATLAS_DB=${ATLAS_DB:-experiments/cgvst_fidelity.duckdb}
+# Kept outside the work tree, so that a run spread over sessions keeps its progress.
+mkdir -p "${ATLAS_HOME:-$HOME/.cache/atlas}/experiments"
+export ATLAS_DB=${ATLAS_DB:-${ATLAS_HOME:-$HOME/.cache/atlas}/experiments/cgvst_fidelity.duckdb}
 ATLAS=${ATLAS:-.venv/bin/atlas}
 SHOTS=${SHOTS:-5}
 EXAMPLES=${EXAMPLES:-48}

@@ -16,7 +16,9 @@ cd "$(dirname "$0")/.."
 SNI=${1:-../shared/data/sni}
 MORE=${2:-../shared/data/sni-more}
 PUBLISHED=${PUBLISHED:-../shared/data/published/cgvst-llama2-7b-chat}
-export ATLAS_DB=${ATLAS_DB:-experiments/paper_tasks.duckdb}
+# Kept outside the work tree, so that a run spread over sessions keeps its progress.
+mkdir -p "${ATLAS_HOME:-$HOME/.cache/atlas}/experiments"
+export ATLAS_DB=${ATLAS_DB:-${ATLAS_HOME:-$HOME/.cache/atlas}/experiments/paper_tasks.duckdb}
 ATLAS=${ATLAS:-.venv/bin/atlas}
 MODELS=(smollm2-135m-instruct gemma-3-270m)
 TASKS=(task1645 task195 task274 task379 task391 task512 task566 task190 task227 task533 task447)
