@@ -9,3 +9,15 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+class NotFound(AtlasError):
+    """A named model, task, set, run or neuron is not in the atlas."""
+
+
+class Ambiguous(AtlasError):
+    """A name matches several stored things; the message lists them."""
+
+
+class Unavailable(AtlasError):
+    """The database is missing, busy, at another schema, or not an atlas database."""

@@ -9,6 +9,7 @@ from cli.db import db_app
 from cli.ingest import ingest, select_cmd
 from cli.intervene import ablate, amplify, report
 from cli.query import compare, export, import_cmd, overlap, plot_app, specificity_cmd, sql
+from cli.serve import serve
 
 app = typer.Typer(
     cls=AtlasGroup,
@@ -29,6 +30,7 @@ app.command()(export)
 app.command()(ablate)
 app.command()(amplify)
 app.command()(report)
+app.command()(serve)
 app.add_typer(db_app, name="db")
 app.add_typer(plot_app, name="plot")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT_DIR = Path(__file__).resolve().parents[1]
+SHARED = ROOT_DIR.parent / "shared" / "data"
 SNI_DIR = SHARED / "sni"
 PUBLISHED_DIR = SHARED / "published" / "cgvst-llama2-7b-chat"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -33,8 +34,11 @@ def _read_only_connection(db: str | Path | None):
         con.close()
 
 
-def run_sql(query: str, db: str | Path | None = None) -> pa.Table:
-    """Run one read-only statement; write statements are refused."""
+def run_sql(query: str, db: str | Path | None = None, *, timeout_s: float | None = None,
+            max_rows: int | None = None) -> pa.Table:
+    """Run one read-only statement on the sandboxed connection; write statements are refused.
+    ``timeout_s`` interrupts a longer query; ``max_rows`` keeps the first rows (the table's
+    metadata says ``truncated`` when more were there)."""
     with _read_only_connection(db) as con:
         try:
             statements = con.extract_statements(query)
@@ -46,10 +50,24 @@ def run_sql(query: str, db: str | Path | None = None) -> pa.Table:
         if kind not in READ_ONLY_TYPES:
             raise AtlasError(f"atlas sql is read-only: {kind} statements are refused; "
                              "use SELECT (the atlas changes only through its commands)")
+        timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+        if timer:
+            timer.start()
         try:
-            return con.sql(query).to_arrow_table()
+            relation = con.sql(query)
+            if max_rows is not None:
+                relation = relation.limit(max_rows + 1)
+            table = relation.to_arrow_table()
         except duckdb.Error as err:
+            if timer and not timer.is_alive():
+                raise AtlasError(f"SQL query stopped after the {timeout_s:g} s limit") from err
             raise AtlasError(f"SQL error: {first_line(err)}") from err
+        finally:
+            if timer:
+                timer.cancel()
+    if max_rows is not None and table.num_rows > max_rows:
+        return table.slice(0, max_rows).replace_schema_metadata({"truncated": "true"})
+    return table
 
 
 def write_table(table: pa.Table, fmt: str, out: str | Path | None) -> str | None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from atlas.errors import AtlasError, first_line
+from atlas.errors import Unavailable, first_line
 
 if TYPE_CHECKING:  # SQLAlchemy is imported where an engine is made (quick paths skip it)
     from sqlalchemy.engine import Engine
@@ -89,11 +89,11 @@ def _wait_for_lock(path: Path, open_connection):
         except (duckdb.IOException, duckdb.ConnectionException) as err:
             message = first_line(err)
             if "lock" not in message.lower():
-                raise AtlasError(f"cannot open {path} as a DuckDB database ({message}); "
+                raise Unavailable(f"cannot open {path} as a DuckDB database ({message}); "
                                  "pass the --db of an atlas database") from err
             waited = time.monotonic() - started
             if waited >= lock_wait():
-                raise AtlasError(
+                raise Unavailable(
                     f"database {path} is in use by another process ({message}); waited "
                     f"{waited:.0f} s: wait for it to finish, raise $ATLAS_LOCK_WAIT, or use "
                     "another --db") from err
@@ -115,7 +115,7 @@ def sandbox_connection(path: str | Path | None = None) -> duckdb.DuckDBPyConnect
     quick path for SQL; checked like :func:`open_db` with ``read_only``)."""
     path = db_path(path)
     if not path.exists():
-        raise AtlasError(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
+        raise Unavailable(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
     con = _wait_for_lock(path, lambda: duckdb.connect(str(path), read_only=True,
                                                       config=dict(SANDBOX)))
     try:
@@ -138,7 +138,7 @@ def connect(path: str | Path | None = None, *, read_only: bool = False) -> Engin
 
     path = db_path(path)
     if read_only and not path.exists():
-        raise AtlasError(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
+        raise Unavailable(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
     args: dict = {"read_only": read_only}
     if read_only:
         args["config"] = dict(SANDBOX)
@@ -183,10 +183,10 @@ def check_schema(engine: Engine, path: Path, revision: str | None) -> None:
 
 def _refuse_schema(path: Path, revision: str | None, has_tables: bool, head: str) -> None:
     if revision is None and has_tables:
-        raise AtlasError(f"{path} is not an atlas database (no alembic_version table); "
+        raise Unavailable(f"{path} is not an atlas database (no alembic_version table); "
                          "it was left untouched: pass the --db of an atlas database")
     if revision != head:
-        raise AtlasError(f"database {path} is at schema revision {revision}, this atlas needs "
+        raise Unavailable(f"database {path} is at schema revision {revision}, this atlas needs "
                          f"{head}; run `atlas db upgrade --db {path}` (read-only commands never "
                          "migrate)")
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from atlas.errors import AtlasError
+from atlas.errors import Ambiguous, NotFound
 
 _SNI_ID = re.compile(r"task\d+")
 
@@ -40,8 +40,8 @@ def resolve_model(conn: Connection, spec: str) -> dict[str, Any]:
         return found[0]
     if not found:
         known = sorted({r.name for r in conn.execute(text("SELECT name FROM models"))})
-        raise AtlasError(f"no model '{spec}' in the atlas; known: {', '.join(known) or 'none'}")
-    raise AtlasError(f"model '{spec}' is ambiguous: {'; '.join(map(_label, found))}; name one as "
+        raise NotFound(f"no model '{spec}' in the atlas; known: {', '.join(known) or 'none'}")
+    raise Ambiguous(f"model '{spec}' is ambiguous: {'; '.join(map(_label, found))}; name one as "
                      "NAME@DTYPE, NAME@REVISION or #ID")
 
 
@@ -57,10 +57,10 @@ def resolve_task(conn: Connection, spec: str) -> dict[str, Any]:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise AtlasError(f"no task '{spec}' in the atlas; give a stored task's full name "
+        raise NotFound(f"no task '{spec}' in the atlas; give a stored task's full name "
                          "(SELECT name FROM tasks)")
     names = ", ".join(f"{t['name']} (#{t['task_id']})" for t in found)
-    raise AtlasError(f"task '{spec}' is ambiguous: {names}; give the full name or #ID")
+    raise Ambiguous(f"task '{spec}' is ambiguous: {names}; give the full name or #ID")
 
 
 def task_labels(names: list[str]) -> list[str]:

@@ -1,0 +1,242 @@
+"""`atlas serve`: a read-only HTTP API over one atlas database.
+
+Every request opens the database through the store's sandboxed read-only engine and closes it
+before answering, so ingests and ablations can write between requests and the next request sees
+their results. Models and tasks are named by id or unambiguous name (see
+:mod:`atlas.store.identity`). Errors are JSON: 404 unknown, 409 ambiguous, 422 bad parameters,
+503 database unavailable; never a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from atlas.errors import Ambiguous, AtlasError, NotFound, Unavailable
+
+MAX_PAGE = 10_000
+FORMATS = ("json", "csv", "parquet")
+
+
+def _status(err: AtlasError) -> int:
+    if isinstance(err, NotFound):
+        return 404
+    if isinstance(err, Ambiguous):
+        return 409
+    if isinstance(err, Unavailable):
+        return 503
+    return 422
+
+
+def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int = 10_000) -> FastAPI:
+    """The API of the atlas database at ``db`` (opened per request, read-only)."""
+    from atlas import query as q
+    from atlas.intervene.report import build_report, render
+    from atlas.query.core import resolve_model, resolve_task, rows
+    from atlas.query.sql import run_sql
+    from atlas.store.db import open_db
+
+    app = FastAPI(title="atlas", description="Task-specific neurons of language models: "
+                  "read-only access to one atlas database.", version="1")
+
+    @app.exception_handler(AtlasError)
+    async def atlas_error(request: Request, err: AtlasError) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=_status(err))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
+
+    @contextmanager
+    def engine() -> Iterator[Any]:
+        eng = open_db(db, read_only=True)
+        try:
+            yield eng
+        finally:
+            eng.dispose()
+
+    def table(data: list[dict], request: Request, fmt: str | None, limit: int, offset: int,
+              total: int | None = None) -> Response:
+        fmt = fmt or ("csv" if "text/csv" in request.headers.get("accept", "") else "json")
+        if fmt not in FORMATS:
+            raise AtlasError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        if fmt == "json":
+            body = {"total": len(data) if total is None else total, "offset": offset,
+                    "limit": limit, "rows": data}
+            return Response(json.dumps(body, default=str), media_type="application/json")
+        import pyarrow as pa
+
+        from atlas.query.sql import write_table
+
+        arrow = pa.Table.from_pylist([{k: _plain(v) for k, v in r.items()} for r in data])
+        if fmt == "csv":
+            return Response(write_table(arrow, "csv", None), media_type="text/csv")
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(arrow, buf)
+        return Response(buf.getvalue(), media_type="application/vnd.apache.parquet")
+
+    def paged(sql: str, request: Request, fmt: str | None, limit: int, offset: int,
+              **params: Any) -> Response:
+        with engine() as eng:
+            total = rows(eng, f"SELECT count(*) AS n FROM ({sql})", **params)[0]["n"]
+            data = rows(eng, f"{sql} LIMIT {int(limit)} OFFSET {int(offset)}", **params)
+        return table(data, request, fmt, limit, offset, total)
+
+    Limit = Query(100, ge=1, le=MAX_PAGE)
+    Offset = Query(0, ge=0)
+    Fmt = Query(None, alias="format", description="json, csv or parquet")
+
+    def filters(model: str | None, task: str | None, method: str | None, eng: Any,
+                model_col: str = "model_id", task_col: str = "task_id") -> tuple[str, dict]:
+        where, params = ["TRUE"], {}
+        if model:
+            where.append(f"{model_col} = :mid")
+            params["mid"] = resolve_model(eng, model)["model_id"]
+        if task:
+            where.append(f"{task_col} = :tid")
+            params["tid"] = resolve_task(eng, task)["task_id"]
+        if method:
+            where.append("method = :method")
+            params["method"] = method
+        return " AND ".join(where), params
+
+    @app.get("/models")
+    def models(request: Request, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
+        return paged("SELECT * FROM models ORDER BY model_id", request, fmt, limit, offset)
+
+    @app.get("/tasks")
+    def tasks(request: Request, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
+        return paged("SELECT * FROM tasks ORDER BY task_id", request, fmt, limit, offset)
+
+    @app.get("/runs")
+    def runs(request: Request, model: str | None = None, task: str | None = None,
+             method: str | None = None, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
+        with engine() as eng:
+            where, params = filters(model, task, method, eng)
+        return paged(f"SELECT * FROM runs WHERE {where} ORDER BY run_id", request, fmt, limit,
+                     offset, **params)
+
+    @app.get("/sets")
+    def sets(request: Request, model: str | None = None, task: str | None = None,
+             method: str | None = None, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
+        with engine() as eng:
+            where, params = filters(model, task, method, eng)
+        return paged(f"SELECT * FROM set_sizes WHERE {where} ORDER BY set_id", request, fmt,
+                     limit, offset, **params)
+
+    @app.get("/sets/{set_id}/members")
+    def members(set_id: int, request: Request, limit: int = Query(MAX_PAGE, ge=1, le=MAX_PAGE),
+                offset: int = Offset, fmt: str = Fmt):
+        with engine() as eng:
+            if not rows(eng, "SELECT 1 FROM neuron_sets WHERE set_id = :s", s=set_id):
+                raise NotFound(f"no set #{set_id} in the atlas")
+        return paged("SELECT layer, neuron FROM neuron_set_members WHERE set_id = :s "
+                     "ORDER BY layer, neuron", request, fmt, limit, offset, s=set_id)
+
+    @app.get("/models/{model}/neurons/{layer}/{neuron}")
+    def neuron(model: str, layer: int, neuron: int):
+        with engine() as eng:
+            info = resolve_model(eng, model)
+            if not (0 <= layer < info["n_layers"] and 0 <= neuron < info["d_mlp"]):
+                raise NotFound(f"model '{info['name']}' has no neuron {layer}/{neuron} "
+                               f"({info['n_layers']} layers × {info['d_mlp']} neurons)")
+            in_sets = rows(eng, """
+                SELECT s.set_id, s.name, s.method, s.rule, t.name AS task,
+                       s.set_id IN (SELECT set_id FROM task_sets) AS current
+                FROM neuron_set_members m JOIN neuron_sets s USING (set_id)
+                LEFT JOIN tasks t USING (task_id)
+                WHERE s.model_id = :mid AND m.layer = :l AND m.neuron = :n ORDER BY s.set_id""",
+                           mid=info["model_id"], l=layer, n=neuron)
+            scores = rows(eng, """
+                WITH ranked AS (
+                    SELECT sc.run_id, sc.layer, sc.neuron, sc.score,
+                           rank() OVER (PARTITION BY sc.run_id ORDER BY sc.score DESC) AS rank
+                    FROM neuron_scores sc JOIN runs r USING (run_id)
+                    WHERE r.model_id = :mid AND r.status = 'complete')
+                SELECT r.run_id, r.method, t.name AS task, x.score, x.rank
+                FROM ranked x JOIN runs r USING (run_id) JOIN tasks t USING (task_id)
+                WHERE x.layer = :l AND x.neuron = :n ORDER BY r.run_id""",
+                          mid=info["model_id"], l=layer, n=neuron)
+        n_tasks = {}
+        for s in in_sets:
+            if s["current"]:
+                n_tasks[s["method"]] = n_tasks.get(s["method"], 0) + 1
+        return {"model": info["name"], "model_id": info["model_id"], "layer": layer,
+                "neuron": neuron, "sets": in_sets, "scores": scores,
+                "current_sets_per_method": n_tasks,
+                "specific_to_one_task": {m: n == 1 for m, n in n_tasks.items()}}
+
+    @app.get("/overlaps")
+    def overlaps(model: str, method: str = "cgvst", measure: str = "jaccard"):
+        with engine() as eng:
+            m = q.overlap_matrix(eng, model, method, measure)
+        return {"model": model, "method": method, "measure": measure, "tasks": m.tasks,
+                "labels": m.labels, "values": m.values.tolist()}
+
+    @app.get("/specificity")
+    def specificity(request: Request, model: str, method: str = "cgvst", fmt: str = Fmt):
+        with engine() as eng:
+            data = q.specificity(eng, model, method)
+        return table(data, request, fmt, len(data), 0)
+
+    @app.get("/compare")
+    def compare(model_a: str, model_b: str, method: str = "cgvst"):
+        with engine() as eng:
+            per_task = q.compare_models(eng, model_a, model_b, method)
+            try:
+                agreement = q.task_similarity_agreement(eng, model_a, model_b, method)
+            except AtlasError as err:
+                agreement = {"error": str(err)}
+        return {"tasks": per_task, "task_similarity_agreement": agreement}
+
+    @app.get("/reports")
+    def reports(model: str, method: str = "cgvst", factor: float = 0.0,
+                metric: str = "label_likelihood", config: str | None = None):
+        with engine() as eng:
+            return Response(render(build_report(eng, model, method, factor, metric, config), "json"),
+                            media_type="application/json")
+
+    @app.get("/evaluations")
+    def evaluations(request: Request, model: str | None = None, task: str | None = None,
+                    method: str | None = None, limit: int = Limit, offset: int = Offset,
+                    fmt: str = Fmt):
+        with engine() as eng:
+            where, params = filters(model, task, method, eng, task_col="eval_task_id")
+        return paged(f"SELECT * FROM evaluation_effects WHERE {where} ORDER BY eval_id", request,
+                     fmt, limit, offset, **params)
+
+    @app.post("/sql")
+    def sql(body: dict = Body(..., examples=[{"sql": "SELECT * FROM set_overlaps LIMIT 5"}])):
+        statement = body.get("sql")
+        if not isinstance(statement, str) or not statement.strip():
+            raise AtlasError('give the query as {"sql": "SELECT ..."}')
+        result = run_sql(statement, db, timeout_s=sql_timeout_s, max_rows=sql_max_rows)
+        truncated = (result.schema.metadata or {}).get(b"truncated") == b"true"
+        data = [{k: _plain(v) for k, v in r.items()} for r in result.to_pylist()]
+        return Response(json.dumps({"columns": result.column_names, "rows": data,
+                                    "truncated": truncated}, default=str),
+                        media_type="application/json")
+
+    return app
+
+
+def _plain(value: Any) -> Any:
+    """JSON/CSV-friendly values (decimals, timestamps and nested values as text or numbers)."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    if value is None or isinstance(value, (int, float, str, bool)):
+        return value
+    return str(value)

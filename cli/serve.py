@@ -1,0 +1,28 @@
+"""`atlas serve`: the read-only HTTP API of one atlas database."""
+
+from __future__ import annotations
+
+import typer
+
+from atlas.errors import AtlasError
+from cli.common import DbOption, console
+
+
+def serve(db: str = DbOption,
+          host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless given)."),
+          port: int = typer.Option(8000, help="Port."),
+          sql_timeout: float = typer.Option(10.0, help="Seconds a POST /sql query may run."),
+          sql_max_rows: int = typer.Option(10_000, help="Rows a POST /sql answer holds at most.")
+          ) -> None:
+    """Serve the atlas read-only over HTTP (JSON, CSV, Parquet; OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from atlas.serve.app import create_app
+    from atlas.store.db import db_path
+
+    path = db_path(db)
+    if not path.exists():
+        raise AtlasError(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
+    console.print(f"serving {path} read-only on http://{host}:{port} (docs: /docs)")
+    uvicorn.run(create_app(path, sql_timeout_s=sql_timeout, sql_max_rows=sql_max_rows),
+                host=host, port=port, log_level="warning")

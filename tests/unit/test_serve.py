@@ -1,0 +1,129 @@
+"""`atlas serve` through a real uvicorn server on 127.0.0.1 and an HTTP client."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.conftest import PUBLISHED_DIR, ROOT_DIR, SNI_DIR, save_tiny
+
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def atlas_db(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    db = base / "a.duckdb"
+    folder = save_tiny("llama", base / "tiny")
+    res = runner.invoke(app, ["ingest", "--model", str(folder), "--sni-dir", str(SNI_DIR), "--db",
+                              str(db), "--shots", "1", "--examples", "3", "--task", "task195",
+                              "--task", "task379", "--task", "task391"])
+    assert res.exit_code == 0, res.output
+    for task in ("task195", "task379", "task391"):
+        res = runner.invoke(app, ["import", str(PUBLISHED_DIR / f"{task}.pth"), "--model",
+                                  "llama-2-7b-chat", "--task", task, "--layers", "32", "--d-mlp",
+                                  "11008", "--db", str(db)])
+        assert res.exit_code == 0, res.output
+    return db, folder
+
+
+@pytest.fixture(scope="module")
+def server(atlas_db):
+    import uvicorn
+
+    from atlas.serve.app import create_app
+
+    port = _free_port()
+    config = uvicorn.Config(create_app(atlas_db[0], sql_timeout_s=5, sql_max_rows=50),
+                            host="127.0.0.1", port=port, log_level="error")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client
+    srv.should_exit = True
+    thread.join(5)
+
+
+def test_endpoints_answer_from_the_database(server, atlas_db):
+    name = atlas_db[1].name
+    models = server.get("/models").json()
+    assert {r["name"] for r in models["rows"]} == {name, "llama-2-7b-chat"}
+    assert models["total"] == 2
+    assert server.get("/tasks").json()["total"] == 3
+    runs = server.get("/runs", params={"model": name}).json()
+    assert runs["total"] == 3 and all(r["status"] == "complete" for r in runs["rows"])
+    sets = server.get("/sets", params={"model": "llama-2-7b-chat"}).json()["rows"]
+    assert len(sets) == 3 and all(s["size"] == 17612 for s in sets)
+    members = server.get(f"/sets/{sets[0]['set_id']}/members", params={"limit": 5}).json()
+    assert members["total"] == 17612 and len(members["rows"]) == 5
+    layer, neuron = members["rows"][0]["layer"], members["rows"][0]["neuron"]
+    info = server.get(f"/models/llama-2-7b-chat/neurons/{layer}/{neuron}").json()
+    assert sets[0]["set_id"] in {s["set_id"] for s in info["sets"]}
+    overlap = server.get("/overlaps", params={"model": "llama-2-7b-chat"}).json()
+    assert overlap["labels"] == ["task195", "task379", "task391"]
+    assert all(overlap["values"][k][k] == 1.0 for k in range(3))
+    compare = server.get("/compare", params={"model_a": name, "model_b": "llama-2-7b-chat"}).json()
+    assert compare["task_similarity_agreement"]["n_tasks"] == 3
+    csv_text = server.get("/tasks", params={"format": "csv"}).text
+    assert csv_text.splitlines()[0].startswith('"task_id"')
+    assert server.get("/tasks", headers={"accept": "text/csv"}).text == csv_text
+    parquet = server.get("/runs", params={"format": "parquet"})
+    assert parquet.content[:4] == b"PAR1"
+    assert server.get("/openapi.json").json()["info"]["title"] == "atlas"
+
+
+def test_errors_are_json_with_the_right_status(server):
+    assert server.get("/runs", params={"model": "nope"}).status_code == 404
+    assert server.get("/models/llama-2-7b-chat/neurons/99/0").status_code == 404
+    assert server.get("/sets/999999/members").status_code == 404
+    assert server.get("/tasks", params={"limit": 0}).status_code == 422
+    assert server.get("/tasks", params={"format": "xml"}).status_code == 422
+    res = server.get("/reports", params={"model": "llama-2-7b-chat"})
+    assert res.status_code == 422 and "run atlas ablate first" in res.json()["error"]
+
+
+def test_sql_sandbox_holds_over_http(server, tmp_path):
+    ok = server.post("/sql", json={"sql": "SELECT name FROM models ORDER BY name"})
+    assert ok.status_code == 200 and len(ok.json()["rows"]) == 2
+    capped = server.post("/sql", json={"sql": "SELECT * FROM range(1000)"}).json()
+    assert len(capped["rows"]) == 50 and capped["truncated"]
+    target = tmp_path / "x.csv"
+    for statement in [f"COPY (SELECT 1) TO '{target}'", "ATTACH 'other.duckdb'", "INSTALL httpfs",
+                      "LOAD httpfs", "SELECT * FROM read_csv('/etc/passwd')",
+                      "SELECT * FROM read_text('/etc/passwd')", "PRAGMA threads = 1",
+                      "SET threads = 1", "SELECT 1; SELECT 2", "DELETE FROM runs"]:
+        res = server.post("/sql", json={"sql": statement})
+        assert res.status_code == 422 and "error" in res.json(), statement
+    assert not target.exists()
+    slow = server.post("/sql", json={"sql": "SELECT count(*) FROM range(100000000000)"})
+    assert slow.status_code == 422 and "limit" in slow.json()["error"]
+
+
+def test_ingest_writes_while_the_server_runs(server, atlas_db):
+    db, folder = atlas_db
+    before = server.get("/runs").json()["total"]
+    out = subprocess.run([sys.executable, "-c", "from cli.main import app; app()", "ingest",
+                          "--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db),
+                          "--shots", "1", "--examples", "3", "--task", "task512"],
+                         cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert server.get("/runs").json()["total"] == before + 1
