@@ -13,11 +13,12 @@ import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fastapi import Body, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from atlas.errors import Ambiguous, AtlasError, NotFound, Unavailable
 
@@ -42,6 +43,7 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     from atlas.query.core import resolve_model, resolve_task, rows
     from atlas.query.sql import run_sql
     from atlas.store.db import open_db
+    from atlas.store.identity import task_labels
 
     app = FastAPI(title="atlas", description="Task-specific neurons of language models: "
                   "read-only access to one atlas database.", version="1")
@@ -109,6 +111,42 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
             params["method"] = method
         return " AND ".join(where), params
 
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return HTMLResponse((resources.files("atlas.serve") / "static" / "index.html").read_text(
+            encoding="utf-8"))
+
+    @app.get("/overview")
+    def overview(request: Request, fmt: str = Fmt):
+        """Models × tasks × methods with their runs' status."""
+        with engine() as eng:
+            data = rows(eng, """
+                SELECT m.name AS model, m.dtype, r.method, count(*) AS runs,
+                       count(*) FILTER (WHERE r.status = 'complete') AS complete,
+                       count(*) FILTER (WHERE r.status = 'running') AS running,
+                       count(*) FILTER (WHERE r.status = 'failed') AS failed,
+                       count(DISTINCT r.task_id) AS tasks
+                FROM runs r JOIN models m USING (model_id) GROUP BY ALL ORDER BY ALL""")
+            data += rows(eng, """
+                SELECT model, dtype, method, 0 AS runs, 0 AS complete, 0 AS running, 0 AS failed,
+                       count(*) AS tasks
+                FROM task_sets WHERE run_id IS NULL GROUP BY ALL ORDER BY ALL""")
+        return table(data, request, fmt, len(data), 0)
+
+    @app.get("/layers")
+    def layers(request: Request, model: str, method: str = "cgvst", fmt: str = Fmt):
+        """Per current set and layer: neurons, relative depth and share of the set."""
+        with engine() as eng:
+            info = resolve_model(eng, model)
+            data = rows(eng, "SELECT task, layer, n, rel_depth, fraction FROM layer_counts "
+                             "WHERE model_id = :mid AND method = :method ORDER BY task, layer",
+                        mid=info["model_id"], method=method)
+        names = sorted({r["task"] for r in data})
+        labels = dict(zip(names, task_labels(names)))
+        for r in data:
+            r["task_label"] = labels[r["task"]]
+        return table(data, request, fmt, len(data), 0)
+
     @app.get("/models")
     def models(request: Request, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
         return paged("SELECT * FROM models ORDER BY model_id", request, fmt, limit, offset)
@@ -157,15 +195,15 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                 WHERE s.model_id = :mid AND m.layer = :l AND m.neuron = :n ORDER BY s.set_id""",
                            mid=info["model_id"], l=layer, n=neuron)
             scores = rows(eng, """
-                WITH ranked AS (
-                    SELECT sc.run_id, sc.layer, sc.neuron, sc.score,
-                           rank() OVER (PARTITION BY sc.run_id ORDER BY sc.score DESC) AS rank
-                    FROM neuron_scores sc JOIN runs r USING (run_id)
-                    WHERE r.model_id = :mid AND r.status = 'complete')
-                SELECT r.run_id, r.method, t.name AS task, x.score, x.rank
-                FROM ranked x JOIN runs r USING (run_id) JOIN tasks t USING (task_id)
-                WHERE x.layer = :l AND x.neuron = :n ORDER BY r.run_id""",
-                          mid=info["model_id"], l=layer, n=neuron)
+                WITH x AS (
+                    SELECT sc.run_id, sc.score FROM neuron_scores sc JOIN runs r USING (run_id)
+                    WHERE r.model_id = :mid AND r.status = 'complete' AND sc.layer = :l
+                      AND sc.neuron = :n)
+                SELECT r.run_id, r.method, t.name AS task, x.score,
+                       1 + (SELECT count(*) FROM neuron_scores s
+                            WHERE s.run_id = x.run_id AND s.score > x.score) AS rank
+                FROM x JOIN runs r USING (run_id) JOIN tasks t USING (task_id)
+                ORDER BY r.run_id""", mid=info["model_id"], l=layer, n=neuron)
         n_tasks = {}
         for s in in_sets:
             if s["current"]:

@@ -127,3 +127,55 @@ def test_ingest_writes_while_the_server_runs(server, atlas_db):
                          cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert server.get("/runs").json()["total"] == before + 1
+
+
+def _browser():
+    import shutil
+
+    try:
+        from selenium import webdriver
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install selenium) — browser test skipped")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("no chromium with chromium-driver on this machine (Debian: apt-get install "
+                    "chromium chromium-driver) — browser test skipped")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1400,1800"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_page_in_a_real_browser(server, atlas_db, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    try:
+        browser.get(str(server.base_url))
+        wait = WebDriverWait(browser, 30)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#models li")))
+        names = [li.text.split()[0] for li in browser.find_elements(By.CSS_SELECTOR, "#models li")]
+        assert set(names) == {atlas_db[1].name, "llama-2-7b-chat"}
+        assert "llama-2-7b-chat" in browser.find_element(By.ID, "overview").text
+        llama = next(li for li in browser.find_elements(By.CSS_SELECTOR, "#models li")
+                     if li.text.startswith("llama-2-7b-chat"))
+        llama.click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "rect.cell")) == 9)
+        browser.find_elements(By.CSS_SELECTOR, "rect.cell")[1].click()
+        title = wait.until(ec.presence_of_element_located((By.ID, "set-title")))
+        assert "17612 neurons" in title.text
+        browser.find_element(By.CSS_SELECTOR, "a.member").click()
+        wait.until(lambda b: "in " in b.find_element(By.ID, "neuron").text)
+        shot = tmp_path / "atlas-serve.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
+    finally:
+        browser.quit()
