@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from atlas.errors import AtlasError
@@ -12,7 +14,8 @@ def serve(db: str = DbOption,
           host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless given)."),
           port: int = typer.Option(8000, help="Port."),
           sql_timeout: float = typer.Option(10.0, help="Seconds a POST /sql query may run."),
-          sql_max_rows: int = typer.Option(10_000, help="Rows a POST /sql answer holds at most.")
+          sql_max_rows: int = typer.Option(10_000, help="Rows a POST /sql answer holds at most."),
+          workers: int = typer.Option(1, help="Server processes (one per core serves most).")
           ) -> None:
     """Serve the atlas read-only over HTTP (JSON, CSV, Parquet; OpenAPI docs at /docs)."""
     import uvicorn
@@ -23,6 +26,14 @@ def serve(db: str = DbOption,
     path = db_path(db)
     if not path.exists():
         raise AtlasError(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
-    console.print(f"serving {path} read-only on http://{host}:{port} (docs: /docs)")
-    uvicorn.run(create_app(path, sql_timeout_s=sql_timeout, sql_max_rows=sql_max_rows),
-                host=host, port=port, log_level="warning")
+    console.print(f"serving {path} read-only on http://{host}:{port} (docs: /docs), "
+                  f"{workers} worker(s)")
+    if workers == 1:
+        uvicorn.run(create_app(path, sql_timeout_s=sql_timeout, sql_max_rows=sql_max_rows),
+                    host=host, port=port, log_level="warning")
+        return
+    os.environ.update({"ATLAS_SERVE_DB": str(path.resolve()),
+                       "ATLAS_SERVE_SQL_TIMEOUT": str(sql_timeout),
+                       "ATLAS_SERVE_SQL_MAX_ROWS": str(sql_max_rows)})
+    uvicorn.run("atlas.serve.app:app_from_env", factory=True, workers=workers, host=host,
+                port=port, log_level="warning")

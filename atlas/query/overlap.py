@@ -38,9 +38,22 @@ def overlap_matrix(engine: Engine, model: str, method: str = "cgvst",
         raise AtlasError(f"unknown overlap measure '{measure}'; choose one of {', '.join(MEASURES)}")
     info = resolve_model(engine, model)
     check_method(engine, info, method)
-    data = rows(engine, f"SELECT task_a, task_b, {measure} AS v FROM set_overlaps "
-                        "WHERE model_id = :mid AND method = :method", mid=info["model_id"],
-                method=method)
+    # The set_overlaps view, restricted to this model and method before the self-join.
+    data = rows(engine, f"""
+        WITH sets AS (SELECT set_id, task, size FROM task_sets
+                      WHERE model_id = :mid AND method = :method),
+             members AS (SELECT set_id, layer, neuron FROM neuron_set_members
+                         WHERE set_id IN (SELECT set_id FROM sets)),
+             shared AS (SELECT a.set_id AS set_a, b.set_id AS set_b, count(*) AS n_shared
+                        FROM members a JOIN members b USING (layer, neuron) GROUP BY ALL),
+             pairs AS (
+                SELECT a.task AS task_a, b.task AS task_b, coalesce(sh.n_shared, 0) AS n_shared,
+                       coalesce(sh.n_shared, 0) / nullif(a.size + b.size
+                           - coalesce(sh.n_shared, 0), 0) AS jaccard,
+                       coalesce(sh.n_shared, 0) / nullif(least(a.size, b.size), 0) AS overlap_coef
+                FROM sets a CROSS JOIN sets b
+                LEFT JOIN shared sh ON sh.set_a = a.set_id AND sh.set_b = b.set_id)
+        SELECT task_a, task_b, {measure} AS v FROM pairs""", mid=info["model_id"], method=method)
     tasks = sorted({r["task_a"] for r in data})
     index = {t: k for k, t in enumerate(tasks)}
     values = np.zeros((len(tasks), len(tasks)))

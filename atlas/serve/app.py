@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from atlas.errors import Ambiguous, AtlasError, NotFound, Unavailable
 
 MAX_PAGE = 10_000
+SCHEMA_RECHECK_S = 2.0
+RANK_CACHE_RUNS = 256
 FORMATS = ("json", "csv", "parquet")
 
 
@@ -42,7 +46,8 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     from atlas.intervene.report import build_report, render
     from atlas.query.core import resolve_model, resolve_task, rows
     from atlas.query.sql import run_sql
-    from atlas.store.db import open_db
+    from atlas.store import repository as repo
+    from atlas.store.db import check_read_schema, connect
     from atlas.store.identity import task_labels
 
     app = FastAPI(title="atlas", description="Task-specific neurons of language models: "
@@ -56,13 +61,31 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     async def unexpected(request: Request, err: Exception) -> JSONResponse:
         return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
 
+    engines: list = []  # one sandboxed engine; it holds no connection between requests
+    checked = [0.0]  # when the schema was last found current
+    sorted_scores: dict[int, np.ndarray] = {}  # complete run -> its scores, descending
+
     @contextmanager
     def engine() -> Iterator[Any]:
-        eng = open_db(db, read_only=True)
-        try:
-            yield eng
-        finally:
-            eng.dispose()
+        """One sandboxed connection for the whole request, closed when it is answered."""
+        if not engines:
+            engines.append(connect(db, read_only=True))
+        if time.monotonic() - checked[0] > SCHEMA_RECHECK_S:  # a writer may migrate meanwhile
+            check_read_schema(engines[0], Path(db))
+            checked[0] = time.monotonic()
+        with engines[0].connect() as conn:
+            yield _Pinned(conn)
+
+    def rank_in_run(eng: Any, run_id: int, score: float, shape: tuple[int, int]) -> int:
+        """1 + the number of the run's scores above ``score`` (complete runs never change)."""
+        if run_id not in sorted_scores:
+            if len(sorted_scores) >= RANK_CACHE_RUNS:
+                sorted_scores.pop(next(iter(sorted_scores)))
+            with eng.connect() as conn:
+                values = repo.read_scores(conn, run_id, *shape).numpy().ravel()
+            sorted_scores[run_id] = np.sort(values)
+        ascending = sorted_scores[run_id]
+        return int(len(ascending) - np.searchsorted(ascending, np.float32(score), side="right")) + 1
 
     def table(data: list[dict], request: Request, fmt: str | None, limit: int, offset: int,
               total: int | None = None) -> Response:
@@ -195,15 +218,13 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                 WHERE s.model_id = :mid AND m.layer = :l AND m.neuron = :n ORDER BY s.set_id""",
                            mid=info["model_id"], l=layer, n=neuron)
             scores = rows(eng, """
-                WITH x AS (
-                    SELECT sc.run_id, sc.score FROM neuron_scores sc JOIN runs r USING (run_id)
-                    WHERE r.model_id = :mid AND r.status = 'complete' AND sc.layer = :l
-                      AND sc.neuron = :n)
-                SELECT r.run_id, r.method, t.name AS task, x.score,
-                       1 + (SELECT count(*) FROM neuron_scores s
-                            WHERE s.run_id = x.run_id AND s.score > x.score) AS rank
-                FROM x JOIN runs r USING (run_id) JOIN tasks t USING (task_id)
-                ORDER BY r.run_id""", mid=info["model_id"], l=layer, n=neuron)
+                SELECT r.run_id, r.method, t.name AS task, sc.score
+                FROM neuron_scores sc JOIN runs r USING (run_id) JOIN tasks t USING (task_id)
+                WHERE r.model_id = :mid AND r.status = 'complete' AND sc.layer = :l
+                  AND sc.neuron = :n ORDER BY r.run_id""", mid=info["model_id"], l=layer, n=neuron)
+            for r in scores:
+                r["rank"] = rank_in_run(eng, r["run_id"], r["score"],
+                                        (info["n_layers"], info["d_mlp"]))
         n_tasks = {}
         for s in in_sets:
             if s["current"]:
@@ -213,12 +234,25 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                 "current_sets_per_method": n_tasks,
                 "specific_to_one_task": {m: n == 1 for m, n in n_tasks.items()}}
 
+    overlap_cache: dict[tuple, dict] = {}
+
     @app.get("/overlaps")
     def overlaps(model: str, method: str = "cgvst", measure: str = "jaccard"):
         with engine() as eng:
-            m = q.overlap_matrix(eng, model, method, measure)
-        return {"model": model, "method": method, "measure": measure, "tasks": m.tasks,
-                "labels": m.labels, "values": m.values.tolist()}
+            info = resolve_model(eng, model)
+            # Sets are never changed in place (a new set gets a new id): their ids key the cache.
+            ids = tuple(r["set_id"] for r in rows(
+                eng, "SELECT set_id FROM task_sets WHERE model_id = :mid AND method = :method "
+                     "ORDER BY set_id", mid=info["model_id"], method=method))
+            key = (info["model_id"], method, measure, ids)
+            if key not in overlap_cache:
+                m = q.overlap_matrix(eng, model, method, measure)
+                if len(overlap_cache) >= 256:
+                    overlap_cache.pop(next(iter(overlap_cache)))
+                overlap_cache[key] = {"model": info["name"], "model_id": info["model_id"],
+                                      "method": method, "measure": measure, "tasks": m.tasks,
+                                      "labels": m.labels, "values": m.values.tolist()}
+        return overlap_cache[key]
 
     @app.get("/specificity")
     def specificity(request: Request, model: str, method: str = "cgvst", fmt: str = Fmt):
@@ -265,6 +299,27 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                         media_type="application/json")
 
     return app
+
+
+class _Pinned:
+    """An engine stand-in whose ``connect()`` hands out one open connection, so the query
+    functions a request calls share it instead of opening the file again each."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        yield self.conn
+
+
+def app_from_env() -> FastAPI:
+    """The app for ``uvicorn --factory`` workers: settings from ``ATLAS_SERVE_*``."""
+    import os
+
+    return create_app(os.environ["ATLAS_SERVE_DB"],
+                      sql_timeout_s=float(os.environ.get("ATLAS_SERVE_SQL_TIMEOUT", "10")),
+                      sql_max_rows=int(os.environ.get("ATLAS_SERVE_SQL_MAX_ROWS", "10000")))
 
 
 def _plain(value: Any) -> Any:

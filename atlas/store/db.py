@@ -191,14 +191,29 @@ def _refuse_schema(path: Path, revision: str | None, has_tables: bool, head: str
                          "migrate)")
 
 
+def check_read_schema(engine: Engine, path: Path) -> None:
+    """The read-only schema check, with plain SQL (no Alembic): quick enough for every request."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        tables = {r[0] for r in conn.execute(text(
+            "SELECT table_name FROM information_schema.tables"))}
+        revision = (conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                    if "alembic_version" in tables else None)
+    _refuse_schema(path, revision, bool(tables), SCHEMA_HEAD)
+
+
 def open_db(path: str | Path | None = None, *, read_only: bool = False) -> Engine:
     """Open the database at ``path``: read-only (sandboxed, never migrated), or for writing
     (created and upgraded as needed; a foreign database is refused)."""
     path = db_path(path)
     engine = connect(path, read_only=read_only)
     try:
+        if read_only:
+            check_read_schema(engine, path)
+            return engine
         revision = current_revision(engine)
-        if read_only or (revision is None and _n_tables(engine)):
+        if revision is None and _n_tables(engine):
             check_schema(engine, path, revision)
         elif revision != head_revision():
             migrate(engine)

@@ -78,6 +78,14 @@ def test_endpoints_answer_from_the_database(server, atlas_db):
     layer, neuron = members["rows"][0]["layer"], members["rows"][0]["neuron"]
     info = server.get(f"/models/llama-2-7b-chat/neurons/{layer}/{neuron}").json()
     assert sets[0]["set_id"] in {s["set_id"] for s in info["sets"]}
+    tiny = server.get(f"/models/{name}/neurons/1/7").json()
+    assert len(tiny["scores"]) == 3
+    for r in tiny["scores"]:  # rank: 1 + scores above it in the run, counted in SQL
+        above = server.post("/sql", json={"sql": f"SELECT count(*) AS n FROM neuron_scores WHERE "
+                                                 f"run_id = {r['run_id']} AND score > "
+                                                 f"(SELECT score FROM neuron_scores WHERE run_id = "
+                                                 f"{r['run_id']} AND layer = 1 AND neuron = 7)"})
+        assert r["rank"] == above.json()["rows"][0]["n"] + 1
     overlap = server.get("/overlaps", params={"model": "llama-2-7b-chat"}).json()
     assert overlap["labels"] == ["task195", "task379", "task391"]
     assert all(overlap["values"][k][k] == 1.0 for k in range(3))
@@ -179,3 +187,17 @@ def test_page_in_a_real_browser(server, atlas_db, tmp_path):
         print(f"screenshot: {shot}")
     finally:
         browser.quit()
+
+
+def test_unavailable_database_is_503(tmp_path):
+    import duckdb
+    from fastapi.testclient import TestClient
+
+    from atlas.serve.app import create_app
+
+    missing = TestClient(create_app(tmp_path / "none.duckdb")).get("/models")
+    assert missing.status_code == 503 and "no atlas database" in missing.json()["error"]
+    foreign = tmp_path / "foreign.duckdb"
+    duckdb.connect(str(foreign)).execute("CREATE TABLE x AS SELECT 1 AS a").close()
+    res = TestClient(create_app(foreign)).get("/models")
+    assert res.status_code == 503 and "not an atlas database" in res.json()["error"]

@@ -1,0 +1,130 @@
+"""Load on `atlas serve`: a Llama-sized atlas (10 tasks × 3 methods × 32 × 11,008 neurons, about
+10.6 million score rows), a uvicorn server on 127.0.0.1, N concurrent clients for a bounded time
+per endpoint. Prints requests/s and p50/p95 latency (targets with 8 clients on 2 cores: neuron
+p95 ≤ 100 ms, overlap matrix p95 ≤ 250 ms).
+
+The server is a real `atlas serve --workers W` process (default 1: on 2 cores the clients need the
+other one).
+
+Usage: python bench/serve_load.py [--clients 8] [--seconds 10] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from atlas.scoring import top_rate
+from atlas.store import open_db
+from atlas.store import repository as repo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(path: Path) -> None:
+    engine = open_db(path)
+    with engine.begin() as conn:
+        model_id = repo.ensure_model(conn, "llama-like", "llama", 32, 11008, "synthetic", "none")
+        gen = torch.Generator().manual_seed(0)
+        shared = torch.rand(32, 11008, generator=gen)
+        for k in range(10):
+            task_id = repo.ensure_task(conn, f"task{k:03d}_synthetic", "synthetic", 0, f"h{k}")
+            for method in ("cgvst", "gv", "grad_x_act"):
+                scores = 0.5 * shared + torch.rand(32, 11008, generator=gen)
+                run_id = repo.start_run(conn, model_id, task_id, method, {}, f"{k}{method}")
+                repo.write_scores(conn, run_id, scores)
+                repo.write_set(conn, f"llama-like/task{k:03d}/{method}", model_id, task_id, run_id,
+                               "top:0.05", top_rate(scores), method)
+                repo.complete_run(conn, run_id, n_examples=1, n_tokens=1, n_skipped=0)
+    engine.dispose()
+
+
+def load(base: str, paths, clients: int, seconds: float) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p95 ms, errors) of ``clients`` threads requesting ``paths()``."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            while time.monotonic() < stop:
+                start = time.perf_counter()
+                res = client.get(paths(rng))
+                took = time.perf_counter() - start
+                with lock:
+                    latencies.append(took)
+                    errors[0] += res.status_code != 200
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    ms = sorted(x * 1000 for x in latencies)
+    p95 = ms[min(len(ms) - 1, int(0.95 * len(ms)))]
+    return len(ms) / wall, statistics.median(ms), p95, errors[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+    db = Path(tempfile.mkdtemp()) / "load.duckdb"
+    start = time.perf_counter()
+    build(db)
+    print(f"built {30 * 32 * 11008:,} score rows in {time.perf_counter() - start:.0f} s")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from cli.main import app; app()", "serve", "--db", str(db),
+         "--port", str(port), "--workers", str(args.workers)], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(base + "/models", timeout=5)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    endpoints = {
+        "neuron": (lambda rng: f"/models/llama-like/neurons/{rng.randrange(32)}/"
+                               f"{rng.randrange(11008)}", 100),
+        "overlap matrix": (lambda rng: "/overlaps?model=llama-like&method="
+                                       + rng.choice(["cgvst", "gv", "grad_x_act"]), 250),
+        "sets (paged)": (lambda rng: "/sets?model=llama-like&limit=50", None),
+    }
+    print(f"{args.clients} clients, {args.seconds:g} s per endpoint, 127.0.0.1, "
+          f"{args.workers} server worker(s), {os.cpu_count()} cores")
+    for name, (paths, target) in endpoints.items():
+        httpx.get(base + paths(random.Random(0)), timeout=60)  # warm
+        rps, p50, p95, errors = load(base, paths, args.clients, args.seconds)
+        goal = "" if target is None else f"  (target p95 ≤ {target} ms: " + (
+            "met)" if p95 <= target else "missed)")
+        print(f"  {name:16s} {rps:7.1f} req/s  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  "
+              f"errors {errors}{goal}")
+    server.terminate()
+    server.wait(10)
+
+
+if __name__ == "__main__":
+    main()
