@@ -24,31 +24,9 @@ import time
 from pathlib import Path
 
 import httpx
-import torch
-
-from atlas.scoring import top_rate
-from atlas.store import open_db
-from atlas.store import repository as repo
+from synthetic import build_llama_like
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def build(path: Path) -> None:
-    engine = open_db(path)
-    with engine.begin() as conn:
-        model_id = repo.ensure_model(conn, "llama-like", "llama", 32, 11008, "synthetic", "none")
-        gen = torch.Generator().manual_seed(0)
-        shared = torch.rand(32, 11008, generator=gen)
-        for k in range(10):
-            task_id = repo.ensure_task(conn, f"task{k:03d}_synthetic", "synthetic", 0, f"h{k}")
-            for method in ("cgvst", "gv", "grad_x_act"):
-                scores = 0.5 * shared + torch.rand(32, 11008, generator=gen)
-                run_id = repo.start_run(conn, model_id, task_id, method, {}, f"{k}{method}")
-                repo.write_scores(conn, run_id, scores)
-                repo.write_set(conn, f"llama-like/task{k:03d}/{method}", model_id, task_id, run_id,
-                               "top:0.05", top_rate(scores), method)
-                repo.complete_run(conn, run_id, n_examples=1, n_tokens=1, n_skipped=0)
-    engine.dispose()
 
 
 def load(base: str, paths, clients: int, seconds: float) -> tuple[float, float, float, int]:
@@ -89,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     db = Path(tempfile.mkdtemp()) / "load.duckdb"
     start = time.perf_counter()
-    build(db)
+    build_llama_like(db).dispose()
     print(f"built {30 * 32 * 11008:,} score rows in {time.perf_counter() - start:.0f} s")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
