@@ -193,3 +193,10 @@ def test_migrations_up_and_down_keep_data(llama_dir, tmp_path):
     assert tables == [(0,)]
     res = runner.invoke(app, ["db", "upgrade", "--db", str(db)])
     assert res.exit_code == 0 and "revision" in res.output
+
+
+def test_layernorm_models_get_a_warning(gpt2_dir, llama_dir, tmp_path):
+    res = ingest(gpt2_dir, tmp_path / "g.duckdb", "--task", "task379")
+    assert res.exit_code == 0 and "centring LayerNorm" in res.output
+    res = ingest(llama_dir, tmp_path / "l.duckdb", "--task", "task379")
+    assert res.exit_code == 0 and "centring LayerNorm" not in res.output
