@@ -51,7 +51,9 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     from atlas.store.identity import task_labels
 
     app = FastAPI(title="atlas", description="Task-specific neurons of language models: "
-                  "read-only access to one atlas database.", version="1")
+                  "read-only access to one atlas database.", version="1", docs_url=None,
+                  redoc_url=None)
+    _offline_docs(app)
 
     @app.exception_handler(AtlasError)
     async def atlas_error(request: Request, err: AtlasError) -> JSONResponse:
@@ -311,6 +313,25 @@ class _Pinned:
     @contextmanager
     def connect(self) -> Iterator[Any]:
         yield self.conn
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Interactive API docs at /docs with Swagger UI served from the installed
+    swagger-ui-bundle package (no CDN)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.openapi_version = "3.0.3"  # the packaged Swagger UI (4.x) renders OpenAPI 3.0
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+              name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="atlas API",
+                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
 
 
 def app_from_env() -> FastAPI:

@@ -97,6 +97,9 @@ def test_endpoints_answer_from_the_database(server, atlas_db):
     parquet = server.get("/runs", params={"format": "parquet"})
     assert parquet.content[:4] == b"PAR1"
     assert server.get("/openapi.json").json()["info"]["title"] == "atlas"
+    docs = server.get("/docs").text  # works offline: Swagger UI from the installed package
+    assert "/static/swagger/swagger-ui-bundle.js" in docs and "cdn" not in docs
+    assert server.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
 
 
 def test_errors_are_json_with_the_right_status(server):
@@ -185,6 +188,8 @@ def test_page_in_a_real_browser(server, atlas_db, tmp_path):
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
         print(f"screenshot: {shot}")
+        browser.get(str(server.base_url) + "/docs")  # the API docs render without a CDN
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".opblock")) >= 10)
     finally:
         browser.quit()
 
