@@ -197,7 +197,7 @@ class Experiment:
         return out
 
 
-def _params(value) -> dict:
+def _as_dict(value) -> dict:
     return value if isinstance(value, dict) else json.loads(value)
 
 
@@ -215,7 +215,7 @@ def evaluation_configs(engine: Engine, model_id: int, method: str, factor: float
                 metric=metric)
     configs: dict[str, dict] = {}
     for r in data:
-        params = {k: v for k, v in _params(r["params"]).items() if k != "data_hash"}
+        params = {k: v for k, v in _as_dict(r["params"]).items() if k != "data_hash"}
         config = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
         entry = configs.setdefault(config, {"config": config, "params": params, "params_keys": []})
         entry["params_keys"].append(r["params_key"])
@@ -288,7 +288,11 @@ def report_matrix(engine: Engine, model: str, method: str, factor: float, metric
     Per set: a specificity index (the target task's relative drop minus the mean relative drop of
     the other tasks) and the mean |change| over all evaluated tasks, of the set and of its
     controls (averaged over control seeds, with their spread)."""
-    d = report_data(engine, model, method, factor, metric, config)
+    return matrix_of(report_data(engine, model, method, factor, metric, config))
+
+
+def matrix_of(d: ReportData) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
+    """The rows, columns, matrix and per-set summary of :func:`report_matrix` from its data."""
     row_names, matrix, summary = [], [], []
     for s in d.sets:
         row_names.append(d.labels[s])

@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
-from atlas.intervene.experiment import ReportData, report_data, report_matrix
+from atlas.intervene.experiment import ReportData, matrix_of, report_data
 from atlas.intervene.stats import (
     above_chance,
     describe_tests,
@@ -82,8 +82,8 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
     gold label's probability for label metrics, accuracy beside it), and the tasks the
     unmodified model does above chance; sets whose own task is at chance are shown but left out
     of the summary tests."""
-    names, cols, matrix, summary = report_matrix(engine, model, method, factor, metric, config)
     d = report_data(engine, model, method, factor, metric, config)
+    names, cols, matrix, summary = matrix_of(d)
     examples = _example_values(engine, d, method, factor, metric)
     value_key = "gold_prob" if metric == "label_prob" else "correct"
     columns_info = []
