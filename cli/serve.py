@@ -15,7 +15,9 @@ def serve(db: str = DbOption,
           port: int = typer.Option(8000, help="Port."),
           sql_timeout: float = typer.Option(10.0, help="Seconds a POST /sql query may run."),
           sql_max_rows: int = typer.Option(10_000, help="Rows a POST /sql answer holds at most."),
-          workers: int = typer.Option(1, help="Server processes (one per core serves most).")
+          workers: int = typer.Option(1, help="Server processes (one per core serves most)."),
+          threads: int = typer.Option(1, min=0, help="DuckDB threads per query (0: one per core); 1 "
+                                              "lets concurrent requests share the cores.")
           ) -> None:
     """Serve the atlas read-only over HTTP (JSON, CSV, Parquet; OpenAPI docs at /docs)."""
     import uvicorn
@@ -29,11 +31,13 @@ def serve(db: str = DbOption,
     console.print(f"serving {path} read-only on http://{host}:{port} (docs: /docs), "
                   f"{workers} worker(s)")
     if workers == 1:
-        uvicorn.run(create_app(path, sql_timeout_s=sql_timeout, sql_max_rows=sql_max_rows),
-                    host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(path, sql_timeout_s=sql_timeout, sql_max_rows=sql_max_rows,
+                               threads=threads or None), host=host, port=port,
+                    log_level="warning")
         return
     os.environ.update({"ATLAS_SERVE_DB": str(path.resolve()),
                        "ATLAS_SERVE_SQL_TIMEOUT": str(sql_timeout),
-                       "ATLAS_SERVE_SQL_MAX_ROWS": str(sql_max_rows)})
+                       "ATLAS_SERVE_SQL_MAX_ROWS": str(sql_max_rows),
+                       "ATLAS_SERVE_THREADS": str(threads)})
     uvicorn.run("atlas.serve.app:app_from_env", factory=True, workers=workers, host=host,
                 port=port, log_level="warning")

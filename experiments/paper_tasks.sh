@@ -47,8 +47,7 @@ for f in "$PUBLISHED"/*.pth; do
   $ATLAS import "$f" --model llama-2-7b-chat --task "$(basename "$f" .pth)" --layers 32 --d-mlp 11008
 done
 # Stages in order of importance, so that a cut-short run still holds the main results.
-for model in "${MODELS[@]}"; do ingest "$model" cgvst; done
-for model in "${MODELS[@]}"; do run_sets "$model" cgvst 0; done
+for model in "${MODELS[@]}"; do ingest "$model" cgvst; run_sets "$model" cgvst 0; done
 for model in "${MODELS[@]}"; do ingest "$model" cgvst_marker gv grad_x_act lape random; done
 for model in "${MODELS[@]}"; do
   for factor in "${FACTORS_UP[@]}"; do run_sets "$model" cgvst "$factor"; done

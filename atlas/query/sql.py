@@ -40,31 +40,37 @@ def run_sql(query: str, db: str | Path | None = None, *, timeout_s: float | None
     ``timeout_s`` interrupts a longer query; ``max_rows`` keeps the first rows (the table's
     metadata says ``truncated`` when more were there)."""
     with _read_only_connection(db) as con:
-        try:
-            statements = con.extract_statements(query)
-        except duckdb.Error as err:
-            raise AtlasError(f"SQL error: {first_line(err)}") from err
-        if len(statements) != 1:
-            raise AtlasError(f"give exactly one SQL statement (got {len(statements)})")
-        kind = statements[0].type.name
-        if kind not in READ_ONLY_TYPES:
-            raise AtlasError(f"atlas sql is read-only: {kind} statements are refused; "
-                             "use SELECT (the atlas changes only through its commands)")
-        timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+        return run_sql_on(con, query, timeout_s=timeout_s, max_rows=max_rows)
+
+
+def run_sql_on(con, query: str, *, timeout_s: float | None = None,
+               max_rows: int | None = None) -> pa.Table:
+    """:func:`run_sql` on an open sandboxed connection ``con``."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as err:
+        raise AtlasError(f"SQL error: {first_line(err)}") from err
+    if len(statements) != 1:
+        raise AtlasError(f"give exactly one SQL statement (got {len(statements)})")
+    kind = statements[0].type.name
+    if kind not in READ_ONLY_TYPES:
+        raise AtlasError(f"atlas sql is read-only: {kind} statements are refused; "
+                         "use SELECT (the atlas changes only through its commands)")
+    timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+    if timer:
+        timer.start()
+    try:
+        relation = con.sql(query)
+        if max_rows is not None:
+            relation = relation.limit(max_rows + 1)
+        table = relation.to_arrow_table()
+    except duckdb.Error as err:
+        if timer and not timer.is_alive():
+            raise AtlasError(f"SQL query stopped after the {timeout_s:g} s limit") from err
+        raise AtlasError(f"SQL error: {first_line(err)}") from err
+    finally:
         if timer:
-            timer.start()
-        try:
-            relation = con.sql(query)
-            if max_rows is not None:
-                relation = relation.limit(max_rows + 1)
-            table = relation.to_arrow_table()
-        except duckdb.Error as err:
-            if timer and not timer.is_alive():
-                raise AtlasError(f"SQL query stopped after the {timeout_s:g} s limit") from err
-            raise AtlasError(f"SQL error: {first_line(err)}") from err
-        finally:
-            if timer:
-                timer.cancel()
+            timer.cancel()
     if max_rows is not None and table.num_rows > max_rows:
         return table.slice(0, max_rows).replace_schema_metadata({"truncated": "true"})
     return table

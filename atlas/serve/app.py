@@ -1,8 +1,9 @@
 """`atlas serve`: a read-only HTTP API over one atlas database.
 
-Every request opens the database through the store's sandboxed read-only engine and closes it
-before answering, so ingests and ablations can write between requests and the next request sees
-their results. Models and tasks are named by id or unambiguous name (see
+Every request reads through the store's sandboxed read-only engine. Requests in flight share one
+open of the file (:mod:`atlas.serve.lease`), which is closed whenever none is, and is let go as
+soon as an atlas writer waits; so ingests and ablations write while the server runs, and the next
+request sees their results. Models and tasks are named by id or unambiguous name (see
 :mod:`atlas.store.identity`). Errors are JSON: 404 unknown, 409 ambiguous, 422 bad parameters,
 503 database unavailable; never a traceback.
 """
@@ -26,8 +27,18 @@ from atlas.errors import Ambiguous, AtlasError, NotFound, Unavailable
 
 MAX_PAGE = 10_000
 SCHEMA_RECHECK_S = 2.0
-RANK_CACHE_RUNS = 256
+RUN_CACHE_BYTES = 512 << 20  # scores and ranks: about 180 runs of a 32 × 11,008 model
+SET_CACHE_BYTES = 128 << 20  # member masks: about 360 sets of that size
 FORMATS = ("json", "csv", "parquet")
+# Changes whenever a model, a set, a complete run or an evaluation is added, removed or replaced
+# (ids are never reused within a file; the times tell a replaced file apart).
+ATLAS_STAMP = """
+    SELECT * FROM
+        (SELECT count(*), sum(model_id), sum(epoch_us(created_at)) FROM models),
+        (SELECT count(*), sum(set_id), sum(epoch_us(created_at)) FROM neuron_sets),
+        (SELECT count(*), sum(run_id), sum(epoch_us(started_at)) FROM runs
+         WHERE status = 'complete'),
+        (SELECT count(*), sum(eval_id), sum(epoch_us(created_at)) FROM evaluations)"""
 
 
 def _status(err: AtlasError) -> int:
@@ -40,12 +51,16 @@ def _status(err: AtlasError) -> int:
     return 422
 
 
-def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int = 10_000) -> FastAPI:
-    """The API of the atlas database at ``db`` (opened per request, read-only)."""
+def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int = 10_000,
+               threads: int | None = 1) -> FastAPI:
+    """The API of the atlas database at ``db`` (read-only). ``threads``: DuckDB threads per
+    query (1: concurrent requests, not one query, share the cores; None: one per core)."""
     from atlas import query as q
     from atlas.intervene.report import build_report, render
     from atlas.query.core import resolve_model, resolve_task, rows
-    from atlas.query.sql import run_sql
+    from atlas.query.sql import run_sql_on
+    from atlas.serve.cache import LRU, array_bytes, counted, ranks_descending
+    from atlas.serve.lease import SharedOpen
     from atlas.store import repository as repo
     from atlas.store.db import check_read_schema, connect
     from atlas.store.identity import task_labels
@@ -64,30 +79,65 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
         return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
 
     engines: list = []  # one sandboxed engine; it holds no connection between requests
+    shared: list[SharedOpen] = []
     checked = [0.0]  # when the schema was last found current
-    sorted_scores: dict[int, np.ndarray] = {}  # complete run -> its scores, descending
+    run_cache = LRU(RUN_CACHE_BYTES, array_bytes)
+    set_cache = LRU(SET_CACHE_BYTES, array_bytes)
+    overlap_cache = LRU(256, counted)
+    catalog_cache = LRU(64, counted)
+    model_cache = LRU(256, counted)
+    report_cache = LRU(64, counted)
+    answer_cache = LRU(64 << 20, len)  # JSON answers while the atlas is unchanged
 
     @contextmanager
     def engine() -> Iterator[Any]:
         """One sandboxed connection for the whole request, closed when it is answered."""
         if not engines:
-            engines.append(connect(db, read_only=True))
-        if time.monotonic() - checked[0] > SCHEMA_RECHECK_S:  # a writer may migrate meanwhile
-            check_read_schema(engines[0], Path(db))
-            checked[0] = time.monotonic()
-        with engines[0].connect() as conn:
-            yield _Pinned(conn)
+            engines.append(connect(db, read_only=True, threads=threads))
+            shared.append(SharedOpen(engines[0].connect, Path(db)))
+        with shared[0].hold():
+            if time.monotonic() - checked[0] > SCHEMA_RECHECK_S:  # a writer may migrate
+                check_read_schema(engines[0], Path(db))
+                checked[0] = time.monotonic()
+            with engines[0].connect() as conn:
+                yield _Pinned(conn)
 
-    def rank_in_run(eng: Any, run_id: int, score: float, shape: tuple[int, int]) -> int:
-        """1 + the number of the run's scores above ``score`` (complete runs never change)."""
-        if run_id not in sorted_scores:
-            if len(sorted_scores) >= RANK_CACHE_RUNS:
-                sorted_scores.pop(next(iter(sorted_scores)))
+    def run_scores(eng: Any, run: dict, shape: tuple[int, int]) -> tuple:
+        """A complete run's (scores, ranks), flat [n_layers * d_mlp], from memory."""
+        def read() -> tuple:
             with eng.connect() as conn:
-                values = repo.read_scores(conn, run_id, *shape).numpy().ravel()
-            sorted_scores[run_id] = np.sort(values)
-        ascending = sorted_scores[run_id]
-        return int(len(ascending) - np.searchsorted(ascending, np.float32(score), side="right")) + 1
+                scores = repo.read_scores(conn, run["run_id"], *shape).numpy().ravel()
+            return scores, ranks_descending(scores)
+        return run_cache.get((run["run_id"], str(run["started_at"])), read)
+
+    def atlas_stamp(eng: Any) -> tuple:
+        """What keys the memory of this atlas's state (one small query)."""
+        return tuple(eng.conn.exec_driver_sql(ATLAS_STAMP).one())
+
+    def catalog(eng: Any, model_id: int, stamp: tuple) -> tuple[list[dict], list[dict]]:
+        """A model's sets (``current`` or not) and complete runs, from memory while the atlas's
+        ``stamp`` is unchanged."""
+
+        def read() -> tuple[list[dict], list[dict]]:
+            sets = rows(eng, """
+                SELECT s.set_id, s.name, s.method, s.rule, t.name AS task, s.created_at,
+                       s.set_id IN (SELECT set_id FROM task_sets) AS current
+                FROM neuron_sets s LEFT JOIN tasks t USING (task_id)
+                WHERE s.model_id = :mid ORDER BY s.set_id""", mid=model_id)
+            runs = rows(eng, """
+                SELECT r.run_id, r.method, t.name AS task, r.started_at
+                FROM runs r JOIN tasks t USING (task_id)
+                WHERE r.model_id = :mid AND r.status = 'complete' ORDER BY r.run_id""",
+                        mid=model_id)
+            return sets, runs
+        return catalog_cache.get((model_id, stamp), read)
+
+    def set_mask(eng: Any, row: dict, shape: tuple[int, int]) -> np.ndarray:
+        """A set's members as a flat boolean mask [n_layers * d_mlp], from memory."""
+        def read() -> np.ndarray:
+            with eng.connect() as conn:
+                return repo.read_set_mask(conn, row["set_id"], *shape).ravel()
+        return set_cache.get((row["set_id"], str(row["created_at"])), read)
 
     def table(data: list[dict], request: Request, fmt: str | None, limit: int, offset: int,
               total: int | None = None) -> Response:
@@ -111,11 +161,10 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
         pq.write_table(arrow, buf)
         return Response(buf.getvalue(), media_type="application/vnd.apache.parquet")
 
-    def paged(sql: str, request: Request, fmt: str | None, limit: int, offset: int,
+    def paged(eng: Any, sql: str, request: Request, fmt: str | None, limit: int, offset: int,
               **params: Any) -> Response:
-        with engine() as eng:
-            total = rows(eng, f"SELECT count(*) AS n FROM ({sql})", **params)[0]["n"]
-            data = rows(eng, f"{sql} LIMIT {int(limit)} OFFSET {int(offset)}", **params)
+        total = rows(eng, f"SELECT count(*) AS n FROM ({sql})", **params)[0]["n"]
+        data = rows(eng, f"{sql} LIMIT {int(limit)} OFFSET {int(offset)}", **params)
         return table(data, request, fmt, limit, offset, total)
 
     Limit = Query(100, ge=1, le=MAX_PAGE)
@@ -174,27 +223,30 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
 
     @app.get("/models")
     def models(request: Request, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
-        return paged("SELECT * FROM models ORDER BY model_id", request, fmt, limit, offset)
+        with engine() as eng:
+            return paged(eng, "SELECT * FROM models ORDER BY model_id", request, fmt, limit,
+                         offset)
 
     @app.get("/tasks")
     def tasks(request: Request, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
-        return paged("SELECT * FROM tasks ORDER BY task_id", request, fmt, limit, offset)
+        with engine() as eng:
+            return paged(eng, "SELECT * FROM tasks ORDER BY task_id", request, fmt, limit, offset)
 
     @app.get("/runs")
     def runs(request: Request, model: str | None = None, task: str | None = None,
              method: str | None = None, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
         with engine() as eng:
             where, params = filters(model, task, method, eng)
-        return paged(f"SELECT * FROM runs WHERE {where} ORDER BY run_id", request, fmt, limit,
-                     offset, **params)
+            return paged(eng, f"SELECT * FROM runs WHERE {where} ORDER BY run_id", request, fmt,
+                         limit, offset, **params)
 
     @app.get("/sets")
     def sets(request: Request, model: str | None = None, task: str | None = None,
              method: str | None = None, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
         with engine() as eng:
             where, params = filters(model, task, method, eng)
-        return paged(f"SELECT * FROM set_sizes WHERE {where} ORDER BY set_id", request, fmt,
-                     limit, offset, **params)
+            return paged(eng, f"SELECT * FROM set_sizes WHERE {where} ORDER BY set_id", request,
+                         fmt, limit, offset, **params)
 
     @app.get("/sets/{set_id}/members")
     def members(set_id: int, request: Request, limit: int = Query(MAX_PAGE, ge=1, le=MAX_PAGE),
@@ -202,59 +254,59 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
         with engine() as eng:
             if not rows(eng, "SELECT 1 FROM neuron_sets WHERE set_id = :s", s=set_id):
                 raise NotFound(f"no set #{set_id} in the atlas")
-        return paged("SELECT layer, neuron FROM neuron_set_members WHERE set_id = :s "
-                     "ORDER BY layer, neuron", request, fmt, limit, offset, s=set_id)
+            return paged(eng, "SELECT layer, neuron FROM neuron_set_members WHERE set_id = :s "
+                         "ORDER BY layer, neuron", request, fmt, limit, offset, s=set_id)
 
     @app.get("/models/{model}/neurons/{layer}/{neuron}")
     def neuron(model: str, layer: int, neuron: int):
         with engine() as eng:
-            info = resolve_model(eng, model)
+            stamp = atlas_stamp(eng)
+            info = model_cache.get((model, stamp), lambda: resolve_model(eng, model))
             if not (0 <= layer < info["n_layers"] and 0 <= neuron < info["d_mlp"]):
                 raise NotFound(f"model '{info['name']}' has no neuron {layer}/{neuron} "
                                f"({info['n_layers']} layers × {info['d_mlp']} neurons)")
-            in_sets = rows(eng, """
-                SELECT s.set_id, s.name, s.method, s.rule, t.name AS task,
-                       s.set_id IN (SELECT set_id FROM task_sets) AS current
-                FROM neuron_set_members m JOIN neuron_sets s USING (set_id)
-                LEFT JOIN tasks t USING (task_id)
-                WHERE s.model_id = :mid AND m.layer = :l AND m.neuron = :n ORDER BY s.set_id""",
-                           mid=info["model_id"], l=layer, n=neuron)
-            scores = rows(eng, """
-                SELECT r.run_id, r.method, t.name AS task, sc.score
-                FROM neuron_scores sc JOIN runs r USING (run_id) JOIN tasks t USING (task_id)
-                WHERE r.model_id = :mid AND r.status = 'complete' AND sc.layer = :l
-                  AND sc.neuron = :n ORDER BY r.run_id""", mid=info["model_id"], l=layer, n=neuron)
-            for r in scores:
-                r["rank"] = rank_in_run(eng, r["run_id"], r["score"],
-                                        (info["n_layers"], info["d_mlp"]))
+            shape, flat = (info["n_layers"], info["d_mlp"]), layer * info["d_mlp"] + neuron
+            sets, runs = catalog(eng, info["model_id"], stamp)
+            in_sets = [{k: v for k, v in row.items() if k != "created_at"} for row in sets
+                       if set_mask(eng, row, shape)[flat]]
+            scores = []
+            for run in runs:
+                values, ranks = run_scores(eng, run, shape)
+                scores.append({"run_id": run["run_id"], "method": run["method"],
+                               "task": run["task"], "score": float(values[flat]),
+                               "rank": int(ranks[flat])})
         n_tasks = {}
         for s in in_sets:
             if s["current"]:
                 n_tasks[s["method"]] = n_tasks.get(s["method"], 0) + 1
-        return {"model": info["name"], "model_id": info["model_id"], "layer": layer,
-                "neuron": neuron, "sets": in_sets, "scores": scores,
-                "current_sets_per_method": n_tasks,
-                "specific_to_one_task": {m: n == 1 for m, n in n_tasks.items()}}
-
-    overlap_cache: dict[tuple, dict] = {}
+        return JSONResponse({  # plain values: no encoder pass needed
+            "model": info["name"], "model_id": info["model_id"], "layer": layer,
+            "neuron": neuron, "sets": in_sets, "scores": scores,
+            "current_sets_per_method": n_tasks,
+            "specific_to_one_task": {m: n == 1 for m, n in n_tasks.items()}})
 
     @app.get("/overlaps")
     def overlaps(model: str, method: str = "cgvst", measure: str = "jaccard"):
         with engine() as eng:
-            info = resolve_model(eng, model)
-            # Sets are never changed in place (a new set gets a new id): their ids key the cache.
-            ids = tuple(r["set_id"] for r in rows(
-                eng, "SELECT set_id FROM task_sets WHERE model_id = :mid AND method = :method "
-                     "ORDER BY set_id", mid=info["model_id"], method=method))
-            key = (info["model_id"], method, measure, ids)
-            if key not in overlap_cache:
-                m = q.overlap_matrix(eng, model, method, measure)
-                if len(overlap_cache) >= 256:
-                    overlap_cache.pop(next(iter(overlap_cache)))
-                overlap_cache[key] = {"model": info["name"], "model_id": info["model_id"],
-                                      "method": method, "measure": measure, "tasks": m.tasks,
-                                      "labels": m.labels, "values": m.values.tolist()}
-        return overlap_cache[key]
+            def answer() -> bytes:
+                info = resolve_model(eng, model)
+                # Sets never change in place (a new set gets a new id): their ids, with their
+                # creation times (a replaced file), key the matrix.
+                ids = tuple((r["set_id"], str(r["created_at"])) for r in rows(
+                    eng, "SELECT t.set_id, s.created_at FROM task_sets t JOIN neuron_sets s "
+                         "USING (set_id) WHERE t.model_id = :mid AND t.method = :method "
+                         "ORDER BY set_id", mid=info["model_id"], method=method))
+
+                def compute() -> dict:
+                    m = q.overlap_matrix(eng, model, method, measure)
+                    return {"model": info["name"], "model_id": info["model_id"],
+                            "method": method, "measure": measure, "tasks": m.tasks,
+                            "labels": m.labels, "values": m.values.tolist()}
+                matrix = overlap_cache.get((info["model_id"], method, measure, ids), compute)
+                return json.dumps(matrix).encode()
+            body = answer_cache.get(("overlaps", model, method, measure, atlas_stamp(eng)),
+                                    answer)
+        return Response(body, media_type="application/json")
 
     @app.get("/specificity")
     def specificity(request: Request, model: str, method: str = "cgvst", fmt: str = Fmt):
@@ -275,9 +327,11 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     @app.get("/reports")
     def reports(model: str, method: str = "cgvst", factor: float = 0.0,
                 metric: str = "label_likelihood", config: str | None = None):
-        with engine() as eng:
-            return Response(render(build_report(eng, model, method, factor, metric, config), "json"),
-                            media_type="application/json")
+        with engine() as eng:  # intervals and tests are seeded: the same evaluations, the same report
+            body = report_cache.get(
+                (model, method, factor, metric, config, atlas_stamp(eng)),
+                lambda: render(build_report(eng, model, method, factor, metric, config), "json"))
+        return Response(body, media_type="application/json")
 
     @app.get("/evaluations")
     def evaluations(request: Request, model: str | None = None, task: str | None = None,
@@ -285,15 +339,17 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                     fmt: str = Fmt):
         with engine() as eng:
             where, params = filters(model, task, method, eng, task_col="eval_task_id")
-        return paged(f"SELECT * FROM evaluation_effects WHERE {where} ORDER BY eval_id", request,
-                     fmt, limit, offset, **params)
+            return paged(eng, f"SELECT * FROM evaluation_effects WHERE {where} ORDER BY eval_id",
+                         request, fmt, limit, offset, **params)
 
     @app.post("/sql")
     def sql(body: dict = Body(..., examples=[{"sql": "SELECT * FROM set_overlaps LIMIT 5"}])):
         statement = body.get("sql")
         if not isinstance(statement, str) or not statement.strip():
             raise AtlasError('give the query as {"sql": "SELECT ..."}')
-        result = run_sql(statement, db, timeout_s=sql_timeout_s, max_rows=sql_max_rows)
+        with engine() as eng:  # the request's own sandboxed connection
+            result = run_sql_on(eng.conn.connection.driver_connection, statement,
+                                timeout_s=sql_timeout_s, max_rows=sql_max_rows)
         truncated = (result.schema.metadata or {}).get(b"truncated") == b"true"
         data = [{k: _plain(v) for k, v in r.items()} for r in result.to_pylist()]
         return Response(json.dumps({"columns": result.column_names, "rows": data,
@@ -340,7 +396,8 @@ def app_from_env() -> FastAPI:
 
     return create_app(os.environ["ATLAS_SERVE_DB"],
                       sql_timeout_s=float(os.environ.get("ATLAS_SERVE_SQL_TIMEOUT", "10")),
-                      sql_max_rows=int(os.environ.get("ATLAS_SERVE_SQL_MAX_ROWS", "10000")))
+                      sql_max_rows=int(os.environ.get("ATLAS_SERVE_SQL_MAX_ROWS", "10000")),
+                      threads=int(os.environ.get("ATLAS_SERVE_THREADS", "1")) or None)
 
 
 def _plain(value: Any) -> Any:

@@ -4,7 +4,8 @@ Concurrency: an engine holds no connection between transactions (``NullPool``), 
 (ingest, ablate) locks the file only while it commits a checkpoint, a run or an evaluation, and
 readers (sql, queries, plots, export, serve) open it between those commits. A connection that
 finds the file locked waits, with backoff, up to ``$ATLAS_LOCK_WAIT`` seconds (default 60), then
-fails with a one-line message.
+fails with a one-line message. A writer that waits holds a shared ``flock`` on ``<db>.wait``
+meanwhile (:func:`writer_waiting`), so that a server under load lets the file go.
 
 Read-only engines are a sandbox: a read-only DuckDB connection with external access disabled
 (no file, URL or extension reads and writes), extension autoload and autoinstall off, and the
@@ -80,32 +81,86 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def _wait_for_lock(path: Path, open_connection):
-    """``open_connection()``, retried while another process holds the file, then one line."""
+def _wait_for_lock(path: Path, open_connection, *, writer: bool = False):
+    """``open_connection()``, retried while another process holds the file, then one line.
+    A waiting writer says so (:func:`writer_waiting`), so that a server lets the file go."""
     started, delay = time.monotonic(), 0.05
-    while True:
-        try:
-            return open_connection()
-        except (duckdb.IOException, duckdb.ConnectionException) as err:
-            message = first_line(err)
-            if "lock" not in message.lower():
-                raise Unavailable(f"cannot open {path} as a DuckDB database ({message}); "
-                                 "pass the --db of an atlas database") from err
-            waited = time.monotonic() - started
-            if waited >= lock_wait():
-                raise Unavailable(
-                    f"database {path} is in use by another process ({message}); waited "
-                    f"{waited:.0f} s: wait for it to finish, raise $ATLAS_LOCK_WAIT, or use "
-                    "another --db") from err
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    waiting = None
+    try:
+        while True:
+            try:
+                return open_connection()
+            except (duckdb.IOException, duckdb.ConnectionException) as err:
+                message = first_line(err)
+                if "lock" not in message.lower():
+                    raise Unavailable(f"cannot open {path} as a DuckDB database ({message}); "
+                                      "pass the --db of an atlas database") from err
+                waited = time.monotonic() - started
+                if waited >= lock_wait():
+                    raise Unavailable(
+                        f"database {path} is in use by another process ({message}); waited "
+                        f"{waited:.0f} s: wait for it to finish, raise $ATLAS_LOCK_WAIT, or use "
+                        "another --db") from err
+                if writer and waiting is None:
+                    waiting = _announce_writer(path)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2 if writer else 1.0)
+    finally:
+        if waiting is not None:
+            _withdraw_writer(path, waiting)
 
 
-def _waiting_connect(path: Path):
+def _wait_path(path: Path) -> Path:
+    return path.with_name(path.name + ".wait")
+
+
+def _announce_writer(path: Path):
+    """Hold a shared ``flock`` on ``<db>.wait`` while this writer waits for the database."""
+    try:
+        import fcntl
+
+        handle = open(_wait_path(path), "a")  # noqa: SIM115 (held until the writer gets in)
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        return handle
+    except (ImportError, OSError):  # no flock here, or a folder this writer cannot write
+        return None
+
+
+def _withdraw_writer(path: Path, handle) -> None:
+    """Release the announcement; the last writer out removes the empty file."""
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _wait_path(path).unlink(missing_ok=True)
+    except OSError:  # another writer still waits
+        pass
+    finally:
+        handle.close()
+
+
+def writer_waiting(path: Path) -> bool:
+    """Whether an atlas writer is waiting for the database at ``path`` (read without writing)."""
+    try:
+        import fcntl
+
+        fd = os.open(_wait_path(path), os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _waiting_connect(path: Path, *, writer: bool):
     """A ``do_connect`` hook that waits for the file lock."""
 
     def connect(dialect, conn_rec, cargs, cparams):
-        return _wait_for_lock(path, lambda: dialect.connect(*cargs, **cparams))
+        return _wait_for_lock(path, lambda: dialect.connect(*cargs, **cparams), writer=writer)
 
     return connect
 
@@ -131,8 +186,10 @@ def sandbox_connection(path: str | Path | None = None) -> duckdb.DuckDBPyConnect
     return con
 
 
-def connect(path: str | Path | None = None, *, read_only: bool = False) -> Engine:
-    """An engine that opens a DuckDB connection per transaction (sandboxed when read-only)."""
+def connect(path: str | Path | None = None, *, read_only: bool = False,
+            threads: int | None = None) -> Engine:
+    """An engine that opens a DuckDB connection per transaction (sandboxed when read-only);
+    ``threads`` caps DuckDB's threads per query (default: one per core)."""
     from sqlalchemy import create_engine, event
     from sqlalchemy.pool import NullPool
 
@@ -142,8 +199,10 @@ def connect(path: str | Path | None = None, *, read_only: bool = False) -> Engin
     args: dict = {"read_only": read_only}
     if read_only:
         args["config"] = dict(SANDBOX)
+    if threads:
+        args.setdefault("config", {})["threads"] = threads
     engine = create_engine(f"duckdb:///{path}", connect_args=args, poolclass=NullPool)
-    event.listen(engine, "do_connect", _waiting_connect(path))
+    event.listen(engine, "do_connect", _waiting_connect(path, writer=not read_only))
     with engine.connect():
         pass
     return engine

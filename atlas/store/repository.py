@@ -58,6 +58,15 @@ def read_scores(conn: Connection, run_id: int, n_layers: int, d_mlp: int) -> tor
     return torch.from_numpy(out)
 
 
+def read_set_mask(conn: Connection, set_id: int, n_layers: int, d_mlp: int) -> np.ndarray:
+    """A set's members as a boolean array [n_layers, d_mlp]."""
+    cols = _duck(conn).execute(
+        "SELECT layer, neuron FROM neuron_set_members WHERE set_id = ?", [set_id]).fetchnumpy()
+    out = np.zeros((n_layers, d_mlp), dtype=bool)
+    out[cols["layer"].astype(np.int64), cols["neuron"].astype(np.int64)] = True
+    return out
+
+
 def ensure_model(conn: Connection, name: str, family: str | None, n_layers: int, d_mlp: int,
                  revision: str, dtype: str) -> int:
     row = conn.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -78,6 +79,11 @@ def test_endpoints_answer_from_the_database(server, atlas_db):
     layer, neuron = members["rows"][0]["layer"], members["rows"][0]["neuron"]
     info = server.get(f"/models/llama-2-7b-chat/neurons/{layer}/{neuron}").json()
     assert sets[0]["set_id"] in {s["set_id"] for s in info["sets"]}
+    in_sql = server.post("/sql", json={"sql": f"SELECT set_id FROM neuron_set_members WHERE "
+                                              f"layer = {layer} AND neuron = {neuron} AND set_id "
+                                              f"IN (SELECT set_id FROM neuron_sets WHERE model_id"
+                                              f" = {info['model_id']}) ORDER BY set_id"}).json()
+    assert [s["set_id"] for s in info["sets"]] == [r["set_id"] for r in in_sql["rows"]]
     tiny = server.get(f"/models/{name}/neurons/1/7").json()
     assert len(tiny["scores"]) == 3
     for r in tiny["scores"]:  # rank: 1 + scores above it in the run, counted in SQL
@@ -86,6 +92,9 @@ def test_endpoints_answer_from_the_database(server, atlas_db):
                                                  f"(SELECT score FROM neuron_scores WHERE run_id = "
                                                  f"{r['run_id']} AND layer = 1 AND neuron = 7)"})
         assert r["rank"] == above.json()["rows"][0]["n"] + 1
+        score = server.post("/sql", json={"sql": f"SELECT score FROM neuron_scores WHERE run_id ="
+                                                 f" {r['run_id']} AND layer = 1 AND neuron = 7"})
+        assert r["score"] == pytest.approx(score.json()["rows"][0]["score"], rel=1e-6)
     overlap = server.get("/overlaps", params={"model": "llama-2-7b-chat"}).json()
     assert overlap["labels"] == ["task195", "task379", "task391"]
     assert all(overlap["values"][k][k] == 1.0 for k in range(3))
@@ -132,12 +141,59 @@ def test_sql_sandbox_holds_over_http(server, tmp_path):
 def test_ingest_writes_while_the_server_runs(server, atlas_db):
     db, folder = atlas_db
     before = server.get("/runs").json()["total"]
+    scored = len(server.get(f"/models/{folder.name}/neurons/1/7").json()["scores"])
     out = subprocess.run([sys.executable, "-c", "from cli.main import app; app()", "ingest",
                           "--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db),
                           "--shots", "1", "--examples", "3", "--task", "task512"],
                          cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert server.get("/runs").json()["total"] == before + 1
+    neuron = server.get(f"/models/{folder.name}/neurons/1/7").json()  # not answered from memory
+    assert len(neuron["scores"]) == scored + 1 and neuron["scores"][-1]["task"].startswith("task512")
+
+
+def test_sql_runs_alongside_other_requests(server):
+    """A long SQL query and the structured endpoints share the open database."""
+    answers: list[int] = []
+    slow = threading.Thread(target=lambda: answers.append(server.post(
+        "/sql", json={"sql": "SELECT count(*) AS n FROM range(300000000)"}).status_code))
+    slow.start()
+    statuses = []
+    while slow.is_alive():
+        statuses.append(server.get("/models").status_code)
+    slow.join()
+    assert answers == [200] and len(statuses) > 1 and set(statuses) == {200}, statuses
+
+
+def test_a_writer_gets_in_under_continuous_load(server, atlas_db):
+    """Requests keep the database open only while one is in flight, and let a waiting writer
+    in even when they never stop."""
+    db, folder = atlas_db
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def client() -> None:
+        with httpx.Client(base_url=str(server.base_url), timeout=60) as c:
+            while not stop.is_set():
+                statuses.append(c.get(f"/models/{folder.name}/neurons/1/7").status_code)
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for t in clients:
+        t.start()
+    try:
+        time.sleep(0.5)
+        write = (f"from atlas.store import open_db, repository as repo\n"
+                 f"with open_db(r'{db}').begin() as c:\n"
+                 f"    repo.ensure_task(c, 'task_written_under_load', 'test', 0, 'h')\n")
+        out = subprocess.run([sys.executable, "-c", write], cwd=ROOT_DIR, capture_output=True,
+                             text=True, timeout=120, env={**os.environ, "ATLAS_LOCK_WAIT": "20"})
+    finally:
+        stop.set()
+        for t in clients:
+            t.join()
+    assert out.returncode == 0, out.stderr
+    assert len(statuses) > 20 and set(statuses) == {200}
+    assert server.get("/tasks", params={"limit": 1000}).json()["total"] >= 4
 
 
 def _browser():

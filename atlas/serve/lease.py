@@ -1,0 +1,64 @@
+"""One read-only open of the atlas file, shared by the requests in flight.
+
+Opening DuckDB costs about 25 ms (a new database instance), more than most answers. Requests
+that overlap share one open instance, each with its own connection; when the last request in
+flight is answered the file is closed, so the server never holds it between requests. When an
+atlas writer waits for the file (:func:`atlas.store.db.writer_waiting`), new requests wait until
+the ones in flight are answered, the file is closed and the writer has it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from atlas.store.db import lock_wait, writer_waiting
+
+POLL_S = 0.005
+
+
+class SharedOpen:
+    """Keeps ``open_anchor()`` (a connection) open while at least one request holds it."""
+
+    def __init__(self, open_anchor: Callable[[], Any], path: Path):
+        self._open_anchor = open_anchor
+        self._path = path
+        self._cond = threading.Condition()
+        self._users = 0
+        self._anchor: Any = None
+        self._draining = False
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._cond:
+            self._yield_to_writer()
+            if self._users == 0:
+                self._anchor = self._open_anchor()  # waits for the file lock if need be
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                if self._users == 0:
+                    self._anchor.close()
+                    self._anchor = None
+                    self._draining = False
+                    self._cond.notify_all()
+
+    def _yield_to_writer(self) -> None:
+        """Wait (the condition's lock held) while a writer waits for the file, up to the lock
+        wait; then opening waits for the writer's lock in the usual way."""
+        deadline = time.monotonic() + lock_wait()
+        while time.monotonic() < deadline and (self._draining or writer_waiting(self._path)):
+            if self._users:
+                self._draining = True  # no newcomers until the file is closed
+            self._cond.wait(POLL_S)
+
+    @property
+    def is_open(self) -> bool:
+        return self._anchor is not None

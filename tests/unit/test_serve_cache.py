@@ -1,0 +1,79 @@
+"""The server's memory: bounded, made once per key, and never stale after the atlas changes."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import numpy as np
+import torch
+from fastapi.testclient import TestClient
+
+from atlas.scoring import top_rate
+from atlas.serve.app import create_app
+from atlas.serve.cache import LRU, array_bytes, ranks_descending
+from atlas.store import open_db
+from atlas.store import repository as repo
+
+
+def test_lru_keeps_to_its_byte_bound():
+    cache = LRU(3 * 800, array_bytes)
+    for k in range(5):
+        cache.get(k, lambda: np.zeros(100))  # 800 bytes each
+    made = []
+    cache.get(4, lambda: made.append(4))
+    cache.get(0, lambda: made.append(0) or np.zeros(100))
+    assert made == [0]  # 4 was kept, 0 had been dropped
+
+
+def test_lru_makes_a_value_once_for_concurrent_callers():
+    cache = LRU(10, lambda v: 1)
+    calls = []
+
+    def slow() -> int:
+        calls.append(1)
+        time.sleep(0.2)
+        return 7
+
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("k", slow)))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [7] * 6 and len(calls) == 1
+
+
+def test_ranks_count_the_scores_above():
+    scores = np.array([0.5, 0.9, 0.5, 0.1], dtype=np.float32)
+    assert ranks_descending(scores).tolist() == [2, 1, 2, 4]
+
+
+def _atlas(path, seed: int) -> float:
+    """A one-run atlas whose neuron 1/2 scores differently per seed; returns that score."""
+    scores = torch.rand(2, 4, generator=torch.Generator().manual_seed(seed))
+    engine = open_db(path)
+    with engine.begin() as conn:
+        model_id = repo.ensure_model(conn, "m", "llama", 2, 4, "r", "float32")
+        task_id = repo.ensure_task(conn, "task1_x", "test", 1, "h")
+        run_id = repo.start_run(conn, model_id, task_id, "cgvst", {}, "k")
+        repo.write_scores(conn, run_id, scores)
+        repo.write_set(conn, "m/task1/cgvst", model_id, task_id, run_id, "top:0.25",
+                       top_rate(scores, 0.25), "cgvst")
+        repo.complete_run(conn, run_id, n_examples=1, n_tokens=1, n_skipped=0)
+    engine.dispose()
+    return float(scores[1, 2])
+
+
+def test_a_replaced_file_is_not_answered_from_memory(tmp_path):
+    first, second = _atlas(tmp_path / "a.duckdb", 0), _atlas(tmp_path / "b.duckdb", 1)
+    served = tmp_path / "served.duckdb"
+    shutil.copy(tmp_path / "a.duckdb", served)
+    client = TestClient(create_app(served))
+    before = client.get("/models/m/neurons/1/2").json()["scores"]
+    shutil.copy(tmp_path / "b.duckdb", served)  # same ids, other scores
+    after = client.get("/models/m/neurons/1/2").json()["scores"]
+    assert [r["run_id"] for r in before] == [r["run_id"] for r in after]
+    assert before[0]["score"] == np.float32(first) and after[0]["score"] == np.float32(second)

@@ -1,0 +1,81 @@
+"""The server's shared open of the database: closed when idle, let go to a waiting writer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from atlas.serve.lease import SharedOpen
+from atlas.store import open_db
+from atlas.store.db import connect, writer_waiting
+from tests.conftest import ROOT_DIR
+
+WRITE = """
+import sys, time
+from atlas.store import open_db, repository as repo
+start = time.monotonic()
+with open_db(sys.argv[1]).begin() as conn:
+    repo.ensure_task(conn, "task_written", "test", 0, "h")
+print(round(time.monotonic() - start, 2))
+"""
+
+
+@pytest.fixture()
+def atlas_file(tmp_path):
+    path = tmp_path / "a.duckdb"
+    open_db(path).dispose()
+    return path
+
+
+def _lease(path):
+    """The server's lease: the anchor is a connection of the sandboxed read-only engine."""
+    return SharedOpen(connect(path, read_only=True).connect, path)
+
+
+def test_open_only_while_a_request_holds_it(atlas_file):
+    lease = _lease(atlas_file)
+    with lease.hold():
+        assert lease.is_open
+        with lease.hold():  # a second request shares the open file
+            assert lease.is_open
+        assert lease.is_open
+    assert not lease.is_open
+    with open_db(atlas_file).begin():  # so a writer opens it at once
+        pass
+
+
+def test_a_waiting_writer_gets_the_file_from_overlapping_requests(atlas_file):
+    """Requests overlap without a gap; the writer still gets in, well within its lock wait."""
+    lease = _lease(atlas_file)
+    stop = threading.Event()
+    held = [0]
+
+    def request_loop() -> None:
+        while not stop.is_set():
+            with lease.hold():
+                held[0] += 1
+                time.sleep(0.03)
+
+    loops = [threading.Thread(target=request_loop) for _ in range(3)]
+    for t in loops:
+        t.start()
+        time.sleep(0.01)  # staggered: some request is always in flight
+    try:
+        out = subprocess.run([sys.executable, "-c", WRITE, str(atlas_file)], cwd=ROOT_DIR,
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "ATLAS_LOCK_WAIT": "8"})
+        after = held[0]
+        time.sleep(0.3)
+        assert held[0] > after  # requests go on once the writer is done
+    finally:
+        stop.set()
+        for t in loops:
+            t.join()
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 5
+    assert not writer_waiting(atlas_file) and not (atlas_file.parent / "a.duckdb.wait").exists()
