@@ -119,8 +119,10 @@ def score_sequences(model, sequences: list[Scored], *, cache_prefix: bool = True
         return out
     n_prefix = _common_prefix(sequences)
     prefix_cache = None
-    if n_prefix:
-        _, prefix_cache = _forward(model, torch.tensor([sequences[0].ids[:n_prefix]], device=device))
+    if n_prefix:  # only its cache is used: the head computes one row, not [n_prefix, vocab]
+        with logits_at(model, [0], [n_prefix - 1]):
+            _, prefix_cache = _forward(model, torch.tensor([sequences[0].ids[:n_prefix]],
+                                                           device=device))
     # Single-token labels after the same context share one logits row: encode each context once.
     contexts: dict[tuple[int, ...], list[int]] = {}
     multi = []
