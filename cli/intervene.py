@@ -71,7 +71,8 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                 factor: float = typer.Option(default_factor, help="0 inhibits, > 1 amplifies."),
                 eval_task: list[str] = typer.Option(
                     ["all"], "--eval-task", help="Tasks to evaluate ('all': every task with a set)."),
-                examples: int = typer.Option(50, help="Held-out examples per evaluation task."),
+                examples: int = typer.Option(None, help="Held-out examples per evaluation task "
+                                                        "(default: the whole held-out half)."),
                 metric: str = typer.Option("label_likelihood",
                                            help="label_likelihood, label_prob, exact_match or "
                                                 "reference_em."),

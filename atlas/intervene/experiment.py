@@ -32,7 +32,7 @@ from atlas.tasks.split import split_task, subsample
 class AblateOptions:
     factor: float = 0.0
     metric: str = "label_likelihood"
-    examples: int | None = 50
+    examples: int | None = None  # None: the whole held-out half
     shots: int = 5
     seed: int = 0
     split_seed: int = 0

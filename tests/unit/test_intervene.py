@@ -130,6 +130,23 @@ def test_ablate_stores_and_reuses_evaluations(tmp_path):
     assert res.exit_code == 2 and "unknown metric" in res.output
 
 
+def test_ablate_evaluates_the_whole_held_out_half_by_default(tmp_path):
+    from atlas.tasks import load_task, split_task
+
+    folder = save_tiny("llama", tmp_path / "tiny")
+    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(tmp_path / "a.duckdb"),
+              "--shots", "1"]
+    res = runner.invoke(app, ["ingest", *common, "--examples", "4", "--task", "task379"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--controls", "1",
+                              "--batch-size", "16"])
+    assert res.exit_code == 0, res.output
+    stored = runner.invoke(app, ["sql", "SELECT DISTINCT n FROM evaluations", "--db",
+                                 str(tmp_path / "a.duckdb"), "-f", "json"])
+    half = len(split_task(load_task("task379", SNI_DIR)).evaluate)
+    assert half >= 100 and json.loads(stored.output) == [{"n": half}]
+
+
 def test_exact_match_generation_and_normalisation(tmp_path):
     from atlas.evaluate.metrics import exact_match, normalise
     from atlas.models import load_model
