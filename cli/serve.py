@@ -15,7 +15,8 @@ def serve(db: str = DbOption,
           port: int = typer.Option(8000, help="Port."),
           sql_timeout: float = typer.Option(10.0, help="Seconds a POST /sql query may run."),
           sql_max_rows: int = typer.Option(10_000, help="Rows a POST /sql answer holds at most."),
-          workers: int = typer.Option(1, help="Server processes (one per core serves most)."),
+          workers: int = typer.Option(1, help="Server processes; each keeps its own memory "
+                                              "(1 serves 2 cores best)."),
           threads: int = typer.Option(1, min=0, help="DuckDB threads per query (0: one per core); 1 "
                                               "lets concurrent requests share the cores.")
           ) -> None:
