@@ -98,11 +98,8 @@ def set_owner(engine: Engine, name: str, dtype: str) -> str:
 
 
 def set_mask(engine: Engine, set_id: int, n_layers: int, d_mlp: int) -> torch.Tensor:
-    members = rows(engine, "SELECT layer, neuron FROM neuron_set_members WHERE set_id = :s", s=set_id)
-    mask = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
-    for m in members:
-        mask[m["layer"], m["neuron"]] = True
-    return mask
+    with engine.connect() as conn:
+        return torch.from_numpy(repo.read_set_mask(conn, set_id, n_layers, d_mlp))
 
 
 def _eval_task_names(engine: Engine, model_id: int, method: str, names: list[str]) -> list[str]:

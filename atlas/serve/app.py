@@ -86,8 +86,7 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     overlap_cache = LRU(256, counted)
     catalog_cache = LRU(64, counted)
     model_cache = LRU(256, counted)
-    report_cache = LRU(64, counted)
-    answer_cache = LRU(64 << 20, len)  # JSON answers while the atlas is unchanged
+    answer_cache = LRU(64 << 20, len)  # JSON answers (overlaps, reports) for one atlas stamp
 
     @contextmanager
     def engine() -> Iterator[Any]:
@@ -328,8 +327,8 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     def reports(model: str, method: str = "cgvst", factor: float = 0.0,
                 metric: str = "label_likelihood", config: str | None = None):
         with engine() as eng:  # intervals and tests are seeded: the same evaluations, the same report
-            body = report_cache.get(
-                (model, method, factor, metric, config, atlas_stamp(eng)),
+            body = answer_cache.get(
+                ("reports", model, method, factor, metric, config, atlas_stamp(eng)),
                 lambda: render(build_report(eng, model, method, factor, metric, config), "json"))
         return Response(body, media_type="application/json")
 

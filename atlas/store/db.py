@@ -174,12 +174,7 @@ def sandbox_connection(path: str | Path | None = None) -> duckdb.DuckDBPyConnect
     con = _wait_for_lock(path, lambda: duckdb.connect(str(path), read_only=True,
                                                       config=dict(SANDBOX)))
     try:
-        tables = {r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables").fetchall()}
-        revision = None
-        if "alembic_version" in tables:
-            revision = con.execute("SELECT version_num FROM alembic_version").fetchall()[0][0]
-        _refuse_schema(path, revision, bool(tables), SCHEMA_HEAD)
+        _refuse_unless_current(path, lambda sql: con.execute(sql).fetchall())
     except BaseException:
         con.close()
         raise
@@ -250,16 +245,18 @@ def _refuse_schema(path: Path, revision: str | None, has_tables: bool, head: str
                          "migrate)")
 
 
-def check_read_schema(engine: Engine, path: Path) -> None:
-    """The read-only schema check, with plain SQL (no Alembic): quick enough for every request."""
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        tables = {r[0] for r in conn.execute(text(
-            "SELECT table_name FROM information_schema.tables"))}
-        revision = (conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-                    if "alembic_version" in tables else None)
+def _refuse_unless_current(path: Path, fetch) -> None:
+    """The read-only schema check with plain SQL (no Alembic); ``fetch(sql)`` gives row tuples."""
+    tables = {r[0] for r in fetch("SELECT table_name FROM information_schema.tables")}
+    revision = (fetch("SELECT version_num FROM alembic_version")[0][0]
+                if "alembic_version" in tables else None)
     _refuse_schema(path, revision, bool(tables), SCHEMA_HEAD)
+
+
+def check_read_schema(engine: Engine, path: Path) -> None:
+    """The read-only schema check on an engine: quick enough for every request."""
+    with engine.connect() as conn:
+        _refuse_unless_current(path, lambda sql: conn.exec_driver_sql(sql).fetchall())
 
 
 def open_db(path: str | Path | None = None, *, read_only: bool = False) -> Engine:
