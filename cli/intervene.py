@@ -31,7 +31,8 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
                 eval_task: list[str], examples: int, metric: str, shots: int, seed: int,
                 control_seed: int, batch_size: int, device: str, dtype: str, sni_dir: str | None,
                 db: str | None, control: bool = True, preset: str | None = None,
-                split: str = "stratified", demos: str = "fixed", controls: int = 3) -> None:
+                split: str = "stratified", demos: str = "fixed", controls: int = 3,
+                controls_on: str = "all") -> None:
     from atlas.intervene.experiment import AblateOptions, Experiment, find_set, set_owner
     from atlas.models.loading import display_name, load_model, resolve_device, resolve_dtype
     from atlas.store import open_db
@@ -40,7 +41,8 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
                             control_seed=control_seed, batch_size=batch_size, control=control,
                             eval_tasks=eval_task or ["all"],
                             sni_dir=sni_path(sni_dir), split=split,
-                            demos=demos, preset=preset, controls=controls)
+                            demos=demos, preset=preset, controls=controls,
+                            controls_on=controls_on)
     if preset:
         console.print(f"preset {preset}: metric {options.metric}, shots {options.shots}, split "
                       f"{options.split}, whole evaluation half, released prompts")
@@ -85,6 +87,9 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                 control_seed: int = typer.Option(0, help="Seed of the first random control set."),
                 controls: int = typer.Option(3, help="Random control sets (seeds control-seed, "
                                                      "control-seed + 1, ...)."),
+                controls_on: str = typer.Option("all", "--controls-on",
+                                                help="all: controls on every evaluated task; own: "
+                                                     "only on the set's own task (cheaper)."),
                 control: bool = typer.Option(True, help="Also evaluate a random control set."),
                 batch_size: int = typer.Option(8), device: str = typer.Option("auto"),
                 dtype: str = typer.Option("auto"),
@@ -94,7 +99,7 @@ def _intervention_command(name: str, default_factor: float, doc: str):
             raise typer.BadParameter("give --task or --set")
         _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
                     control_seed, batch_size, device, dtype, sni_dir, db, control, preset, split,
-                    demos, controls)
+                    demos, controls, controls_on)
 
     command.__name__, command.__doc__ = name, doc
     return command

@@ -5,12 +5,13 @@
 #        (defaults ../shared/data/sni and ../shared/data/sni-more)
 #
 # Ingests cgvst (the released definition), cgvst_marker, gv, grad_x_act, lape and random for
-# SmolLM2-135M-Instruct and Gemma 3 270M on the paper's SNI tasks plus the language-ID tasks the
-# small models do above chance, at 5 shots on the whole scoring half; imports the paper's released
-# Llama-2-7B-chat sets; inhibits (x0) every method's sets and amplifies (x2, x4) the CGVST sets,
-# each against 3 random controls, on the whole held-out half of every task (label likelihood,
-# per-example outcomes stored); writes docs/results.md. Every step is idempotent: re-running
-# resumes and reuses what is stored, so the run can be spread over several sessions.
+# SmolLM2-135M-Instruct and Gemma 3 270M on the paper's SNI tasks plus the three language-ID tasks
+# of sni-more, at 5 shots on 100 seeded examples of each task's scoring half; imports the paper's
+# released Llama-2-7B-chat sets; inhibits (x0) every method's sets and amplifies (x2, x4) the
+# CGVST sets on 100 seeded examples of every task's held-out half (label likelihood, per-example
+# outcomes stored), each set against 3 random controls of the same per-layer counts on the set's
+# own task (the paired test's comparison); writes docs/results.md. Every step is idempotent:
+# re-running resumes and reuses what is stored, so the run can be spread over several sessions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SNI=${1:-../shared/data/sni}
@@ -21,8 +22,11 @@ mkdir -p "${ATLAS_HOME:-$HOME/.cache/atlas}/experiments"
 export ATLAS_DB=${ATLAS_DB:-${ATLAS_HOME:-$HOME/.cache/atlas}/experiments/paper_tasks.duckdb}
 ATLAS=${ATLAS:-.venv/bin/atlas}
 MODELS=(smollm2-135m-instruct gemma-3-270m)
-TASKS=(task1645 task195 task274 task379 task391 task512 task566 task190 task227 task533 task447)
+TASKS=(task1645 task195 task274 task379 task391 task512 task566 task190 task227 task533 task447
+       task896)
 SHOTS=5
+SCORE_EXAMPLES=100  # per task, from the scoring half
+EVAL_EXAMPLES=100  # per task, from the held-out half
 SEED=0
 CONTROLS=3
 FACTORS_UP=(2 4)
@@ -36,11 +40,12 @@ ingest() {  # model method...
   local methods=()
   for m in "$@"; do methods+=(--method "$m"); done
   $ATLAS ingest --model "$model" "${task_args[@]}" "${dirs[@]}" --skip-missing --shots $SHOTS \
-    --seed $SEED "${methods[@]}"
+    --examples $SCORE_EXAMPLES --seed $SEED "${methods[@]}"
 }
-run_sets() {  # model method factor: each task's set in turn, every task evaluated (whole half)
+run_sets() {  # model method factor: each task's set in turn, every task evaluated
   $ATLAS ablate --model "$1" "${task_args[@]}" --method "$2" --factor "$3" --eval-task all \
-    --shots $SHOTS --seed $SEED --control-seed $SEED --controls $CONTROLS "${dirs[@]}"
+    --examples $EVAL_EXAMPLES --shots $SHOTS --seed $SEED --control-seed $SEED \
+    --controls $CONTROLS --controls-on own "${dirs[@]}"
 }
 
 for f in "$PUBLISHED"/*.pth; do
@@ -58,4 +63,4 @@ done
 .venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify "${FACTORS_UP[0]}" \
   --wall-seconds $(( $(date +%s) - start )) \
   --command "bash experiments/paper_tasks.sh $SNI $MORE" --sni-dir "$SNI" \
-  --sizes "shots=$SHOTS, scoring examples=whole half, evaluation examples=whole half, seed=$SEED, controls=$CONTROLS"
+  --sizes "shots=$SHOTS, scoring examples=$SCORE_EXAMPLES, evaluation examples=$EVAL_EXAMPLES, seed=$SEED, controls=$CONTROLS on the set's own task"

@@ -38,6 +38,7 @@ class AblateOptions:
     split_seed: int = 0
     control_seed: int = 0  # control k uses seed control_seed + k
     controls: int = 3  # random control sets per intervened set
+    controls_on: str = "all"  # "all": controls on every evaluated task; "own": on the set's task
     batch_size: int = 8
     control: bool = True
     eval_tasks: list[str] = field(default_factory=lambda: ["all"])
@@ -61,6 +62,8 @@ class AblateOptions:
                              "--no-control for none")
         if self.preset is not None:
             apply_preset(self, self.preset)
+        if self.controls_on not in ("all", "own"):
+            raise AtlasError(f"unknown --controls-on '{self.controls_on}'; choose all or own")
         if self.demos not in ("fixed", "per_query"):
             raise AtlasError(f"unknown --demos '{self.demos}'; choose fixed or per_query")
 
@@ -75,8 +78,9 @@ def find_set(engine: Engine, model: str, *, task: str | None = None, method: str
     """A stored set, by name or as the current set of (model, task, method); ``model`` and
     ``task`` are identity specs (see :mod:`atlas.store.identity`)."""
     if name:
-        found = rows(engine, "SELECT ts.*, m.name AS model FROM neuron_sets ts JOIN models m "
-                             "USING (model_id) WHERE ts.name = :n", n=name)
+        found = rows(engine, "SELECT ts.*, m.name AS model, t.name AS task FROM neuron_sets ts "
+                             "JOIN models m USING (model_id) LEFT JOIN tasks t USING (task_id) "
+                             "WHERE ts.name = :n", n=name)
     else:
         info, task_row = resolve_model(engine, model), resolve_task(engine, task)
         found = rows(engine, "SELECT * FROM task_sets WHERE model_id = :mid AND method = :method "
@@ -185,7 +189,7 @@ class Experiment:
             value, _, reused = self.measure(task, spec, target["set_id"])
             row = {"eval_task": task.short_name, "n": n, "baseline": base, "intervened": value,
                    "delta": value - base}
-            if controls:
+            if controls and (self.options.controls_on == "all" or task.name == target.get("task")):
                 values = [self.measure(task, ctrl, target["set_id"], seed)[0]
                           for seed, ctrl in controls.items()]
                 row.update({"control": float(np.mean(values)), "control_sd": float(np.std(values)),
