@@ -7,7 +7,8 @@ import typer
 from atlas.store import db as store
 from cli.common import AtlasGroup, DbOption, console
 
-db_app = typer.Typer(cls=AtlasGroup, help="Database schema: upgrade, downgrade, current.",
+db_app = typer.Typer(cls=AtlasGroup, help="Schema and snapshots: upgrade, downgrade, current, "
+                                           "snapshot, restore.",
                      no_args_is_help=True)
 
 
@@ -36,3 +37,27 @@ def current(db: str = DbOption) -> None:
     engine = store.connect(db)
     console.print(f"current: {store.current_revision(engine) or 'base'}  head: {store.head_revision()}")
     engine.dispose()
+
+
+@db_app.command()
+def snapshot(folder: str = typer.Argument(..., help="Snapshot folder (created or updated)."),
+             db: str = DbOption) -> None:
+    """Write the finished part of the atlas as Parquet files (read-only on the database); files
+    of what an earlier snapshot already holds stay byte for byte the same."""
+    from atlas.store.snapshot import take_snapshot
+
+    done = take_snapshot(folder, db)
+    rows = ", ".join(f"{name} {n}" for name, n in done["rows"].items())
+    console.print(f"snapshot {folder} (schema {done['schema']}): {rows}; "
+                  f"{len(done['written'])} files written")
+
+
+@db_app.command()
+def restore(folder: str = typer.Argument(..., help="A folder `atlas db snapshot` wrote."),
+            db: str = DbOption) -> None:
+    """Build a new atlas database from a snapshot (an existing --db is refused)."""
+    from atlas.store.snapshot import restore_snapshot
+
+    counts = restore_snapshot(folder, db)
+    console.print(f"restored {store.db_path(db)}: "
+                  + ", ".join(f"{name} {n}" for name, n in counts.items()))

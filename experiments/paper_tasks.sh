@@ -17,10 +17,14 @@ cd "$(dirname "$0")/.."
 SNI=${1:-../shared/data/sni}
 MORE=${2:-../shared/data/sni-more}
 PUBLISHED=${PUBLISHED:-../shared/data/published/cgvst-llama2-7b-chat}
-# Kept outside the work tree, so that a run spread over sessions keeps its progress.
 mkdir -p "${ATLAS_HOME:-$HOME/.cache/atlas}/experiments"
 export ATLAS_DB=${ATLAS_DB:-${ATLAS_HOME:-$HOME/.cache/atlas}/experiments/paper_tasks.duckdb}
 ATLAS=${ATLAS:-.venv/bin/atlas}
+# What is finished is kept as a snapshot in the repository (Parquet; files of finished work never
+# change), taken after every step; a machine without the database starts from it.
+SNAPSHOT=${SNAPSHOT:-experiments/atlas}
+if [[ ! -e $ATLAS_DB && -e $SNAPSHOT/manifest.json ]]; then $ATLAS db restore "$SNAPSHOT"; fi
+snapshot() { $ATLAS db snapshot "$SNAPSHOT"; }
 MODELS=(smollm2-135m-instruct gemma-3-270m)
 TASKS=(task1645 task195 task274 task379 task391 task512 task566 task190 task227 task533 task447
        task896)
@@ -41,16 +45,28 @@ ingest() {  # model method...
   for m in "$@"; do methods+=(--method "$m"); done
   $ATLAS ingest --model "$model" "${task_args[@]}" "${dirs[@]}" --skip-missing --shots $SHOTS \
     --examples $SCORE_EXAMPLES --seed $SEED "${methods[@]}"
+  snapshot
 }
 run_sets() {  # model method factor: each task's set in turn, every task evaluated
   $ATLAS ablate --model "$1" "${task_args[@]}" --method "$2" --factor "$3" --eval-task all \
     --examples $EVAL_EXAMPLES --shots $SHOTS --seed $SEED --control-seed $SEED \
     --controls $CONTROLS --controls-on own "${dirs[@]}"
+  snapshot
 }
 
-for f in "$PUBLISHED"/*.pth; do
-  $ATLAS import "$f" --model llama-2-7b-chat --task "$(basename "$f" .pth)" --layers 32 --d-mlp 11008
-done
+published=("$PUBLISHED"/*.pth)
+imported=0
+if [[ -e $ATLAS_DB ]]; then
+  imported=$($ATLAS sql "SELECT count(*) AS n FROM neuron_sets WHERE name LIKE
+    'llama-2-7b-chat/%/cgvst:imported'" --format csv | tail -1)
+fi
+if (( imported < ${#published[@]} )); then
+  for f in "${published[@]}"; do
+    $ATLAS import "$f" --model llama-2-7b-chat --task "$(basename "$f" .pth)" --layers 32 \
+      --d-mlp 11008
+  done
+  snapshot
+fi
 # Stages in order of importance, so that a cut-short run still holds the main results.
 for model in "${MODELS[@]}"; do ingest "$model" cgvst; run_sets "$model" cgvst 0; done
 for model in "${MODELS[@]}"; do ingest "$model" cgvst_marker gv grad_x_act lape random; done
@@ -60,7 +76,8 @@ done
 for model in "${MODELS[@]}"; do
   for method in cgvst_marker gv grad_x_act lape random; do run_sets "$model" "$method" 0; done
 done
-.venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify "${FACTORS_UP[0]}" \
+.venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify "${FACTORS_UP[@]}" \
+  --n-tasks ${#TASKS[@]} \
   --wall-seconds $(( $(date +%s) - start )) \
-  --command "bash experiments/paper_tasks.sh $SNI $MORE" --sni-dir "$SNI" \
+  --command "bash experiments/paper_tasks.sh $SNI $MORE" --sni-dir "$SNI" "$MORE" \
   --sizes "shots=$SHOTS, scoring examples=$SCORE_EXAMPLES, evaluation examples=$EVAL_EXAMPLES, seed=$SEED, controls=$CONTROLS on the set's own task"

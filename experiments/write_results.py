@@ -1,7 +1,8 @@
 """Write docs/results.md and its figures from the experiment's database, with the library's
 reports and plots, plus summary tables read from the atlas views.
 
-Usage: python experiments/write_results.py --db experiments/paper_tasks.duckdb [--amplify 2]
+Usage: python experiments/write_results.py --db experiments/paper_tasks.duckdb [--amplify 2 4]
+       [--n-tasks 12]
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def active_hours(engine, gap_minutes: float = 10.0) -> float:
 
 
 @functools.cache
-def chance_note(task: str, sni_dir: str | None) -> str:
+def chance_note(task: str, sni_dir: tuple[str, ...] | None) -> str:
     try:
-        labels = load_task(task, sni_dir).labels
+        labels = load_task(task, list(sni_dir) if sni_dir else None).labels
     except AtlasError:
         return ""
     return f" (chance {1 / len(labels):.2f})" if labels else ""
@@ -107,15 +108,53 @@ def exact_match_lines(engine, name: str) -> list[str]:
     return [*lines, "", describe_tests(report_tests(summary)), ""]
 
 
+def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
+    """How far the run got: per model and method, complete scoring runs and the sets evaluated
+    on every task at each factor (the design: every method at ×0, CGVST also amplified)."""
+    done = {(r["model"], r["method"]): r["n"] for r in rows(engine, """
+        SELECT m.name AS model, r.method, count(DISTINCT r.task_id) AS n
+        FROM runs r JOIN models m USING (model_id) WHERE r.status = 'complete' GROUP BY ALL""")}
+    evaluated = {(r["model"], r["method"], r["factor"]): r["n"] for r in rows(engine, """
+        SELECT model, method, factor, count(*) AS n FROM (
+            SELECT m.name AS model, s.method, e.factor, e.set_id
+            FROM evaluations e JOIN task_sets s USING (set_id) JOIN models m ON m.model_id = e.model_id
+            WHERE NOT e.is_control GROUP BY ALL HAVING count(DISTINCT e.eval_task_id) >= :n)
+        GROUP BY ALL""", n=n_tasks)}
+    head = " | ".join(f"sets evaluated ×{f:g}" for f in factors)
+    lines = ["## Progress of the run", "",
+             f"Of the design: {n_tasks} tasks per model; every method's sets inhibited (×0), the "
+             "CGVST sets also amplified. A set counts once it is evaluated on every task.", "",
+             f"| model | method | tasks scored | {head} |", "|---|---|---|" + "---|" * len(factors)]
+    complete = True
+    for name in MODELS:
+        for method in METHODS:
+            wanted = factors if method == "cgvst" else factors[:1]
+            cells = [f"{evaluated.get((name, method, f), 0)} / {n_tasks}" if f in wanted else "—"
+                     for f in factors]
+            complete &= done.get((name, method), 0) >= n_tasks and all(
+                evaluated.get((name, method, f), 0) >= n_tasks for f in wanted)
+            lines.append(f"| {name} | {method} | {done.get((name, method), 0)} / {n_tasks} | "
+                         + " | ".join(cells) + " |")
+    lines += ["", "The run is complete." if complete else
+              "**The run is not complete**: the sections below show what was finished; stages "
+              "with no data are left out. `bash experiments/paper_tasks.sh` resumes it."]
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", required=True)
-    ap.add_argument("--amplify", type=float, default=2.0)
+    ap.add_argument("--amplify", type=float, nargs="+", default=[2.0],
+                    help="Amplification factors (the first gets a full report).")
+    ap.add_argument("--n-tasks", type=int, default=12, help="Tasks per model in the design.")
     ap.add_argument("--wall-seconds", type=int, default=0)
     ap.add_argument("--command", default="bash experiments/paper_tasks.sh")
     ap.add_argument("--sizes", default="")
-    ap.add_argument("--sni-dir", default=None, help="SNI folder, for each task's chance accuracy")
+    ap.add_argument("--sni-dir", nargs="+", default=None,
+                    help="SNI folders, for each task's chance accuracy")
     args = ap.parse_args()
+    args.amplify_all, args.amplify = args.amplify, args.amplify[0]
+    dirs = tuple(args.sni_dir) if args.sni_dir else None
     FIGS.mkdir(parents=True, exist_ok=True)
     engine = open_db(args.db, read_only=True)
     lines = ["# The first atlas: task-specific neurons in SmolLM2-135M-Instruct and Gemma 3 270M", "",
@@ -139,6 +178,7 @@ def main() -> None:
     lines += [f"| {m['name']} | {m['family']} | {m['n_layers']} × {m['d_mlp']} | `{m['revision']}` "
               f"| {m['dtype']} |" for m in models]
 
+    lines += ["", *progress_lines(engine, args.n_tasks, [0.0, *args.amplify_all])]
     lines += ["", "## Overlap of task neuron sets (CGVST, top 5%)", "",
               "Mean pairwise Jaccard between different tasks' sets (the paper's released sets "
               "for Llama-2-7B-chat imported for reference):", "",
@@ -224,7 +264,7 @@ def main() -> None:
             b["task"] = label
         if base:
             lines += [f"Unmodified accuracy of {name} (chance = 1 / number of labels): " + ", ".join(
-                f"{b['task']} {b['value']:.2f}{chance_note(b['name'], args.sni_dir)}" for b in base)
+                f"{b['task']} {b['value']:.2f}{chance_note(b['name'], dirs)}" for b in base)
                 + f" (n = {base[0]['n']} each).", ""]
 
     lines += ["## Inhibition measured by the gold label's probability", "",
@@ -240,37 +280,48 @@ def main() -> None:
         lines += report_section(engine, name, 0.0, "label_prob",
                                 FIGS / f"report-{name}-x0-label_prob.png")
 
-    lines += ["## Specificity index per method (inhibition, factor 0)", "",
-              "Specificity index of a set = relative drop of its own task minus the mean "
-              "relative drop of the other tasks; mean over the tasks' sets, and how many sets are "
-              "positive, with the two-sided sign-flip p-value over sets (exact: every sign pattern of "
-              "the nine sets); for CGVST also each set's own-task change minus that of its random "
-              "control (same size per layer).", "",
-              "| model | metric | method | mean index | sets > 0 | p | mean own-task change "
-              "| own minus control | p |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Own-task effect against random controls, per method and factor", "",
+              "Primary statistic: per held-out example, the gold label's probability (normalised "
+              "over the task's labels) with the task's own set scaled, minus the mean over its "
+              "random controls (same size per layer) on the same examples; a set counts as "
+              "significant at two-sided sign-flip p < 0.05 over examples. Accuracy beside it: the "
+              "same paired difference of correct answers. Specificity index of a set = relative "
+              "accuracy drop of its own task minus the mean relative drop of the other tasks, with "
+              "the sign-flip p-value over sets. Only sets whose own task the unmodified model does "
+              "above chance take part (one-sided binomial test, p < 0.05); the others are listed "
+              "in each report.", "",
+              "| model | method | factor | sets (above chance / all) | mean Δ gold prob vs "
+              "controls | sets with p < 0.05 (down / up) | mean Δ accuracy vs controls | mean "
+              "specificity index | p |", "|---|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
-        for metric in ("label_likelihood", "label_prob"):
-            for method in METHODS:
+        for method in METHODS:
+            for factor in (0.0, *args.amplify_all):
                 try:
-                    rep = intervention_report.build_report(engine, name, method, 0.0, metric)
+                    rep = intervention_report.build_report(engine, name, method, factor,
+                                                           "label_likelihood")
                 except AtlasError:
                     continue
-                summary = [e for e in rep.summary if e.get("own_task_above_chance") is not False]
-                idx = [s["specificity_index"] for s in summary if s["specificity_index"] is not None]
-                own = [s["target_change"] for s in summary if s["target_change"] is not None]
+                included = [e for e in rep.summary if e.get("own_task_above_chance") is not False]
+                paired = [e["paired"] for e in included if "paired" in e]
+                acc = [e["paired_accuracy"]["mean_diff"] for e in included
+                       if "paired_accuracy" in e]
+                down = sum(p["p"] is not None and p["p"] < 0.05 and p["mean_diff"] < 0
+                           for p in paired)
+                up = sum(p["p"] is not None and p["p"] < 0.05 and p["mean_diff"] > 0 for p in paired)
                 tests = rep.tests
-                if idx:
-                    positive = f"{sum(i > 0 for i in idx)}/{len(idx)}"
-                    index = tests["mean_specificity_index"]
-                    diff, p = tests["mean_target_minus_control"], tests["target_minus_control_p"]
-                    ctrl = "| | " if diff is None else f"| {diff:+.3f} | {p:.3f} "
-                    lines.append(f"| {name} | {metric} | {method} | {index:+.3f} | {positive} "
-                                 f"| {tests['specificity_p']:.3f} | {np.mean(own):+.3f} {ctrl}|")
-    lines += ["", "## Do CGVST sets matter more than random neurons?", "",
-              "Mean |relative change| over all nine evaluated tasks when a task's CGVST set is "
-              "scaled, against its random control (same size per layer); p: two-sided sign-flip "
-              "test of the per-set difference across the nine sets.", "",
-              "| model | metric | factor | CGVST sets | random controls | p |", "|---|---|---|---|---|---|"]
+                index = ("" if tests["mean_specificity_index"] is None else
+                         f"{tests['mean_specificity_index']:+.3f}")
+                p_index = "" if tests["specificity_p"] is None else f"{tests['specificity_p']:.3f}"
+                gold = "" if not paired else f"{np.mean([p['mean_diff'] for p in paired]):+.4f}"
+                lines.append(f"| {name} | {method} | {factor:g} | {len(included)} / "
+                             f"{len(rep.summary)} | {gold} | {down} / {up} | "
+                             f"{'' if not acc else f'{np.mean(acc):+.3f}'} | {index} | {p_index} |")
+    lines += ["", "## Do CGVST sets matter more than random neurons on every task?", "",
+              "Mean |relative change| over all evaluated tasks when a task's CGVST set is "
+              "scaled, against its random controls evaluated on the same tasks; p: two-sided "
+              "sign-flip test of the per-set difference across sets. Computed only where the "
+              "controls were evaluated on every task (`--controls-on all`).", ""]
+    table = []
     for name in MODELS:
         for metric, factor in (("label_likelihood", 0.0), ("label_likelihood", args.amplify),
                                ("label_prob", 0.0), ("exact_match", 0.0)):
@@ -278,10 +329,13 @@ def main() -> None:
                 tests = intervention_report.build_report(engine, name, "cgvst", factor, metric).tests
             except AtlasError:
                 continue
-            if tests["mean_abs_change"] is not None:
-                lines.append(f"| {name} | {metric} | {factor:g} | {tests['mean_abs_change']:.3f} | "
+            if tests["control_mean_abs_change"] is not None:
+                table.append(f"| {name} | {metric} | {factor:g} | {tests['mean_abs_change']:.3f} | "
                              f"{tests['control_mean_abs_change']:.3f} | "
                              f"{tests['abs_change_minus_control_p']:.3f} |")
+    lines += (["| model | metric | factor | CGVST sets | random controls | p |",
+               "|---|---|---|---|---|---|", *table] if table else
+              ["Not computed in this run: its controls were evaluated on each set's own task only."])
     em = [line for name in MODELS for line in exact_match_lines(engine, name)]
     if em:
         lines += ["", "## Exact match under CGVST inhibition (greedy answers)", "",

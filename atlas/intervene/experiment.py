@@ -319,6 +319,8 @@ def matrix_of(d: ReportData) -> tuple[list[str], list[str], list[list[float | No
             "control_target_change": ctrl.get(s),
             "control_target_sd": float(np.std(ctrl_targets)) if len(ctrl_targets) > 1 else None,
             "mean_abs_change": float(np.mean(np.abs(list(own.values())))) if own else None,
-            "control_mean_abs_change": float(np.mean(np.abs(list(ctrl.values())))) if ctrl else None,
+            # over the same tasks as the set's; None when controls were evaluated on fewer
+            "control_mean_abs_change": float(np.mean(np.abs([ctrl[c] for c in own])))
+            if own and all(c in ctrl for c in own) else None,
         })
     return row_names, [d.labels[c] for c in d.cols], matrix, summary

@@ -248,3 +248,27 @@ def test_ablate_without_control_and_several_sets(tmp_path):
     assert all(v is not None for row in data["rel_change"] for v in row)
     assert all(s["specificity_index"] is not None or s["target_change"] is None
                for s in data["summary"])
+
+
+def test_controls_on_own_task_only(tmp_path):
+    folder = save_tiny("llama", tmp_path / "tiny")
+    db = tmp_path / "a.duckdb"
+    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots", "1"]
+    res = runner.invoke(app, ["ingest", *common, "--examples", "4", "--task", "task379",
+                              "--task", "task195"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--examples", "4",
+                              "--controls", "2", "--controls-on", "own"])
+    assert res.exit_code == 0, res.output
+    found = runner.invoke(app, ["sql", "SELECT t.name AS task, count_if(is_control) AS c, "
+                                "count(*) AS n FROM evaluations e JOIN tasks t ON t.task_id = e.eval_task_id "
+                                "GROUP BY ALL ORDER BY task", "--db", str(db), "-f", "json"])
+    rows = json.loads(found.output)  # controls only on the set's own task
+    assert [(r["task"][:7], r["c"], r["n"]) for r in rows] == [("task195", 0, 2), ("task379", 2, 4)]
+    data = json.loads(runner.invoke(app, ["report", "--model", folder.name, "--db", str(db),
+                                          "-f", "json"]).output)
+    summary = data["summary"][0]
+    assert summary["control_target_change"] is not None and summary["paired"]["n"] == 4
+    assert summary["control_mean_abs_change"] is None  # controls did not cover the other task
+    res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--controls-on", "some"])
+    assert res.exit_code == 2 and "unknown --controls-on 'some'" in res.output
