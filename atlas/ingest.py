@@ -18,7 +18,7 @@ import torch
 from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
 from atlas.progress import Reporter
-from atlas.scoring.engine import reduce_neurons
+from atlas.scoring.engine import GRADIENT_REDUCTIONS, reduce_neurons
 from atlas.scoring.methods import Method, get_method, lape_scores, random_scores
 from atlas.scoring.selection import require_finite, select
 from atlas.store import repository as repo
@@ -210,6 +210,8 @@ class Ingestor:
         self.runs = runs
         self.reporter = reporter or Reporter()
         self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+        # (task, method) -> sums, n_examples, n_tokens, n_skipped of a pass shared with another
+        self._shared: dict[tuple[str, str], tuple] = {}
         runs.register_model(loaded)
         gradient = any(get_method(m).reduction == "up_weight_grad" for m in options.methods)
         if gradient and loaded.adapter.spec.centred_norm:
@@ -267,13 +269,37 @@ class Ingestor:
                             "resumed" if resumed else "computed", n_examples, n_tokens,
                             n_skipped, time.perf_counter() - started, done.n_selected)
 
+    def _companions(self, prep: Prepared, method: Method) -> list[Method]:
+        """Requested methods still to compute whose pass equals ``method``'s (same prompts,
+        targets and loss; another gradient reduction): they share its pass."""
+        if method.reduction not in GRADIENT_REDUCTIONS:
+            return []
+        found = []
+        for other in (get_method(m) for m in self.options.methods):
+            if (other.name == method.name or other.reduction not in GRADIENT_REDUCTIONS
+                    or (other.rule, other.targets, other.per_token)
+                    != (method.rule, method.targets, method.per_token)
+                    or (prep.task.name, other.name) in self._shared):
+                continue
+            identity = _identity(self.loaded, other, prep, self.fmt, self.options)
+            if self.options.force or not self.runs.find_complete(prep.task, other.name,
+                                                                 params_key(identity)):
+                found.append(other)
+        return found
+
     def _compute(self, prep: Prepared, method: Method, handle):
         if method.name == "random":
             seed = task_seed(self.options.seed, prep.task.name)
             return random_scores(*self.shape, seed), 0, 0, 0, False
+        shared = self._shared.pop((prep.task.name, method.name), None)
+        if shared is not None:  # computed in another method's pass over the same examples
+            return (*shared, False)
         examples, n_skipped = prep.examples(method.rule)
         ckpt = self.runs.load_checkpoint(handle, self.shape)
         resumed = ckpt is not None
+        # a fresh pass also computes the companions' reductions (kept in memory until their turn)
+        companions = [] if resumed else self._companions(prep, method)
+        companion_sums = [torch.zeros(self.shape) for _ in companions]
         if resumed:
             self.reporter.message(f"{prep.task.short_name} · {method.name}: resuming run {handle} "
                                   f"from example {ckpt.n_done} of {len(examples)}")
@@ -291,17 +317,24 @@ class Ingestor:
                     list(range(1, len(i))) if method.targets == "all" else ex.encoded.target_groups
                     for i, ex in zip(ids, chunk)
                 ]
-                ckpt.sums += reduce_neurons(
-                    self.loaded.model, ids, targets, reduction=method.reduction,
+                sums = reduce_neurons(
+                    self.loaded.model, ids, targets,
+                    reduction=(method.reduction, *(c.reduction for c in companions)),
                     batch_size=self.options.batch_size,
                     max_batch_tokens=self.options.max_batch_tokens, pad_id=pad_id,
                     on_batch=self.reporter.advance,
                 )
+                ckpt.sums += sums[0]
+                for total, part in zip(companion_sums, sums[1:]):
+                    total += part
                 ckpt.n_done += len(chunk)
                 ckpt.n_tokens += sum(len(i) for i in ids)
                 self.runs.save_checkpoint(handle, ckpt)
         finally:
             self.reporter.finish()
+        for companion, total in zip(companions, companion_sums):
+            self._shared[(prep.task.name, companion.name)] = (
+                total, ckpt.n_done, ckpt.n_tokens, n_skipped)
         scores = ckpt.sums / max(ckpt.n_tokens, 1) if method.per_token else ckpt.sums
         return scores, ckpt.n_done, ckpt.n_tokens, n_skipped, resumed
 

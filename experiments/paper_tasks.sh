@@ -68,8 +68,9 @@ if (( imported < ${#published[@]} )); then
   snapshot
 fi
 # Stages in order of importance, so that a cut-short run still holds the main results.
-for model in "${MODELS[@]}"; do ingest "$model" cgvst; run_sets "$model" cgvst 0; done
-for model in "${MODELS[@]}"; do ingest "$model" cgvst_marker gv grad_x_act lape random; done
+# (cgvst and grad_x_act share one pass: same prompts, targets and loss)
+for model in "${MODELS[@]}"; do ingest "$model" cgvst grad_x_act; run_sets "$model" cgvst 0; done
+for model in "${MODELS[@]}"; do ingest "$model" cgvst_marker gv lape random; done
 for model in "${MODELS[@]}"; do
   for factor in "${FACTORS_UP[@]}"; do run_sets "$model" cgvst "$factor"; done
 done

@@ -15,7 +15,7 @@ Reductions (all summed over examples, accumulated in float32):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -239,31 +239,40 @@ def reduce_neurons(
     input_ids: Sequence[Sequence[int]],
     targets: Sequence[Targets],
     *,
-    reduction: str,
+    reduction: str | tuple[str, ...],
     batch_size: int = 8,
     max_batch_tokens: int | None = None,
     pad_id: int = 0,
     on_batch: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor | list[torch.Tensor]:
     """Run ``reduction`` over all examples; float32 CPU tensor [n_layers, d_mlp].
 
+    A tuple of reductions (all gradient or all forward-only) shares one pass over the examples
+    and gives one tensor per reduction, each equal to its own pass's.
     ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
     """
-    if reduction not in REDUCTIONS:
-        raise AtlasError(f"unknown reduction '{reduction}'; choose one of {', '.join(REDUCTIONS)}")
+    reductions = (reduction,) if isinstance(reduction, str) else tuple(reduction)
+    unknown = [r for r in reductions if r not in REDUCTIONS]
+    if unknown or not reductions:
+        raise AtlasError(f"unknown reduction '{(unknown or [''])[0]}'; choose one of "
+                         f"{', '.join(REDUCTIONS)}")
+    gradient = reductions[0] in GRADIENT_REDUCTIONS
+    if any((r in GRADIENT_REDUCTIONS) != gradient for r in reductions):
+        raise AtlasError("one pass cannot mix gradient and forward-only reductions")
     _check_targets(input_ids, targets)
     _check_context(model, input_ids)
     adapter = adapter_for(model)
     device = model_device(model)
     if max_batch_tokens is None and device.type == "cpu":
         max_batch_tokens = CPU_BATCH_TOKENS
-    gradient = reduction in GRADIENT_REDUCTIONS
     was_training = model.training
     model.eval()
     try:
-        with _frozen(model), _Probe(adapter, reduction) as probe:
+        with _frozen(model), ExitStack() as stack:
+            probes = [stack.enter_context(_Probe(adapter, r)) for r in reductions]
             for batch in make_batches(input_ids, targets, batch_size, pad_id, max_batch_tokens):
-                probe.set_mask(batch.attention_mask.to(device))
+                for probe in probes:
+                    probe.set_mask(batch.attention_mask.to(device))
                 if gradient:
                     with torch.enable_grad():
                         example_losses(model, batch, device).sum().backward()
@@ -279,7 +288,8 @@ def reduce_neurons(
                     on_batch(len(batch.targets), batch.n_tokens)
     finally:
         model.train(was_training)
-    return probe.result()
+    results = [probe.result() for probe in probes]
+    return results[0] if isinstance(reduction, str) else results
 
 
 def cgvst(

@@ -200,3 +200,31 @@ def test_layernorm_models_get_a_warning(gpt2_dir, llama_dir, tmp_path):
     assert res.exit_code == 0 and "centring LayerNorm" in res.output
     res = ingest(llama_dir, tmp_path / "l.duckdb", "--task", "task379")
     assert res.exit_code == 0 and "centring LayerNorm" not in res.output
+
+
+def test_cgvst_and_grad_x_act_share_one_pass(llama_dir, tmp_path, monkeypatch):
+    """Methods with the same prompts, targets and loss are computed in one pass, and each
+    gives exactly the scores of its own pass."""
+    alone = tmp_path / "alone.duckdb"
+    for method in ("cgvst", "grad_x_act"):
+        assert ingest(llama_dir, alone, "--task", "task195", "--method", method).exit_code == 0
+    real, calls = atlas.ingest.reduce_neurons, []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["reduction"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(atlas.ingest, "reduce_neurons", counting)
+    shared = tmp_path / "shared.duckdb"
+    res = ingest(llama_dir, shared, "--task", "task195", "--method", "cgvst",
+                 "--method", "grad_x_act", "--method", "gv")
+    assert res.exit_code == 0, res.output
+    # 6 examples in chunks of 2: three calls for cgvst with grad_x_act, three for gv
+    assert calls == [("up_weight_grad", "grad_x_act")] * 3 + [("up_weight_grad",)] * 3
+    sql = ("SELECT r.method, r.n_examples, r.n_tokens, s.layer, s.neuron, s.score FROM runs r "
+           "JOIN neuron_scores s USING (run_id) WHERE r.method <> 'gv' ORDER BY 1, 4, 5")
+    assert query(shared, sql) == query(alone, sql)
+    calls.clear()  # complete runs are reused; nothing is computed again
+    res = ingest(llama_dir, shared, "--task", "task195", "--method", "cgvst",
+                 "--method", "grad_x_act")
+    assert res.exit_code == 0 and calls == []
