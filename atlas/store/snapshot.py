@@ -95,7 +95,7 @@ def _manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
     if not path.exists():
         raise AtlasError(f"{folder} is not an atlas snapshot (no manifest.json); pass the folder "
-                         "`atlas snapshot` wrote")
+                         "`atlas db snapshot` wrote")
     manifest = json.loads(path.read_text())
     if manifest.get("schema") != SCHEMA_HEAD:
         raise AtlasError(f"snapshot {folder} is at schema {manifest.get('schema')}, this atlas "
