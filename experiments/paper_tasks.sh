@@ -26,8 +26,10 @@ SNAPSHOT=${SNAPSHOT:-experiments/atlas}
 if [[ ! -e $ATLAS_DB && -e $SNAPSHOT/manifest.json ]]; then $ATLAS db restore "$SNAPSHOT"; fi
 snapshot() { $ATLAS db snapshot "$SNAPSHOT"; }
 MODELS=(smollm2-135m-instruct gemma-3-270m)
-TASKS=(task1645 task195 task274 task379 task391 task512 task566 task190 task227 task533 task447
-       task896)
+# The language-ID tasks first: the models do them above chance, so their sets' effects are the
+# readable ones, and a run cut short holds them. (LAPE's runs depend on this order; keep it.)
+TASKS=(task533 task447 task896 task1645 task195 task274 task379 task391 task512 task566 task190
+       task227)
 SHOTS=5
 SCORE_EXAMPLES=100  # per task, from the scoring half
 EVAL_EXAMPLES=100  # per task, from the held-out half
