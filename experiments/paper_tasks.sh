@@ -7,11 +7,13 @@
 # Ingests cgvst (the released definition), cgvst_marker, gv, grad_x_act, lape and random for
 # SmolLM2-135M-Instruct and Gemma 3 270M on the paper's SNI tasks plus the three language-ID tasks
 # of sni-more, at 5 shots on 100 seeded examples of each task's scoring half; imports the paper's
-# released Llama-2-7B-chat sets; inhibits (x0) every method's sets and amplifies (x2, x4) the
-# CGVST sets on 100 seeded examples of every task's held-out half (label likelihood, per-example
-# outcomes stored), each set against 3 random controls of the same per-layer counts on the set's
-# own task (the paired test's comparison); writes docs/results.md. Every step is idempotent:
-# re-running resumes and reuses what is stored, so the run can be spread over several sessions.
+# released Llama-2-7B-chat sets; inhibits (x0) every task's CGVST set, then inhibits (x0) every
+# other method's sets and amplifies (x2, x4) the CGVST sets of the tasks the model does above
+# chance; each set evaluated on 100 seeded examples of every task's held-out half (label
+# likelihood, per-example outcomes stored) and against 3 random controls of the same per-layer
+# counts on the set's own task (the paired test's comparison); writes docs/results.md. Every step
+# is idempotent: re-running resumes and reuses what is stored, so the run can be spread over
+# several sessions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SNI=${1:-../shared/data/sni}
@@ -49,11 +51,20 @@ ingest() {  # model method...
     --examples $SCORE_EXAMPLES --seed $SEED "${methods[@]}"
   snapshot
 }
-run_sets() {  # model method factor: each task's set in turn, every task evaluated
-  $ATLAS ablate --model "$1" "${task_args[@]}" --method "$2" --factor "$3" --eval-task all \
-    --examples $EVAL_EXAMPLES --shots $SHOTS --seed $SEED --control-seed $SEED \
+run_sets() {  # model method factor [task...]: each task's set in turn (default: every task's),
+              # every task evaluated
+  local model=$1 method=$2 factor=$3; shift 3
+  local sets=("$@") set_args=()
+  (( ${#sets[@]} )) || sets=("${TASKS[@]}")
+  for t in "${sets[@]}"; do set_args+=(--task "$t"); done
+  $ATLAS ablate --model "$model" "${set_args[@]}" --method "$method" --factor "$factor" \
+    --eval-task all --examples $EVAL_EXAMPLES --shots $SHOTS --seed $SEED --control-seed $SEED \
     --controls $CONTROLS --controls-on own "${dirs[@]}"
   snapshot
+}
+above_chance() {  # model: the tasks its unmodified model does above chance (stored baselines)
+  $ATLAS report --model "$1" --method cgvst --factor 0 --format json | .venv/bin/python -c \
+    'import json, sys; print(*[c["task"] for c in json.load(sys.stdin)["columns_info"] if c.get("above")])'
 }
 
 published=("$PUBLISHED"/*.pth)
@@ -73,11 +84,24 @@ fi
 # (cgvst and grad_x_act share one pass: same prompts, targets and loss)
 for model in "${MODELS[@]}"; do ingest "$model" cgvst grad_x_act; run_sets "$model" cgvst 0; done
 for model in "${MODELS[@]}"; do ingest "$model" cgvst_marker gv lape random; done
+# Beyond CGVST x0 (every task's set), the sets of the tasks a model does above chance: only
+# their effects enter the summary tests (a set whose own task is at chance is left out of them).
+declare -A ABOVE
 for model in "${MODELS[@]}"; do
-  for factor in "${FACTORS_UP[@]}"; do run_sets "$model" cgvst "$factor"; done
+  ABOVE[$model]=$(above_chance "$model")
+  echo "$model does above chance: ${ABOVE[$model]:-no task}"
 done
 for model in "${MODELS[@]}"; do
-  for method in cgvst_marker gv grad_x_act lape random; do run_sets "$model" "$method" 0; done
+  [[ -n ${ABOVE[$model]} ]] || continue
+  # shellcheck disable=SC2086  # the task list splits into words
+  for factor in "${FACTORS_UP[@]}"; do run_sets "$model" cgvst "$factor" ${ABOVE[$model]}; done
+done
+for model in "${MODELS[@]}"; do
+  [[ -n ${ABOVE[$model]} ]] || continue
+  for method in cgvst_marker gv grad_x_act lape random; do
+    # shellcheck disable=SC2086
+    run_sets "$model" "$method" 0 ${ABOVE[$model]}
+  done
 done
 .venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify "${FACTORS_UP[@]}" \
   --n-tasks ${#TASKS[@]} \

@@ -108,9 +108,20 @@ def exact_match_lines(engine, name: str) -> list[str]:
     return [*lines, "", describe_tests(report_tests(summary)), ""]
 
 
+def above_chance_tasks(engine, name: str) -> list[str] | None:
+    """The tasks the unmodified model does above chance, from the CGVST ×0 report's baselines
+    (None before they are stored)."""
+    try:
+        rep = intervention_report.build_report(engine, name, "cgvst", 0.0, "label_likelihood")
+    except AtlasError:
+        return None
+    return [c["task"] for c in rep.columns_info if c.get("above")]
+
+
 def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
     """How far the run got: per model and method, complete scoring runs and the sets evaluated
-    on every task at each factor (the design: every method at ×0, CGVST also amplified)."""
+    on every task at each factor. The design: every task's CGVST set at ×0; beyond it, the sets
+    of the tasks the model does above chance."""
     done = {(r["model"], r["method"]): r["n"] for r in rows(engine, """
         SELECT m.name AS model, r.method, count(DISTINCT r.task_id) AS n
         FROM runs r JOIN models m USING (model_id) WHERE r.status = 'complete' GROUP BY ALL""")}
@@ -122,19 +133,31 @@ def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
         GROUP BY ALL""", n=n_tasks)}
     head = " | ".join(f"sets evaluated ×{f:g}" for f in factors)
     lines = ["## Progress of the run", "",
-             f"Of the design: {n_tasks} tasks per model; every method's sets inhibited (×0), the "
-             "CGVST sets also amplified. A set counts once it is evaluated on every task.", "",
+             f"The design: {n_tasks} tasks per model, scored by every method; every task's CGVST "
+             "set inhibited (×0); the sets of the tasks the model does above chance also inhibited "
+             "for every other method and amplified for CGVST. A set counts once it is evaluated "
+             "on every task.", "",
              f"| model | method | tasks scored | {head} |", "|---|---|---|" + "---|" * len(factors)]
     complete = True
     for name in MODELS:
+        above = above_chance_tasks(engine, name)
         for method in METHODS:
-            wanted = factors if method == "cgvst" else factors[:1]
-            cells = [f"{evaluated.get((name, method, f), 0)} / {n_tasks}" if f in wanted else "—"
+            wanted = {f: (n_tasks if (method, f) == ("cgvst", 0.0) else
+                          None if above is None else len(above))
+                      for f in (factors if method == "cgvst" else factors[:1])}
+            cells = [("—" if f not in wanted else
+                      f"{evaluated.get((name, method, f), 0)} / {'?' if wanted[f] is None else wanted[f]}")
                      for f in factors]
             complete &= done.get((name, method), 0) >= n_tasks and all(
-                evaluated.get((name, method, f), 0) >= n_tasks for f in wanted)
+                w is not None and evaluated.get((name, method, f), 0) >= w for f, w in wanted.items())
             lines.append(f"| {name} | {method} | {done.get((name, method), 0)} / {n_tasks} | "
                          + " | ".join(cells) + " |")
+    lines.append("")
+    for name in MODELS:
+        above = above_chance_tasks(engine, name)
+        lines.append(f"Above chance for {name}: " + ("not known yet (no baselines stored)"
+                                                     if above is None else
+                                                     ", ".join(above) or "no task") + ".")
     lines += ["", "The run is complete." if complete else
               "**The run is not complete**: the sections below show what was finished; stages "
               "with no data are left out. `bash experiments/paper_tasks.sh` resumes it."]
