@@ -139,8 +139,8 @@ def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
              "on every task.", "",
              f"| model | method | tasks scored | {head} |", "|---|---|---|" + "---|" * len(factors)]
     complete = True
-    for name in MODELS:
-        above = above_chance_tasks(engine, name)
+    above_by_model = {name: above_chance_tasks(engine, name) for name in MODELS}
+    for name, above in above_by_model.items():
         for method in METHODS:
             wanted = {f: (n_tasks if (method, f) == ("cgvst", 0.0) else
                           None if above is None else len(above))
@@ -153,8 +153,7 @@ def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
             lines.append(f"| {name} | {method} | {done.get((name, method), 0)} / {n_tasks} | "
                          + " | ".join(cells) + " |")
     lines.append("")
-    for name in MODELS:
-        above = above_chance_tasks(engine, name)
+    for name, above in above_by_model.items():
         lines.append(f"Above chance for {name}: " + ("not known yet (no baselines stored)"
                                                      if above is None else
                                                      ", ".join(above) or "no task") + ".")
@@ -176,7 +175,7 @@ def main() -> None:
     ap.add_argument("--sni-dir", nargs="+", default=None,
                     help="SNI folders, for each task's chance accuracy")
     args = ap.parse_args()
-    args.amplify_all, args.amplify = args.amplify, args.amplify[0]
+    amplify = args.amplify[0]  # the factor that gets a full report
     dirs = tuple(args.sni_dir) if args.sni_dir else None
     FIGS.mkdir(parents=True, exist_ok=True)
     for old in FIGS.glob("*.png"):  # every figure is drawn again; none of an earlier run stays
@@ -203,7 +202,7 @@ def main() -> None:
     lines += [f"| {m['name']} | {m['family']} | {m['n_layers']} × {m['d_mlp']} | `{m['revision']}` "
               f"| {m['dtype']} |" for m in models]
 
-    lines += ["", *progress_lines(engine, args.n_tasks, [0.0, *args.amplify_all])]
+    lines += ["", *progress_lines(engine, args.n_tasks, [0.0, *args.amplify])]
     lines += ["", "## Overlap of task neuron sets (CGVST, top 5%)", "",
               "Mean pairwise Jaccard between different tasks' sets (the paper's released sets "
               "for Llama-2-7B-chat imported for reference):", "",
@@ -270,7 +269,7 @@ def main() -> None:
     lines += ["## Inhibition and amplification (accuracy by label likelihood, held-out half)", ""]
     n_before = len(lines)
     for name in MODELS:
-        for factor in (0.0, args.amplify):
+        for factor in (0.0, amplify):
             try:
                 report_matrix(engine, name, "cgvst", factor, "label_likelihood")
             except AtlasError:
@@ -323,7 +322,7 @@ def main() -> None:
               "specificity index | p |", "|---|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
         for method in METHODS:
-            for factor in (0.0, *args.amplify_all):
+            for factor in (0.0, *args.amplify):
                 try:
                     rep = intervention_report.build_report(engine, name, method, factor,
                                                            "label_likelihood")
@@ -351,7 +350,7 @@ def main() -> None:
               "controls were evaluated on every task (`--controls-on all`).", ""]
     table = []
     for name in MODELS:
-        for metric, factor in (("label_likelihood", 0.0), ("label_likelihood", args.amplify),
+        for metric, factor in (("label_likelihood", 0.0), ("label_likelihood", amplify),
                                ("label_prob", 0.0), ("exact_match", 0.0)):
             try:
                 tests = intervention_report.build_report(engine, name, "cgvst", factor, metric).tests

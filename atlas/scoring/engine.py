@@ -252,10 +252,11 @@ def reduce_neurons(
     ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
     """
     reductions = (reduction,) if isinstance(reduction, str) else tuple(reduction)
-    unknown = [r for r in reductions if r not in REDUCTIONS]
-    if unknown or not reductions:
-        raise AtlasError(f"unknown reduction '{(unknown or [''])[0]}'; choose one of "
-                         f"{', '.join(REDUCTIONS)}")
+    if not reductions:
+        raise AtlasError("give at least one reduction")
+    for name in reductions:
+        if name not in REDUCTIONS:
+            raise AtlasError(f"unknown reduction '{name}'; choose one of {', '.join(REDUCTIONS)}")
     gradient = reductions[0] in GRADIENT_REDUCTIONS
     if any((r in GRADIENT_REDUCTIONS) != gradient for r in reductions):
         raise AtlasError("one pass cannot mix gradient and forward-only reductions")

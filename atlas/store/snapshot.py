@@ -41,11 +41,15 @@ SEQUENCES = {"models": "model_id", "tasks": "task_id", "runs": "run_id",
              "neuron_sets": "set_id", "evaluations": "eval_id"}
 
 
-def _write_if_changed(table: pa.Table, target: Path) -> bool:
-    """Write ``table`` to ``target`` unless the file already holds exactly these bytes."""
+def _parquet(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    data = sink.getvalue().to_pybytes()
+    return sink.getvalue().to_pybytes()
+
+
+def _write_if_changed(data: bytes, target: Path) -> bool:
+    """Write ``data`` to ``target`` (atomically) unless the file already holds exactly these
+    bytes; whether it wrote."""
     if target.exists() and target.read_bytes() == data:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -76,17 +80,15 @@ def take_snapshot(folder: str | Path, db: str | Path | None = None) -> dict:
                           data.filter(pa.array(keys == key)) for key in np.unique(keys)}
             for target, piece in pieces.items():
                 keep.add(target)
-                if _write_if_changed(piece, target):
+                if _write_if_changed(_parquet(piece), target):
                     written.append(str(target))
     finally:
         con.close()
     for stale in [p for p in folder.rglob("*.parquet") if p not in keep]:
         stale.unlink()
     manifest = {"schema": SCHEMA_HEAD, "rows": counts}
-    text = json.dumps(manifest, indent=2) + "\n"
     target = folder / "manifest.json"
-    if not target.exists() or target.read_text() != text:
-        target.write_text(text)
+    if _write_if_changed((json.dumps(manifest, indent=2) + "\n").encode(), target):
         written.append(str(target))
     return {**manifest, "written": written}
 

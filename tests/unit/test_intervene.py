@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from atlas.intervene import Intervention, apply, random_control
 from atlas.models import adapter_for
 from cli.main import app
-from tests.conftest import SNI_DIR, save_tiny, tiny_model
+from tests.conftest import SNI_DIR, ingested_tiny, save_tiny, tiny_model
 
 runner = CliRunner()
 
@@ -76,12 +76,7 @@ def test_random_control_keeps_size_and_layer_profile():
 
 
 def test_ablate_stores_and_reuses_evaluations(tmp_path):
-    folder = save_tiny("llama", tmp_path / "tiny")
-    db = tmp_path / "a.duckdb"
-    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots", "1"]
-    res = runner.invoke(app, ["ingest", *common, "--examples", "4", "--task", "task379",
-                              "--task", "task195"])
-    assert res.exit_code == 0, res.output
+    folder, db, common = ingested_tiny(tmp_path)
     args = ["ablate", *common, "--task", "task379", "--examples", "5", "--batch-size", "4"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -133,16 +128,12 @@ def test_ablate_stores_and_reuses_evaluations(tmp_path):
 def test_ablate_evaluates_the_whole_held_out_half_by_default(tmp_path):
     from atlas.tasks import load_task, split_task
 
-    folder = save_tiny("llama", tmp_path / "tiny")
-    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(tmp_path / "a.duckdb"),
-              "--shots", "1"]
-    res = runner.invoke(app, ["ingest", *common, "--examples", "4", "--task", "task379"])
-    assert res.exit_code == 0, res.output
+    _, db, common = ingested_tiny(tmp_path, tasks=("task379",))
     res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--controls", "1",
                               "--batch-size", "16"])
     assert res.exit_code == 0, res.output
-    stored = runner.invoke(app, ["sql", "SELECT DISTINCT n FROM evaluations", "--db",
-                                 str(tmp_path / "a.duckdb"), "-f", "json"])
+    stored = runner.invoke(app, ["sql", "SELECT DISTINCT n FROM evaluations", "--db", str(db),
+                                 "-f", "json"])
     half = len(split_task(load_task("task379", SNI_DIR)).evaluate)
     assert half >= 100 and json.loads(stored.output) == [{"n": half}]
 
@@ -251,12 +242,7 @@ def test_ablate_without_control_and_several_sets(tmp_path):
 
 
 def test_controls_on_own_task_only(tmp_path):
-    folder = save_tiny("llama", tmp_path / "tiny")
-    db = tmp_path / "a.duckdb"
-    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots", "1"]
-    res = runner.invoke(app, ["ingest", *common, "--examples", "4", "--task", "task379",
-                              "--task", "task195"])
-    assert res.exit_code == 0, res.output
+    folder, db, common = ingested_tiny(tmp_path)
     res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--examples", "4",
                               "--controls", "2", "--controls-on", "own"])
     assert res.exit_code == 0, res.output

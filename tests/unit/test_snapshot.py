@@ -8,7 +8,7 @@ import duckdb
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import SNI_DIR, save_tiny
+from tests.conftest import ingested_tiny
 
 runner = CliRunner()
 ORDER = {"models": "model_id", "tasks": "task_id", "runs": "run_id",
@@ -26,12 +26,8 @@ def _tables(db) -> dict[str, list[tuple]]:
 
 
 def test_snapshot_restores_the_same_atlas_and_leaves_unfinished_runs_out(tmp_path):
-    folder = save_tiny("llama", tmp_path / "tiny")
-    db, snap = tmp_path / "a.duckdb", tmp_path / "snap"
-    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots", "1"]
-    res = runner.invoke(app, ["ingest", *common, "--examples", "4", "--task", "task379",
-                              "--task", "task195"])
-    assert res.exit_code == 0, res.output
+    folder, db, common = ingested_tiny(tmp_path)
+    snap = tmp_path / "snap"
     res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--examples", "4",
                               "--controls", "1"])
     assert res.exit_code == 0, res.output
