@@ -316,10 +316,14 @@ def main() -> None:
               "accuracy drop of its own task minus the mean relative drop of the other tasks, with "
               "the sign-flip p-value over sets. Only sets whose own task the unmodified model does "
               "above chance take part (one-sided binomial test, p < 0.05); the others are listed "
-              "in each report.", "",
+              "in each report. Against the other tasks' sets: per example of the set's own task, "
+              "its gold-label probability under the set minus the mean under the other tasks' "
+              "sets (same method and factor), averaged over sets, with the sign-flip p-value over "
+              "sets and the number of sets below the others at p < 0.05 over examples.", "",
               "| model | method | factor | sets (above chance / all) | mean Δ gold prob vs "
               "controls | sets with p < 0.05 (down / up) | mean Δ accuracy vs controls | mean "
-              "specificity index | p |", "|---|---|---|---|---|---|---|---|---|"]
+              "specificity index | p | mean Δ gold prob vs other tasks' sets | p | sets below "
+              "the others (p < 0.05) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
         for method in METHODS:
             for factor in (0.0, *args.amplify):
@@ -340,9 +344,17 @@ def main() -> None:
                          f"{tests['mean_specificity_index']:+.3f}")
                 p_index = "" if tests["specificity_p"] is None else f"{tests['specificity_p']:.3f}"
                 gold = "" if not paired else f"{np.mean([p['mean_diff'] for p in paired]):+.4f}"
+                versus = [e["vs_other_sets"] for e in included if "vs_other_sets" in e]
+                below = sum(v["p"] is not None and v["p"] < 0.05 and v["mean_diff"] < 0
+                            for v in versus)
+                vs_p = tests["vs_other_sets_p"]
+                vs = ("| | | |" if not versus else
+                      f"| {tests['mean_vs_other_sets']:+.4f} | "
+                      f"{'' if vs_p is None else f'{vs_p:.3f}'} | {below} / {len(versus)} |")
                 lines.append(f"| {name} | {method} | {factor:g} | {len(included)} / "
                              f"{len(rep.summary)} | {gold} | {down} / {up} | "
-                             f"{'' if not acc else f'{np.mean(acc):+.3f}'} | {index} | {p_index} |")
+                             f"{'' if not acc else f'{np.mean(acc):+.3f}'} | {index} | {p_index} "
+                             + vs)
     lines += ["", "## Do CGVST sets matter more than random neurons on every task?", "",
               "Mean |relative change| over all evaluated tasks when a task's CGVST set is "
               "scaled, against its random controls evaluated on the same tasks; p: two-sided "

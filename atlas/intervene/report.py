@@ -20,6 +20,7 @@ from atlas.intervene.stats import (
     paired_difference,
     paired_rel_change_interval,
     report_tests,
+    sign_flip_p,
 )
 from atlas.query.core import rows as query_rows
 
@@ -117,6 +118,10 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
             if metric in LABEL_METRICS:
                 entry["paired_accuracy"] = paired_difference(own["correct"],
                                                              [c["correct"] for c in controls])
+        other_sets = [examples[k] for k in [(o, False, -1, s) for o in d.sets if o != s]
+                      if k in examples]
+        if own is not None and (versus := _against_other_sets(own, other_sets, metric)):
+            entry["vs_other_sets"] = versus
         status = chance_by_task.get(s, {})
         entry["own_task_above_chance"] = status.get("above")
         if status.get("above") is False:
@@ -130,8 +135,30 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
     tests["paired_statistic"] = paired[0]["statistic"] if paired else None
     tests["mean_paired_diff"] = float(np.mean([p["mean_diff"] for p in paired])) if paired else None
     tests["n_paired_significant"] = sum(p["p"] is not None and p["p"] < 0.05 for p in paired)
+    versus = [e["vs_other_sets"] for e in included if "vs_other_sets" in e]
+    tests["n_vs_other_sets"] = len(versus)
+    tests["mean_vs_other_sets"] = float(np.mean([v["mean_diff"] for v in versus])) if versus else None
+    tests["vs_other_sets_p"] = sign_flip_p([v["mean_diff"] for v in versus])
+    tests["n_vs_other_sets_significant"] = sum(v["p"] is not None and v["p"] < 0.05 for v in versus)
     return Report(model, method, factor, metric, names, cols, matrix, summary, tests, intervals,
                   columns_info, excluded)
+
+
+def _against_other_sets(own: dict, others: list[dict], metric: str) -> dict:
+    """Is a task hurt (or helped) most by its own set? Per example of the task, the own set's
+    value minus the mean of the other tasks' sets (same method and factor) on the same examples,
+    with its sign-flip p-value, and the own set's rank among all of them by mean value
+    (1 = lowest)."""
+    primary = "gold_prob" if metric in LABEL_METRICS else "correct"
+    n = len(own[primary])
+    others = [o for o in others if len(o[primary]) == n]  # the same examples only
+    if not others:
+        return {}
+    means = [float(np.nanmean(o[primary])) for o in others]
+    own_mean = float(np.nanmean(own[primary]))
+    return {"statistic": primary, "own_mean": own_mean, "others_mean": float(np.mean(means)),
+            "rank": 1 + sum(m < own_mean for m in means), "n_sets": 1 + len(others),
+            **paired_difference(own[primary], [o[primary] for o in others])}
 
 
 def _signed(value: float | None) -> str:
@@ -183,6 +210,19 @@ def render(report: Report, fmt: str = "markdown") -> str:
         lines += ["", f"Paired statistic: per example, the set's {report.summary[0]['paired']['statistic']} "
                   "minus the mean of its random controls' on the same examples (two-sided "
                   "sign-flip test)."]
+    versus = [s for s in report.summary if s.get("vs_other_sets")]
+    if versus:
+        stat = versus[0]["vs_other_sets"]["statistic"]
+        lines += ["", f"Is a task hit hardest by its own set? Per example of the set's own task, "
+                  f"its {stat} under the set minus the mean under the other tasks' sets (same "
+                  "method and factor) on the same examples (two-sided sign-flip test); rank of "
+                  "the own set among all sets on that task by mean value, 1 = lowest.", "",
+                  f"| set | {stat}, own set | other tasks' sets (mean) | mean difference | p | "
+                  "rank |", "|---|---|---|---|---|---|"]
+        for s in versus:
+            v = s["vs_other_sets"]
+            lines.append(f"| {s['set']} | {v['own_mean']:.3f} | {v['others_mean']:.3f} | "
+                         f"{_signed(v['mean_diff'])} | {_p(v['p'])} | {v['rank']} / {v['n_sets']} |")
     if report.excluded:
         lines += ["", "Left out of the summary tests: " + "; ".join(report.excluded) + "."]
     lines += ["", describe_tests(report.tests)]

@@ -63,6 +63,10 @@ def describe_tests(tests: dict) -> str:
         text += (f" Mean |change| over all tasks {tests['mean_abs_change']:.3f}, random controls "
                  f"{tests['control_mean_abs_change']:.3f}")
         text += ("" if p is None else f" (sign-flip p = {p:.3g})") + "."
+    if tests.get("mean_vs_other_sets") is not None:
+        text += (" Own set minus the other tasks' sets on the own task: "
+                 + fmt(tests["mean_vs_other_sets"], tests["vs_other_sets_p"],
+                       tests["n_vs_other_sets"]) + ".")
     return text
 
 

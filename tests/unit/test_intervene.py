@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -239,6 +240,24 @@ def test_ablate_without_control_and_several_sets(tmp_path):
     assert all(v is not None for row in data["rel_change"] for v in row)
     assert all(s["specificity_index"] is not None or s["target_change"] is None
                for s in data["summary"])
+    # each set against the other task's set on its own task, from the per-example rows
+    found = runner.invoke(app, ["sql", "SELECT split_part(st.name, '_', 1) AS set_task, "
+                                "split_part(et.name, '_', 1) AS eval_task, x.gold_prob "
+                                "FROM evaluations e JOIN evaluation_examples x USING (eval_id) "
+                                "JOIN neuron_sets s USING (set_id) JOIN tasks st ON st.task_id = "
+                                "s.task_id JOIN tasks et ON et.task_id = e.eval_task_id "
+                                "ORDER BY e.eval_id, x.example", "--db", str(db), "-f", "json"])
+    probs: dict = {}
+    for r in json.loads(found.output):
+        probs.setdefault((r["set_task"], r["eval_task"]), []).append(r["gold_prob"])
+    for s, other in (("task379", "task195"), ("task195", "task379")):
+        own, theirs = np.array(probs[s, s]), np.array(probs[other, s])
+        versus = next(e for e in data["summary"] if e["set"] == s)["vs_other_sets"]
+        assert versus["mean_diff"] == pytest.approx((own - theirs).mean())
+        assert versus["n"] == 4 and versus["n_sets"] == 2
+        assert versus["rank"] == 1 + int(theirs.mean() < own.mean())
+    md = runner.invoke(app, ["report", "--model", folder.name, "--method", "random", "--db", str(db)])
+    assert "Is a task hit hardest by its own set?" in md.output
 
 
 def test_controls_on_own_task_only(tmp_path):
