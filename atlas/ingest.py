@@ -226,13 +226,19 @@ class Ingestor:
 
     def run(self, tasks: list[Task]) -> list[IngestResult]:
         prepared = [_prepare(self.loaded, self.fmt, task, self.options) for task in tasks]
-        results = []
+        results, stored = [], set()
         for method in (get_method(m) for m in self.options.methods):
             if method.name == "lape":
                 results += self._lape(prepared)
                 continue
             for prep in prepared:
+                if (prep.task.name, method.name) in stored:
+                    continue
                 results.append(self._one(prep, method))
+                # the runs computed in the same pass are stored now: an interrupted job keeps them
+                for task, name in [k for k in self._shared if k[0] == prep.task.name]:
+                    results.append(self._one(prep, get_method(name)))
+                    stored.add((task, name))
         return results
 
     def _one(self, prep: Prepared, method: Method) -> IngestResult:

@@ -216,9 +216,10 @@ def main() -> None:
         info = resolve_model(engine, name)
         size = rows(engine, "SELECT max(size) AS s FROM task_sets WHERE model_id = :mid "
                             "AND method = 'cgvst'", mid=info["model_id"])[0]["s"]
-        lines.append(f"| {name} | {len(matrix.tasks)} | {size} | {off.mean():.3f} | {off.min():.3f} "
-                     f"| {off.max():.3f} |")
-        plot_overlap(matrix, FIGS / f"overlap-{name}.png")
+        if off.size:  # two tasks or more
+            lines.append(f"| {name} | {len(matrix.tasks)} | {size} | {off.mean():.3f} "
+                         f"| {off.min():.3f} | {off.max():.3f} |")
+            plot_overlap(matrix, FIGS / f"overlap-{name}.png")
         plot_layers(depth_profile(engine, name, "cgvst"), info["n_layers"], f"{name} · cgvst",
                     FIGS / f"layers-{name}.png")
     lines += [""] + [f"![overlap {n}](figures/overlap-{n}.png)" for n in [*MODELS, REFERENCE]
@@ -257,6 +258,8 @@ def main() -> None:
         try:
             spec = specificity(engine, name, "cgvst")
         except AtlasError:
+            continue
+        if len(spec) < 2:  # specificity is relative to the other tasks' sets
             continue
         lines += [f"**{name}**", "",
                   "| task | size | unique neurons | share unique | mean Jaccard to others |",

@@ -228,3 +228,12 @@ def test_cgvst_and_grad_x_act_share_one_pass(llama_dir, tmp_path, monkeypatch):
     res = ingest(llama_dir, shared, "--task", "task195", "--method", "cgvst",
                  "--method", "grad_x_act")
     assert res.exit_code == 0 and calls == []
+    # a run computed in another's pass is stored with it, not held until its method's turn
+    both = tmp_path / "both.duckdb"
+    res = ingest(llama_dir, both, "--task", "task195", "--task", "task379", "--method", "cgvst",
+                 "--method", "grad_x_act")
+    assert res.exit_code == 0, res.output
+    order = query(both, "SELECT split_part(t.name, '_', 1), r.method FROM runs r JOIN tasks t "
+                        "USING (task_id) WHERE r.status = 'complete' ORDER BY r.finished_at")
+    assert order == [("task195", "cgvst"), ("task195", "grad_x_act"), ("task379", "cgvst"),
+                     ("task379", "grad_x_act")]
