@@ -108,17 +108,28 @@ def _json_text(table: pa.Table) -> str:
 
 
 def _flat(table: pa.Table) -> pa.Table:
-    """CSV has no nested values: list, struct and map columns are written as JSON text."""
+    """CSV has no nested or binary values: list, struct and map columns are written as JSON
+    text, BLOB columns as hex."""
     columns = []
     for column in table.columns:
         if pa.types.is_nested(column.type):
             column = pa.array([None if v is None else json.dumps(v, default=_json_value)
                                for v in column.to_pylist()], pa.string())
+        elif _is_binary(column.type):
+            column = pa.array([None if v is None else v.hex() for v in column.to_pylist()],
+                              pa.string())
         columns.append(column)
     return pa.table(columns, names=table.column_names)
 
 
+def _is_binary(kind: pa.DataType) -> bool:
+    return (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+            or pa.types.is_fixed_size_binary(kind))
+
+
 def _json_value(value):
+    if isinstance(value, bytes):
+        return value.hex()
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return str(value)

@@ -400,9 +400,12 @@ def app_from_env() -> FastAPI:
 
 
 def _plain(value: Any) -> Any:
-    """JSON/CSV-friendly values (decimals, timestamps and nested values as text or numbers)."""
+    """JSON/CSV-friendly values (decimals, timestamps, BLOBs and nested values as text or
+    numbers)."""
     from decimal import Decimal
 
+    if isinstance(value, bytes):
+        return value.hex()
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, (dict, list)):

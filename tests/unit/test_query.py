@@ -133,6 +133,11 @@ def test_sql_is_read_only_and_reports_errors(tiny_db):
     res = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM runs", "--db", str(tiny_db),
                               "-f", "json"])
     assert json.loads(res.output) == [{"n": 12}]
+    blob = "SELECT '\\xFF\\x00'::BLOB AS b, [1, 2] AS l"  # BLOBs as hex, lists as JSON
+    res = runner.invoke(app, ["sql", blob, "--db", str(tiny_db), "-f", "csv"])
+    assert res.exit_code == 0 and res.output.splitlines() == ['"b","l"', '"ff00","[1, 2]"']
+    res = runner.invoke(app, ["sql", blob, "--db", str(tiny_db), "-f", "json"])
+    assert json.loads(res.output) == [{"b": "ff00", "l": [1, 2]}]
 
 
 def test_export_and_plots(tiny_db, tmp_path):

@@ -126,6 +126,8 @@ def test_sql_sandbox_holds_over_http(server, tmp_path):
     assert ok.status_code == 200 and len(ok.json()["rows"]) == 2
     capped = server.post("/sql", json={"sql": "SELECT * FROM range(1000)"}).json()
     assert len(capped["rows"]) == 50 and capped["truncated"]
+    blob = server.post("/sql", json={"sql": "SELECT '\\xFF\\x00'::BLOB AS b"}).json()
+    assert blob["rows"] == [{"b": "ff00"}]  # BLOBs as hex, as `atlas sql` writes them
     target = tmp_path / "x.csv"
     for statement in [f"COPY (SELECT 1) TO '{target}'", "ATTACH 'other.duckdb'", "INSTALL httpfs",
                       "LOAD httpfs", "SELECT * FROM read_csv('/etc/passwd')",
