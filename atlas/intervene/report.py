@@ -213,7 +213,7 @@ def render(report: Report, fmt: str = "markdown") -> str:
     versus = [s for s in report.summary if s.get("vs_other_sets")]
     if versus:
         stat = versus[0]["vs_other_sets"]["statistic"]
-        lines += ["", f"Is a task hit hardest by its own set? Per example of the set's own task, "
+        lines += ["", f"Does a task respond most to its own set? Per example of the set's own task, "
                   f"its {stat} under the set minus the mean under the other tasks' sets (same "
                   "method and factor) on the same examples (two-sided sign-flip test); rank of "
                   "the own set among all sets on that task by mean value, 1 = lowest.", "",

@@ -257,7 +257,7 @@ def test_ablate_without_control_and_several_sets(tmp_path):
         assert versus["n"] == 4 and versus["n_sets"] == 2
         assert versus["rank"] == 1 + int(theirs.mean() < own.mean())
     md = runner.invoke(app, ["report", "--model", folder.name, "--method", "random", "--db", str(db)])
-    assert "Is a task hit hardest by its own set?" in md.output
+    assert "Does a task respond most to its own set?" in md.output
 
 
 def test_controls_on_own_task_only(tmp_path):
