@@ -80,28 +80,30 @@ if (( imported < ${#published[@]} )); then
   done
   snapshot
 fi
-# Stages in order of importance, so that a cut-short run still holds the main results.
-# (cgvst and grad_x_act share one pass: same prompts, targets and loss)
-for model in "${MODELS[@]}"; do ingest "$model" cgvst grad_x_act; run_sets "$model" cgvst 0; done
-for model in "${MODELS[@]}"; do ingest "$model" cgvst_marker gv lape random; done
-# Beyond CGVST x0 (every task's set), the sets of the tasks a model does above chance: only
-# their effects enter the summary tests (a set whose own task is at chance is left out of them).
-declare -A ABOVE
+# Stages in order of importance, so that a cut-short run still holds the main results; one model
+# at a time, so that the first model's picture is whole before the second model starts.
+# Beyond CGVST x0 (every task's set), the sets of the tasks a model does above chance: only their
+# effects enter the summary tests (a set whose own task is at chance is left out of them). The
+# stages that need no new scoring come first. (cgvst and grad_x_act share one pass: same prompts,
+# targets and loss.)
 for model in "${MODELS[@]}"; do
-  ABOVE[$model]=$(above_chance "$model")
-  echo "$model does above chance: ${ABOVE[$model]:-no task}"
-done
-for model in "${MODELS[@]}"; do
-  [[ -n ${ABOVE[$model]} ]] || continue
-  # shellcheck disable=SC2086  # the task list splits into words
-  for factor in "${FACTORS_UP[@]}"; do run_sets "$model" cgvst "$factor" ${ABOVE[$model]}; done
-done
-for model in "${MODELS[@]}"; do
-  [[ -n ${ABOVE[$model]} ]] || continue
-  for method in cgvst_marker gv grad_x_act lape random; do
+  ingest "$model" cgvst grad_x_act
+  run_sets "$model" cgvst 0
+  above=$(above_chance "$model")
+  echo "$model does above chance: ${above:-no task}"
+  if [[ -n $above ]]; then
+    # shellcheck disable=SC2086  # the task list splits into words
+    for factor in "${FACTORS_UP[@]}"; do run_sets "$model" cgvst "$factor" $above; done
     # shellcheck disable=SC2086
-    run_sets "$model" "$method" 0 ${ABOVE[$model]}
-  done
+    run_sets "$model" grad_x_act 0 $above
+  fi
+  ingest "$model" cgvst_marker gv lape random
+  if [[ -n $above ]]; then
+    for method in cgvst_marker gv lape random; do
+      # shellcheck disable=SC2086
+      run_sets "$model" "$method" 0 $above
+    done
+  fi
 done
 .venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify "${FACTORS_UP[@]}" \
   --n-tasks ${#TASKS[@]} \
