@@ -107,12 +107,12 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
             intervals.append(row)
     chance_by_task = {c: info for c, info in zip(d.cols, columns_info)}
     excluded = []
+    primary = "gold_prob" if metric in LABEL_METRICS else "correct"  # the paired statistic
     for entry in summary:
         s = entry["set_task_id"]
         own = examples.get((s, False, -1, s))
         controls = [examples[k] for k in [(s, True, seed_, s) for seed_ in d.seeds] if k in examples]
         if own is not None and controls:
-            primary = "gold_prob" if metric in LABEL_METRICS else "correct"
             entry["paired"] = {"statistic": primary, **paired_difference(
                 own[primary], [c[primary] for c in controls])}
             if metric in LABEL_METRICS:
@@ -120,7 +120,7 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
                                                              [c["correct"] for c in controls])
         other_sets = [examples[k] for k in [(o, False, -1, s) for o in d.sets if o != s]
                       if k in examples]
-        if own is not None and (versus := _against_other_sets(own, other_sets, metric)):
+        if own is not None and (versus := _against_other_sets(own, other_sets, primary)):
             entry["vs_other_sets"] = versus
         status = chance_by_task.get(s, {})
         entry["own_task_above_chance"] = status.get("above")
@@ -144,12 +144,11 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
                   columns_info, excluded)
 
 
-def _against_other_sets(own: dict, others: list[dict], metric: str) -> dict:
+def _against_other_sets(own: dict, others: list[dict], primary: str) -> dict:
     """Is a task hurt (or helped) most by its own set? Per example of the task, the own set's
     value minus the mean of the other tasks' sets (same method and factor) on the same examples,
     with its sign-flip p-value, and the own set's rank among all of them by mean value
-    (1 = lowest)."""
-    primary = "gold_prob" if metric in LABEL_METRICS else "correct"
+    (1 = lowest). ``primary`` names the per-example statistic ("gold_prob" or "correct")."""
     n = len(own[primary])
     others = [o for o in others if len(o[primary]) == n]  # the same examples only
     if not others:

@@ -12,6 +12,7 @@ import threading
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -104,7 +105,7 @@ def write_table(table: pa.Table, fmt: str, out: str | Path | None) -> str | None
 
 
 def _json_text(table: pa.Table) -> str:
-    return json.dumps(table.to_pylist(), default=_json_value, indent=1)
+    return json.dumps(table.to_pylist(), default=json_value, indent=1)
 
 
 def _flat(table: pa.Table) -> pa.Table:
@@ -113,7 +114,7 @@ def _flat(table: pa.Table) -> pa.Table:
     columns = []
     for column in table.columns:
         if pa.types.is_nested(column.type):
-            column = pa.array([None if v is None else json.dumps(v, default=_json_value)
+            column = pa.array([None if v is None else json.dumps(v, default=json_value)
                                for v in column.to_pylist()], pa.string())
         elif _is_binary(column.type):
             column = pa.array([None if v is None else v.hex() for v in column.to_pylist()],
@@ -127,7 +128,8 @@ def _is_binary(kind: pa.DataType) -> bool:
             or pa.types.is_fixed_size_binary(kind))
 
 
-def _json_value(value):
+def json_value(value: Any) -> Any:
+    """A value JSON cannot hold as it is: BLOBs as hex, decimals as numbers, the rest as text."""
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, Decimal):

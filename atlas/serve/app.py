@@ -402,14 +402,10 @@ def app_from_env() -> FastAPI:
 def _plain(value: Any) -> Any:
     """JSON/CSV-friendly values (decimals, timestamps, BLOBs and nested values as text or
     numbers)."""
-    from decimal import Decimal
+    from atlas.query.sql import json_value
 
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, Decimal):
-        return float(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
+        return json.dumps(value, default=json_value)
     if value is None or isinstance(value, (int, float, str, bool)):
         return value
-    return str(value)
+    return json_value(value)
