@@ -202,3 +202,27 @@ def select_cmd(
     finally:
         engine.dispose()
     console.print(rich_table(rows, title="neuron sets"))
+
+
+def split_cmd(
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Stored model: NAME, NAME@DTYPE, NAME@REVISION or #ID."),
+    method: str = typer.Option("cgvst", "--method", help="Method of the sets to split."),
+    shared_in: int = typer.Option(None, "--shared-in", min=1,
+                                  help="A neuron is shared when it is in at least this many of "
+                                       "the model's sets of the method (default: more than half)."),
+    db: str = DbOption,
+) -> None:
+    """Split every task's set into the neurons it shares with most tasks and those specific to
+    it, stored as sets of methods METHOD-shared and METHOD-specific (ablate them with --method)."""
+    from atlas.store import open_db
+    from atlas.store.derived import split_shared
+    from atlas.store.identity import resolve_model
+
+    engine = open_db(db)
+    try:
+        with engine.begin() as conn:
+            rows = split_shared(conn, resolve_model(conn, model)["model_id"], method, shared_in)
+    finally:
+        engine.dispose()
+    console.print(rich_table(rows, title="neuron sets"))

@@ -6,7 +6,7 @@ import typer
 
 from cli.common import AtlasGroup
 from cli.db import db_app
-from cli.ingest import ingest, select_cmd
+from cli.ingest import ingest, select_cmd, split_cmd
 from cli.intervene import ablate, amplify, report
 from cli.query import compare, export, import_cmd, overlap, plot_app, specificity_cmd, sql
 from cli.serve import serve
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.command()(ingest)
 app.command("select")(select_cmd)
+app.command("split")(split_cmd)
 app.command()(sql)
 app.command()(overlap)
 app.command("specificity")(specificity_cmd)

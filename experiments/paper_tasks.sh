@@ -7,13 +7,13 @@
 # Ingests cgvst (the released definition), cgvst_marker, gv, grad_x_act, lape and random for
 # SmolLM2-135M-Instruct and Gemma 3 270M on the paper's SNI tasks plus the three language-ID tasks
 # of sni-more, at 5 shots on 100 seeded examples of each task's scoring half; imports the paper's
-# released Llama-2-7B-chat sets; inhibits (x0) every task's CGVST set, then inhibits (x0) every
-# other method's sets and amplifies (x2, x4) the CGVST sets of the tasks the model does above
-# chance; each set evaluated on 100 seeded examples of every task's held-out half (label
-# likelihood, per-example outcomes stored) and against 3 random controls of the same per-layer
-# counts on the set's own task (the paired test's comparison); writes docs/results.md. Every step
-# is idempotent: re-running resumes and reuses what is stored, so the run can be spread over
-# several sessions.
+# released Llama-2-7B-chat sets; inhibits (x0) every task's CGVST set, then, for the tasks the
+# model does above chance, inhibits (x0) every other method's sets, amplifies (x2, x4) the CGVST
+# sets and inhibits their shared and specific parts (`atlas split`); each set evaluated on 100
+# seeded examples of every task's held-out half (label likelihood, per-example outcomes stored)
+# and against 3 random controls of the same per-layer counts on the set's own task (the paired
+# test's comparison); writes docs/results.md. Every step is idempotent: re-running resumes and
+# reuses what is stored, so the run can be spread over several sessions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SNI=${1:-../shared/data/sni}
@@ -102,6 +102,12 @@ for model in "${MODELS[@]}"; do
     for method in cgvst_marker gv lape random; do
       # shellcheck disable=SC2086
       run_sets "$model" "$method" 0 $above
+    done
+    # Every set hurts the same tasks: is it the neurons most sets share, or the task's own?
+    $ATLAS split --model "$model" --method cgvst
+    for part in shared specific; do
+      # shellcheck disable=SC2086
+      run_sets "$model" "cgvst-$part" 0 $above
     done
   fi
 done

@@ -38,6 +38,7 @@ FIGS = DOCS / "figures"
 MODELS = ["smollm2-135m-instruct", "gemma-3-270m"]
 REFERENCE = "llama-2-7b-chat"
 METHODS = ["cgvst", "cgvst_marker", "gv", "grad_x_act", "lape", "random"]
+SPLIT_METHODS = ["cgvst-shared", "cgvst-specific"]  # `atlas split` of the CGVST sets
 
 
 def report_section(engine, name: str, factor: float, metric: str, png: Path) -> list[str]:
@@ -136,8 +137,9 @@ def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
     lines = ["## Progress of the run", "",
              f"The design: {n_tasks} tasks per model, scored by every method; every task's CGVST "
              "set inhibited (×0); the sets of the tasks the model does above chance also inhibited "
-             "for every other method and amplified for CGVST. A set counts once it is evaluated "
-             "on every task.", "",
+             "for every other method and amplified for CGVST, and their shared and specific parts "
+             "(`atlas split`: neurons in more than half of the model's CGVST sets, and the rest) "
+             "inhibited. A set counts once it is evaluated on every task.", "",
              f"| model | method | tasks scored | {head} |", "|---|---|---|" + "---|" * len(factors)]
     complete = True
     above_by_model = {name: above_chance_tasks(engine, name) for name in MODELS}
@@ -153,6 +155,12 @@ def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
                 w is not None and evaluated.get((name, method, f), 0) >= w for f, w in wanted.items())
             lines.append(f"| {name} | {method} | {done.get((name, method), 0)} / {n_tasks} | "
                          + " | ".join(cells) + " |")
+        if above:
+            for method in SPLIT_METHODS:  # derived from the CGVST sets: nothing to score
+                n = evaluated.get((name, method, 0.0), 0)
+                complete &= n >= len(above)
+                lines.append(f"| {name} | {method} | (split of cgvst) | {n} / {len(above)} | "
+                             + " | ".join("—" for _ in factors[1:]) + " |")
     lines.append("")
     for name, above in above_by_model.items():
         lines.append(f"Above chance for {name}: " + ("not known yet (no baselines stored)"
@@ -328,7 +336,7 @@ def main() -> None:
               "specificity index | p | mean Δ gold prob vs other tasks' sets | p | sets below "
               "the others (p < 0.05) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in MODELS:
-        for method in METHODS:
+        for method in METHODS + SPLIT_METHODS:
             for factor in (0.0, *args.amplify):
                 try:
                     rep = intervention_report.build_report(engine, name, method, factor,
