@@ -96,18 +96,18 @@ for model in "${MODELS[@]}"; do
     for factor in "${FACTORS_UP[@]}"; do run_sets "$model" cgvst "$factor" $above; done
     # shellcheck disable=SC2086
     run_sets "$model" grad_x_act 0 $above
+    # Every set hurts the same tasks: is it the neurons most sets share, or the task's own?
+    $ATLAS split --model "$model" --method cgvst
+    for part in shared specific; do
+      # shellcheck disable=SC2086
+      run_sets "$model" "cgvst-$part" 0 $above
+    done
   fi
   ingest "$model" cgvst_marker gv lape random
   if [[ -n $above ]]; then
     for method in cgvst_marker gv lape random; do
       # shellcheck disable=SC2086
       run_sets "$model" "$method" 0 $above
-    done
-    # Every set hurts the same tasks: is it the neurons most sets share, or the task's own?
-    $ATLAS split --model "$model" --method cgvst
-    for part in shared specific; do
-      # shellcheck disable=SC2086
-      run_sets "$model" "cgvst-$part" 0 $above
     done
   fi
 done
