@@ -52,10 +52,18 @@ def sql(query: str = typer.Argument(..., help="One read-only SQL statement."),
 
 def overlap(model: str = ModelOption, method: str = MethodOption,
             measure: str = typer.Option("jaccard", help="jaccard, overlap_coef or n_shared."),
+            versus: list[str] = typer.Option(
+                None, "--versus", help="Instead: per task, the overlap of its --method set with "
+                "its set from this method (repeatable)."),
             format: str = typer.Option("table", "--format", "-f"),
             output: str = typer.Option(None, "--output", "-o"), db: str = DbOption) -> None:
-    """The task × task overlap matrix of a model's neuron sets."""
+    """The task × task overlap matrix of a model's neuron sets, or with --versus, per task, how
+    much different methods' sets agree."""
     engine = open_db(db, read_only=True)
+    if versus:
+        _emit(q.method_overlap(engine, model, method, versus, measure), format, output,
+              f"{model} · {method} versus {', '.join(versus)} · {measure}")
+        return
     matrix = q.overlap_matrix(engine, model, method, measure)
     _emit(matrix.as_rows(), format, output, f"{model} · {method} · {measure}")
 

@@ -22,6 +22,7 @@ from atlas.intervene.stats import describe_tests, report_tests
 from atlas.query import (
     compare_models,
     depth_profile,
+    method_overlap,
     overlap_matrix,
     specificity,
     task_similarity_agreement,
@@ -172,6 +173,78 @@ def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
     return lines
 
 
+def method_agreement_lines(engine) -> list[str]:
+    """Per model, how much each method's set of a task overlaps the CGVST set of the same task,
+    next to how much two tasks' CGVST sets overlap and two random sets of that size would."""
+    lines = []
+    for name in MODELS:
+        try:
+            info = resolve_model(engine, name)
+            have = {r["method"] for r in rows(engine, "SELECT DISTINCT method FROM task_sets "
+                                              "WHERE model_id = :mid", mid=info["model_id"])}
+            others = [m for m in METHODS[1:] if m in have]
+            if "cgvst" not in have or not others:
+                continue
+            agree = method_overlap(engine, name, "cgvst", others, "jaccard")
+            tasks = overlap_matrix(engine, name, "cgvst", "jaccard").values
+        except AtlasError:
+            continue
+        fraction = agree[0]["size"] / (info["n_layers"] * info["d_mlp"])
+        off = tasks[~np.eye(len(tasks), dtype=bool)]
+        lines += [f"| {name} | cgvst, another task | {len(tasks)} | {off.mean():.3f} | "
+                  f"{off.min():.3f} | {off.max():.3f} | {fraction / (2 - fraction):.3f} |"]
+        for method in others:
+            values = np.array([r[method] for r in agree if r[method] is not None])
+            if values.size:
+                lines.append(f"| {name} | {method}, same task | {values.size} | {values.mean():.3f} "
+                             f"| {values.min():.3f} | {values.max():.3f} | "
+                             f"{fraction / (2 - fraction):.3f} |")
+    if not lines:
+        return []
+    return ["## Do the methods find the same neurons?", "",
+            "Jaccard between a task's CGVST set and its set from another method (`atlas overlap "
+            "--versus METHOD`), next to the Jaccard between two different tasks' CGVST sets; "
+            "chance: the expected Jaccard of two random sets of the same size, p / (2 − p) for a "
+            "fraction p of the model's neurons.", "",
+            "| model | compared with | tasks | mean Jaccard | min | max | chance |",
+            "|---|---|---|---|---|---|---|", *lines, ""]
+
+
+def method_effect_lines(engine) -> list[str]:
+    """Per above-chance set and method (×0): its own-task effect against its random controls."""
+    lines = []
+    for name in MODELS:
+        cells: dict[str, dict[str, str]] = {}
+        present = []
+        for method in METHODS + SPLIT_METHODS:
+            try:
+                rep = intervention_report.build_report(engine, name, method, 0.0,
+                                                       "label_likelihood")
+            except AtlasError:
+                continue
+            for e in rep.summary:
+                if e.get("own_task_above_chance") and "paired" in e:
+                    pr = e["paired"]
+                    cells.setdefault(e["set"], {})[method] = (
+                        f"{pr['mean_diff']:+.3f} ({pr['p']:.2g}); "
+                        f"{e['target_change'] * 100:+.0f}%")
+                    if method not in present:
+                        present.append(method)
+        if not cells:
+            continue
+        lines += [f"**{name}**", "", "| set | " + " | ".join(present) + " |",
+                  "|---|" + "---|" * len(present)]
+        lines += [f"| {task} | " + " | ".join(row.get(m, "") for m in present) + " |"
+                  for task, row in sorted(cells.items())]
+        lines.append("")
+    if not lines:
+        return []
+    return ["## Own-task effect of each method's set (×0)", "",
+            "Per set of a task the model does above chance: the paired difference in the gold "
+            "label's probability against its random controls (sign-flip p over the 100 "
+            "examples), then the relative change of its own task's accuracy.", "", *lines]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", required=True)
@@ -261,6 +334,7 @@ def main() -> None:
                      (MODELS[0], other), FIGS / f"compare-{other}.png")
         lines += ["", f"![compare {other}](figures/compare-{other}.png)"]
 
+    lines += ["", *method_agreement_lines(engine)]
     lines += ["", "## Task-specificity of the sets (CGVST)", ""]
     for name in MODELS:
         try:
@@ -366,6 +440,7 @@ def main() -> None:
                              f"{len(rep.summary)} | {gold} | {down} / {up} | "
                              f"{'' if not acc else f'{np.mean(acc):+.3f}'} | {index} | {p_index} "
                              + vs)
+    lines += ["", *method_effect_lines(engine)]
     lines += ["", "## Do CGVST sets matter more than random neurons on every task?", "",
               "Mean |relative change| over all evaluated tasks when a task's CGVST set is "
               "scaled, against its random controls evaluated on the same tasks; p: two-sided "

@@ -10,6 +10,7 @@ _EXPORTS = {
     "depth_profile": "compare",
     "export_parquet": "sql",
     "import_sets": "importer",
+    "method_overlap": "overlap",
     "neuron_entropy": "overlap",
     "overlap_matrix": "overlap",
     "run_sql": "sql",

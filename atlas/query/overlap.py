@@ -62,6 +62,45 @@ def overlap_matrix(engine: Engine, model: str, method: str = "cgvst",
     return OverlapMatrix(model, method, measure, tasks, values)
 
 
+def method_overlap(engine: Engine, model: str, method: str, versus: list[str],
+                   measure: str = "jaccard") -> list[dict]:
+    """Per task, the overlap of its ``method`` set with its set from each of ``versus``: whether
+    different scorers find the same neurons for the same task. A task without a ``versus`` set
+    gets None there."""
+    if measure not in MEASURES:
+        raise AtlasError(f"unknown overlap measure '{measure}'; choose one of {', '.join(MEASURES)}")
+    if not versus or method in versus:
+        raise AtlasError(f"give --versus one or more methods other than '{method}'")
+    info = resolve_model(engine, model)
+    methods = {f"m{k}": m for k, m in enumerate(dict.fromkeys((method, *versus)))}
+    for m in methods.values():
+        check_method(engine, info, m)
+    # Pairs of one task's sets only: members are joined on (task, layer, neuron).
+    data = rows(engine, f"""
+        WITH sets AS (SELECT set_id, task_id, task, method, size FROM task_sets
+                      WHERE model_id = :mid AND method IN ({', '.join(':' + k for k in methods)})),
+             members AS (SELECT s.set_id, s.task_id, m.layer, m.neuron
+                         FROM neuron_set_members m JOIN sets s USING (set_id)),
+             shared AS (SELECT a.set_id AS set_a, b.set_id AS set_b, count(*) AS n_shared
+                        FROM members a JOIN members b USING (task_id, layer, neuron)
+                        WHERE a.set_id <> b.set_id GROUP BY ALL)
+        SELECT a.task_id, b.method AS versus, coalesce(sh.n_shared, 0) AS n_shared,
+               coalesce(sh.n_shared, 0) / nullif(a.size + b.size - coalesce(sh.n_shared, 0), 0)
+                   AS jaccard,
+               coalesce(sh.n_shared, 0) / nullif(least(a.size, b.size), 0) AS overlap_coef
+        FROM sets a JOIN sets b ON a.task_id = b.task_id AND b.method <> a.method
+        LEFT JOIN shared sh ON sh.set_a = a.set_id AND sh.set_b = b.set_id
+        WHERE a.method = :method""", mid=info["model_id"], method=method, **methods)
+    value = {(r["task_id"], r["versus"]): r[measure] for r in data}
+    kind = int if measure == "n_shared" else float
+    tasks = rows(engine, "SELECT task_id, task, size FROM task_sets WHERE model_id = :mid AND "
+                 "method = :m ORDER BY task", mid=info["model_id"], m=method)
+    return [{"task": label, "size": t["size"],
+             **{v: (None if value.get((t["task_id"], v)) is None else
+                    kind(value[t["task_id"], v])) for v in versus}}
+            for label, t in zip(task_labels([t["task"] for t in tasks]), tasks)]
+
+
 def specificity(engine: Engine, model: str, method: str = "cgvst") -> list[dict]:
     """Per task: set size, neurons unique to it, their share (specificity), and mean Jaccard to
     the other tasks' sets."""

@@ -228,3 +228,47 @@ def test_compare_reports_task_similarity_agreement(tiny_db, tmp_path):
     assert res.exit_code == 0, res.output
     assert "over 3 shared tasks" in res.output
     assert f"Mantel r = {expected['r']:+.3f}, p = {expected['p']:.3g} (6 permutations)" in res.output
+
+
+def test_method_overlap_matches_set_arithmetic(tmp_path):
+    """Per task, the agreement of two methods' sets, against Python set arithmetic; the sets of
+    another model with the same tasks and of other tasks do not leak in."""
+    import torch
+
+    from atlas.query import method_overlap
+    from atlas.store import repository as repo
+
+    db = tmp_path / "m.duckdb"
+    generator = torch.Generator().manual_seed(1)
+    engine = open_db(db)
+    members: dict[tuple[str, str], set] = {}
+    with engine.begin() as conn:
+        for model in ("a", "b"):
+            model_id = repo.ensure_model(conn, model, "llama", 3, 8, "r", "float32")
+            for k in range(3):
+                task_id = repo.ensure_task(conn, f"task{k + 1}_x", "test", 1, "h")
+                for method in ("cgvst", "gv") if k < 2 else ("cgvst",):  # task3: no gv set
+                    mask = torch.rand(3, 8, generator=generator) < 0.5  # [n_layers, d_mlp]
+                    repo.write_set(conn, f"{model}/task{k + 1}/{method}", model_id, task_id, None,
+                                   "top:0.5", mask, method)
+                    if model == "a":
+                        members[f"task{k + 1}", method] = {tuple(i) for i in mask.nonzero().tolist()}
+    got = {m: method_overlap(engine, "a", "cgvst", ["gv"], m)
+           for m in ("jaccard", "overlap_coef", "n_shared")}
+    assert [r["task"] for r in got["jaccard"]] == ["task1", "task2", "task3"]
+    for k, task in enumerate(("task1", "task2")):
+        a, b = members[task, "cgvst"], members[task, "gv"]
+        assert got["n_shared"][k]["gv"] == len(a & b) > 0
+        assert got["jaccard"][k]["gv"] == pytest.approx(len(a & b) / len(a | b))
+        assert got["overlap_coef"][k]["gv"] == pytest.approx(len(a & b) / min(len(a), len(b)))
+        assert got["jaccard"][k]["size"] == len(a)
+    assert got["jaccard"][2]["gv"] is None
+    engine.dispose()
+    res = runner.invoke(app, ["overlap", "--model", "a", "--versus", "gv", "--db", str(db),
+                              "-f", "json"])
+    assert res.exit_code == 0, res.output
+    assert [r["gv"] for r in json.loads(res.output)] == [r["gv"] for r in got["jaccard"]]
+    for bad, message in ((["--versus", "cgvst"], "other than 'cgvst'"),
+                         (["--versus", "lape"], "has no 'lape' sets")):
+        res = runner.invoke(app, ["overlap", "--model", "a", *bad, "--db", str(db)])
+        assert res.exit_code == 2 and message in res.output, res.output
