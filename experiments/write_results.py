@@ -18,7 +18,7 @@ import numpy as np
 from atlas.errors import AtlasError
 from atlas.intervene import report as intervention_report
 from atlas.intervene.experiment import report_matrix
-from atlas.intervene.stats import describe_tests, report_tests
+from atlas.intervene.stats import describe_tests, report_tests, sign_flip_p
 from atlas.query import (
     compare_models,
     depth_profile,
@@ -236,13 +236,42 @@ def method_effect_lines(engine) -> list[str]:
                   "|---|" + "---|" * len(present)]
         lines += [f"| {task} | " + " | ".join(row.get(m, "") for m in present) + " |"
                   for task, row in sorted(cells.items())]
-        lines.append("")
+        lines += ["", *head_to_head_lines(engine, name, sorted(cells), present)]
     if not lines:
         return []
     return ["## Own-task effect of each method's set (×0)", "",
             "Per set of a task the model does above chance: the paired difference in the gold "
             "label's probability against its random controls (sign-flip p over the 100 "
             "examples), then the relative change of its own task's accuracy.", "", *lines]
+
+
+def head_to_head_lines(engine, name: str, tasks: list[str], methods: list[str]) -> list[str]:
+    """Per above-chance set: each other method's set of the same task against CGVST's, on the
+    same examples of that task (×0): mean gold-label probability difference, sign-flip p."""
+    others = [m for m in methods if m != "cgvst" and m in METHODS]
+    if "cgvst" not in methods or not others:
+        return []
+    data = rows(engine, """
+        WITH x AS (
+            SELECT s.method, s.task_id, e.params_key, ex.example, ex.gold_prob
+            FROM evaluations e JOIN task_sets s ON s.set_id = e.set_id
+            JOIN evaluation_examples ex USING (eval_id)
+            WHERE e.model_id = :mid AND e.factor = 0 AND NOT e.is_control
+              AND e.metric = 'label_likelihood' AND e.eval_task_id = s.task_id)
+        SELECT a.method, t.name AS task, list(a.gold_prob - c.gold_prob ORDER BY a.example) AS d
+        FROM x a JOIN x c ON c.method = 'cgvst' AND c.task_id = a.task_id
+             AND c.params_key = a.params_key AND c.example = a.example
+        JOIN tasks t ON t.task_id = a.task_id
+        WHERE a.method <> 'cgvst' GROUP BY ALL""", mid=resolve_model(engine, name)["model_id"])
+    diff = {(r["method"], r["task"].split("_")[0]): np.asarray(r["d"], float) for r in data}
+    lines = [f"| {task} | " + " | ".join(
+        "" if (m, task) not in diff else
+        f"{diff[m, task].mean():+.3f} ({sign_flip_p(list(diff[m, task])):.2g})" for m in others)
+        + " |" for task in tasks]
+    return ["Against CGVST's set of the same task, on the same examples (×0): the other set's "
+            "gold-label probability minus CGVST's (negative: the other set does more harm), "
+            "sign-flip p over examples.", "", "| set | " + " | ".join(others) + " |",
+            "|---|" + "---|" * len(others), *lines, ""]
 
 
 def main() -> None:
