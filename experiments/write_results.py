@@ -215,6 +215,7 @@ def method_effect_lines(engine) -> list[str]:
     lines = []
     for name in MODELS:
         cells: dict[str, dict[str, str]] = {}
+        task_ids: dict[str, int] = {}  # label -> task id (rows are matched by id)
         present = []
         for method in METHODS + SPLIT_METHODS:
             try:
@@ -225,6 +226,7 @@ def method_effect_lines(engine) -> list[str]:
             for e in rep.summary:
                 if e.get("own_task_above_chance") and "paired" in e:
                     pr = e["paired"]
+                    task_ids[e["set"]] = e["set_task_id"]
                     cells.setdefault(e["set"], {})[method] = (
                         f"{pr['mean_diff']:+.3f} ({pr['p']:.2g}); "
                         f"{e['target_change'] * 100:+.0f}%")
@@ -236,7 +238,7 @@ def method_effect_lines(engine) -> list[str]:
                   "|---|" + "---|" * len(present)]
         lines += [f"| {task} | " + " | ".join(row.get(m, "") for m in present) + " |"
                   for task, row in sorted(cells.items())]
-        lines += ["", *head_to_head_lines(engine, name, sorted(cells), present)]
+        lines += ["", *head_to_head_lines(engine, name, sorted(task_ids.items()), present)]
     if not lines:
         return []
     return ["## Own-task effect of each method's set (×0)", "",
@@ -245,7 +247,8 @@ def method_effect_lines(engine) -> list[str]:
             "examples), then the relative change of its own task's accuracy.", "", *lines]
 
 
-def head_to_head_lines(engine, name: str, tasks: list[str], methods: list[str]) -> list[str]:
+def head_to_head_lines(engine, name: str, tasks: list[tuple[str, int]], methods: list[str]
+                       ) -> list[str]:
     """Per above-chance set: each other method's set of the same task against CGVST's, on the
     same examples of that task (×0): mean gold-label probability difference, sign-flip p."""
     others = [m for m in methods if m != "cgvst" and m in METHODS]
@@ -258,16 +261,15 @@ def head_to_head_lines(engine, name: str, tasks: list[str], methods: list[str]) 
             JOIN evaluation_examples ex USING (eval_id)
             WHERE e.model_id = :mid AND e.factor = 0 AND NOT e.is_control
               AND e.metric = 'label_likelihood' AND e.eval_task_id = s.task_id)
-        SELECT a.method, t.name AS task, list(a.gold_prob - c.gold_prob ORDER BY a.example) AS d
+        SELECT a.method, a.task_id, list(a.gold_prob - c.gold_prob ORDER BY a.example) AS d
         FROM x a JOIN x c ON c.method = 'cgvst' AND c.task_id = a.task_id
              AND c.params_key = a.params_key AND c.example = a.example
-        JOIN tasks t ON t.task_id = a.task_id
         WHERE a.method <> 'cgvst' GROUP BY ALL""", mid=resolve_model(engine, name)["model_id"])
-    diff = {(r["method"], r["task"].split("_")[0]): np.asarray(r["d"], float) for r in data}
-    lines = [f"| {task} | " + " | ".join(
-        "" if (m, task) not in diff else
-        f"{diff[m, task].mean():+.3f} ({sign_flip_p(list(diff[m, task])):.2g})" for m in others)
-        + " |" for task in tasks]
+    diff = {(r["method"], r["task_id"]): np.asarray(r["d"], float) for r in data}
+    lines = [f"| {label} | " + " | ".join(
+        "" if (m, tid) not in diff else
+        f"{diff[m, tid].mean():+.3f} ({sign_flip_p(list(diff[m, tid])):.2g})" for m in others)
+        + " |" for label, tid in tasks]
     return ["Against CGVST's set of the same task, on the same examples (×0): the other set's "
             "gold-label probability minus CGVST's (negative: the other set does more harm), "
             "sign-flip p over examples.", "", "| set | " + " | ".join(others) + " |",
