@@ -27,7 +27,7 @@ from atlas.query import (
     specificity,
     task_similarity_agreement,
 )
-from atlas.query.core import resolve_model, rows
+from atlas.query.core import resolve_model, rows, set_methods
 from atlas.query.plots import plot_compare, plot_layers, plot_overlap
 from atlas.store import open_db
 from atlas.store.identity import task_labels
@@ -180,8 +180,7 @@ def method_agreement_lines(engine) -> list[str]:
     for name in MODELS:
         try:
             info = resolve_model(engine, name)
-            have = {r["method"] for r in rows(engine, "SELECT DISTINCT method FROM task_sets "
-                                              "WHERE model_id = :mid", mid=info["model_id"])}
+            have = set(set_methods(engine, info))
             others = [m for m in METHODS[1:] if m in have]
             if "cgvst" not in have or not others:
                 continue
@@ -190,15 +189,15 @@ def method_agreement_lines(engine) -> list[str]:
         except AtlasError:
             continue
         fraction = agree[0]["size"] / (info["n_layers"] * info["d_mlp"])
+        chance = fraction / (2 - fraction)
         off = tasks[~np.eye(len(tasks), dtype=bool)]
         lines += [f"| {name} | cgvst, another task | {len(tasks)} | {off.mean():.3f} | "
-                  f"{off.min():.3f} | {off.max():.3f} | {fraction / (2 - fraction):.3f} |"]
+                  f"{off.min():.3f} | {off.max():.3f} | {chance:.3f} |"]
         for method in others:
             values = np.array([r[method] for r in agree if r[method] is not None])
             if values.size:
                 lines.append(f"| {name} | {method}, same task | {values.size} | {values.mean():.3f} "
-                             f"| {values.min():.3f} | {values.max():.3f} | "
-                             f"{fraction / (2 - fraction):.3f} |")
+                             f"| {values.min():.3f} | {values.max():.3f} | {chance:.3f} |")
     if not lines:
         return []
     return ["## Do the methods find the same neurons?", "",

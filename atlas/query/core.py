@@ -30,10 +30,15 @@ def resolve_task(engine: Engine, spec: str) -> dict[str, Any]:
         return identity.resolve_task(conn, spec)
 
 
-def check_method(engine: Engine, model: dict, method: str) -> None:
-    have = [r["method"] for r in rows(
+def set_methods(engine: Engine, model: dict) -> list[str]:
+    """The methods ``model`` has current sets of, sorted."""
+    return [r["method"] for r in rows(
         engine, "SELECT DISTINCT method FROM task_sets WHERE model_id = :m ORDER BY 1",
         m=model["model_id"])]
+
+
+def check_method(engine: Engine, model: dict, method: str) -> None:
+    have = set_methods(engine, model)
     if method not in have:
         raise AtlasError(f"model '{model['name']}' has no '{method}' sets; it has: "
                          f"{', '.join(have) or 'none'} (run atlas ingest --method {method})")

@@ -31,34 +31,50 @@ class OverlapMatrix:
                 for label, row in zip(self.labels, self.values)]
 
 
+def _check_measure(measure: str) -> None:
+    if measure not in MEASURES:
+        raise AtlasError(f"unknown overlap measure '{measure}'; choose one of {', '.join(MEASURES)}")
+
+
+def _set_pairs(engine: Engine, model_id: int, methods: list[str], *, same_task: bool
+               ) -> list[dict]:
+    """Ordered pairs of the current sets of ``model_id`` scored by ``methods``, with their
+    n_shared, jaccard and overlap_coef. ``same_task``: pairs of one task's sets from different
+    methods; otherwise pairs of one method's sets (the diagonal included), as in set_overlaps."""
+    params = {f"m{k}": m for k, m in enumerate(methods)}
+    key = "task_id" if same_task else "method"
+    pair = "a.method <> b.method" if same_task else "TRUE"
+    # The set_overlaps view, restricted to this model and these methods before the self-join.
+    return rows(engine, f"""
+        WITH sets AS (SELECT set_id, task_id, task, method, size FROM task_sets
+                      WHERE model_id = :mid AND method IN ({', '.join(':' + k for k in params)})),
+             members AS (SELECT s.set_id, s.{key}, m.layer, m.neuron
+                         FROM neuron_set_members m JOIN sets s USING (set_id)),
+             shared AS (SELECT a.set_id AS set_a, b.set_id AS set_b, count(*) AS n_shared
+                        FROM members a JOIN members b USING ({key}, layer, neuron) GROUP BY ALL)
+        SELECT a.task_id AS task_id_a, a.task AS task_a, a.method AS method_a,
+               b.task_id AS task_id_b, b.task AS task_b, b.method AS method_b,
+               coalesce(sh.n_shared, 0) AS n_shared,
+               coalesce(sh.n_shared, 0) / nullif(a.size + b.size - coalesce(sh.n_shared, 0), 0)
+                   AS jaccard,
+               coalesce(sh.n_shared, 0) / nullif(least(a.size, b.size), 0) AS overlap_coef
+        FROM sets a JOIN sets b ON a.{key} = b.{key} AND {pair}
+        LEFT JOIN shared sh ON sh.set_a = a.set_id AND sh.set_b = b.set_id""",
+        mid=model_id, **params)
+
+
 def overlap_matrix(engine: Engine, model: str, method: str = "cgvst",
                    measure: str = "jaccard") -> OverlapMatrix:
     """The task × task overlap of the current sets of ``model`` scored by ``method``."""
-    if measure not in MEASURES:
-        raise AtlasError(f"unknown overlap measure '{measure}'; choose one of {', '.join(MEASURES)}")
+    _check_measure(measure)
     info = resolve_model(engine, model)
     check_method(engine, info, method)
-    # The set_overlaps view, restricted to this model and method before the self-join.
-    data = rows(engine, f"""
-        WITH sets AS (SELECT set_id, task, size FROM task_sets
-                      WHERE model_id = :mid AND method = :method),
-             members AS (SELECT set_id, layer, neuron FROM neuron_set_members
-                         WHERE set_id IN (SELECT set_id FROM sets)),
-             shared AS (SELECT a.set_id AS set_a, b.set_id AS set_b, count(*) AS n_shared
-                        FROM members a JOIN members b USING (layer, neuron) GROUP BY ALL),
-             pairs AS (
-                SELECT a.task AS task_a, b.task AS task_b, coalesce(sh.n_shared, 0) AS n_shared,
-                       coalesce(sh.n_shared, 0) / nullif(a.size + b.size
-                           - coalesce(sh.n_shared, 0), 0) AS jaccard,
-                       coalesce(sh.n_shared, 0) / nullif(least(a.size, b.size), 0) AS overlap_coef
-                FROM sets a CROSS JOIN sets b
-                LEFT JOIN shared sh ON sh.set_a = a.set_id AND sh.set_b = b.set_id)
-        SELECT task_a, task_b, {measure} AS v FROM pairs""", mid=info["model_id"], method=method)
+    data = _set_pairs(engine, info["model_id"], [method], same_task=False)
     tasks = sorted({r["task_a"] for r in data})
     index = {t: k for k, t in enumerate(tasks)}
     values = np.zeros((len(tasks), len(tasks)))
     for r in data:
-        values[index[r["task_a"]], index[r["task_b"]]] = r["v"] or 0.0
+        values[index[r["task_a"]], index[r["task_b"]]] = r[measure] or 0.0
     return OverlapMatrix(model, method, measure, tasks, values)
 
 
@@ -67,31 +83,16 @@ def method_overlap(engine: Engine, model: str, method: str, versus: list[str],
     """Per task, the overlap of its ``method`` set with its set from each of ``versus``: whether
     different scorers find the same neurons for the same task. A task without a ``versus`` set
     gets None there."""
-    if measure not in MEASURES:
-        raise AtlasError(f"unknown overlap measure '{measure}'; choose one of {', '.join(MEASURES)}")
+    _check_measure(measure)
     if not versus or method in versus:
         raise AtlasError(f"give --versus one or more methods other than '{method}'")
     info = resolve_model(engine, model)
-    methods = {f"m{k}": m for k, m in enumerate(dict.fromkeys((method, *versus)))}
-    for m in methods.values():
+    methods = list(dict.fromkeys((method, *versus)))
+    for m in methods:
         check_method(engine, info, m)
-    # Pairs of one task's sets only: members are joined on (task, layer, neuron).
-    data = rows(engine, f"""
-        WITH sets AS (SELECT set_id, task_id, task, method, size FROM task_sets
-                      WHERE model_id = :mid AND method IN ({', '.join(':' + k for k in methods)})),
-             members AS (SELECT s.set_id, s.task_id, m.layer, m.neuron
-                         FROM neuron_set_members m JOIN sets s USING (set_id)),
-             shared AS (SELECT a.set_id AS set_a, b.set_id AS set_b, count(*) AS n_shared
-                        FROM members a JOIN members b USING (task_id, layer, neuron)
-                        WHERE a.set_id <> b.set_id GROUP BY ALL)
-        SELECT a.task_id, b.method AS versus, coalesce(sh.n_shared, 0) AS n_shared,
-               coalesce(sh.n_shared, 0) / nullif(a.size + b.size - coalesce(sh.n_shared, 0), 0)
-                   AS jaccard,
-               coalesce(sh.n_shared, 0) / nullif(least(a.size, b.size), 0) AS overlap_coef
-        FROM sets a JOIN sets b ON a.task_id = b.task_id AND b.method <> a.method
-        LEFT JOIN shared sh ON sh.set_a = a.set_id AND sh.set_b = b.set_id
-        WHERE a.method = :method""", mid=info["model_id"], method=method, **methods)
-    value = {(r["task_id"], r["versus"]): r[measure] for r in data}
+    value = {(r["task_id_a"], r["method_b"]): r[measure]
+             for r in _set_pairs(engine, info["model_id"], methods, same_task=True)
+             if r["method_a"] == method}
     kind = int if measure == "n_shared" else float
     tasks = rows(engine, "SELECT task_id, task, size FROM task_sets WHERE model_id = :mid AND "
                  "method = :m ORDER BY task", mid=info["model_id"], m=method)
