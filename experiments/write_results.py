@@ -40,6 +40,7 @@ MODELS = ["smollm2-135m-instruct", "gemma-3-270m"]
 REFERENCE = "llama-2-7b-chat"
 METHODS = ["cgvst", "cgvst_marker", "gv", "grad_x_act", "lape", "random"]
 SPLIT_METHODS = ["cgvst-shared", "cgvst-specific"]  # `atlas split` of the CGVST sets
+SET_LEVEL_METHODS = ["cgvst", "random", "grad_x_act"]  # with more controls, for the set-level test
 
 
 def report_section(engine, name: str, factor: float, metric: str, png: Path) -> list[str]:
@@ -111,17 +112,18 @@ def exact_match_lines(engine, name: str) -> list[str]:
     return [*lines, "", describe_tests(report_tests(summary)), ""]
 
 
-def above_chance_tasks(engine, name: str) -> list[str] | None:
-    """The tasks the unmodified model does above chance, from the CGVST ×0 report's baselines
-    (None before they are stored)."""
+def above_chance_tasks(engine, name: str) -> dict[str, int] | None:
+    """The tasks the unmodified model does above chance, from the CGVST ×0 report's baselines,
+    label -> task id (None before they are stored)."""
     try:
         rep = intervention_report.build_report(engine, name, "cgvst", 0.0, "label_likelihood")
     except AtlasError:
         return None
-    return [c["task"] for c in rep.columns_info if c.get("above")]
+    return {c["task"]: c["task_id"] for c in rep.columns_info if c.get("above")}
 
 
-def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
+def progress_lines(engine, n_tasks: int, factors: list[float], set_controls: int = 20
+                   ) -> list[str]:
     """How far the run got: per model and method, complete scoring runs and the sets evaluated
     on every task at each factor. The design: every task's CGVST set at ×0; beyond it, the sets
     of the tasks the model does above chance."""
@@ -162,6 +164,21 @@ def progress_lines(engine, n_tasks: int, factors: list[float]) -> list[str]:
                 complete &= n >= len(above)
                 lines.append(f"| {name} | {method} | (split of cgvst) | {n} / {len(above)} | "
                              + " | ".join("—" for _ in factors[1:]) + " |")
+    controls = {(r["model"], r["method"], r["task_id"]): r["n"] for r in rows(engine, """
+        SELECT m.name AS model, s.method, s.task_id, count(DISTINCT e.control_seed) AS n
+        FROM evaluations e JOIN task_sets s USING (set_id) JOIN models m ON m.model_id = e.model_id
+        WHERE e.is_control AND e.factor = 0 AND e.eval_task_id = s.task_id GROUP BY ALL""")}
+    lines.append("")
+    for name, above in above_by_model.items():
+        if not above:
+            continue
+        cells = []
+        for method in SET_LEVEL_METHODS:
+            counts = [controls.get((name, method, task_id), 0) for task_id in above.values()]
+            complete &= all(n >= set_controls for n in counts)
+            cells.append(f"{method} " + ", ".join(map(str, counts)))
+        lines.append(f"Random controls on their own task for the set-level test of {name} "
+                     f"({', '.join(above)}; wanted {set_controls} each): " + "; ".join(cells) + ".")
     lines.append("")
     for name, above in above_by_model.items():
         lines.append(f"Above chance for {name}: " + ("not known yet (no baselines stored)"
@@ -226,9 +243,12 @@ def method_effect_lines(engine) -> list[str]:
                 if e.get("own_task_above_chance") and "paired" in e:
                     pr = e["paired"]
                     task_ids[e["set"]] = e["set_task_id"]
+                    level = e.get("set_level")
                     cells.setdefault(e["set"], {})[method] = (
-                        f"{pr['mean_diff']:+.3f} ({pr['p']:.2g}); "
-                        f"{e['target_change'] * 100:+.0f}%")
+                        f"{pr['mean_diff']:+.3f} ({pr['p']:.2g}"
+                        + ("" if level is None else
+                           f"; set {level['t_p']:.2g}, {level['n_controls']} controls")
+                        + f"); {e['target_change'] * 100:+.0f}%")
                     if method not in present:
                         present.append(method)
         if not cells:
@@ -243,7 +263,9 @@ def method_effect_lines(engine) -> list[str]:
     return ["## Own-task effect of each method's set (×0)", "",
             "Per set of a task the model does above chance: the paired difference in the gold "
             "label's probability against its random controls (sign-flip p over the 100 "
-            "examples), then the relative change of its own task's accuracy.", "", *lines]
+            "examples; set: the set-level prediction-interval t p against the spread of the "
+            "controls' means, which is the test of the set), then the relative change of its own "
+            "task's accuracy.", "", *lines]
 
 
 def head_to_head_lines(engine, name: str, tasks: list[tuple[str, int]], methods: list[str]
@@ -284,6 +306,8 @@ def main() -> None:
     ap.add_argument("--wall-seconds", type=int, default=0)
     ap.add_argument("--command", default="bash experiments/paper_tasks.sh")
     ap.add_argument("--sizes", default="")
+    ap.add_argument("--set-controls", type=int, default=20,
+                    help="Controls wanted per set for the set-level test.")
     ap.add_argument("--sni-dir", nargs="+", default=None,
                     help="SNI folders, for each task's chance accuracy")
     args = ap.parse_args()
@@ -313,7 +337,7 @@ def main() -> None:
     lines += [f"| {m['name']} | {m['family']} | {m['n_layers']} × {m['d_mlp']} | `{m['revision']}` "
               f"| {m['dtype']} |" for m in models]
 
-    lines += ["", *progress_lines(engine, args.n_tasks, [0.0, *args.amplify])]
+    lines += ["", *progress_lines(engine, args.n_tasks, [0.0, *args.amplify], args.set_controls)]
     lines += ["", "## Overlap of task neuron sets (CGVST, top 5%)", "",
               "Mean pairwise Jaccard between different tasks' sets (the paper's released sets "
               "for Llama-2-7B-chat imported for reference):", "",

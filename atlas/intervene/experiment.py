@@ -253,6 +253,11 @@ class ReportData:
     seeds: list[int]  # control seeds
     cell: dict[tuple[int, bool, int, int], float | None]  # (set, control, seed|-1, col) -> rel
 
+    def set_seeds(self, s: int) -> list[int]:
+        """The control seeds evaluated for set ``s`` (sets may have different numbers)."""
+        return [seed for seed in self.seeds if any((s, True, seed, c) in self.cell
+                                                   for c in self.cols)]
+
 
 def report_data(engine: Engine, model: str, method: str, factor: float, metric: str,
                 config: str | None = None) -> ReportData:
@@ -298,12 +303,13 @@ def matrix_of(d: ReportData) -> tuple[list[str], list[str], list[list[float | No
     for s in d.sets:
         row_names.append(d.labels[s])
         matrix.append([d.cell.get((s, False, -1, c)) for c in d.cols])
-        for seed in d.seeds:
+        seeds = d.set_seeds(s)
+        for seed in seeds:
             row_names.append(f"{d.labels[s]} (random, seed {seed})")
             matrix.append([d.cell.get((s, True, seed, c)) for c in d.cols])
         own = {c: v for c in d.cols if (v := d.cell.get((s, False, -1, c))) is not None}
         per_seed = [{c: v for c in d.cols if (v := d.cell.get((s, True, seed, c))) is not None}
-                    for seed in d.seeds]
+                    for seed in seeds]
         ctrl = {c: float(np.mean([p[c] for p in per_seed if c in p]))
                 for c in d.cols if any(c in p for p in per_seed)}
         target = own.get(s)

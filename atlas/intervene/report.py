@@ -20,6 +20,7 @@ from atlas.intervene.stats import (
     paired_difference,
     paired_rel_change_interval,
     report_tests,
+    set_level_test,
     sign_flip_p,
 )
 from atlas.query.core import rows as query_rows
@@ -41,6 +42,7 @@ class Report:
     intervals: list[list[tuple[float, float] | None]]  # 95% paired bootstrap, per cell
     columns_info: list[dict]  # per evaluated task: unmodified accuracy, chance, binomial test
     excluded: list[str]  # why sets were left out of the summary tests
+    row_seeds: list[int | None]  # per row: its control seed, None for the set itself
 
     @property
     def title(self) -> str:
@@ -90,13 +92,13 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
     columns_info = []
     for c in d.cols:
         base = examples.get((None, False, -1, c))
-        info = {"task": d.labels[c]}
+        info = {"task": d.labels[c], "task_id": c}
         if base is not None:
             info.update(above_chance(base["correct"], base["gold"]))
         columns_info.append(info)
-    intervals = []
+    intervals, row_seeds = [], []
     for s in d.sets:
-        for control, seed_ in [(False, -1)] + [(True, k) for k in d.seeds]:
+        for control, seed_ in [(False, -1)] + [(True, k) for k in d.set_seeds(s)]:
             row = []
             for c in d.cols:
                 base, treated = examples.get((None, False, -1, c)), examples.get((s, control, seed_, c))
@@ -105,6 +107,7 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
                 row.append(paired_rel_change_interval(base[value_key], treated[value_key], seed)
                            if ok else None)
             intervals.append(row)
+            row_seeds.append(seed_ if control else None)
     chance_by_task = {c: info for c, info in zip(d.cols, columns_info)}
     excluded = []
     primary = "gold_prob" if metric in LABEL_METRICS else "correct"  # the paired statistic
@@ -118,6 +121,8 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
             if metric in LABEL_METRICS:
                 entry["paired_accuracy"] = paired_difference(own["correct"],
                                                              [c["correct"] for c in controls])
+            entry["set_level"] = set_level_test(float(np.nanmean(own[primary])),
+                                                [float(np.nanmean(c[primary])) for c in controls])
         other_sets = [examples[k] for k in [(o, False, -1, s) for o in d.sets if o != s]
                       if k in examples]
         if own is not None and (versus := _against_other_sets(own, other_sets, primary)):
@@ -135,13 +140,16 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
     tests["paired_statistic"] = paired[0]["statistic"] if paired else None
     tests["mean_paired_diff"] = float(np.mean([p["mean_diff"] for p in paired])) if paired else None
     tests["n_paired_significant"] = sum(p["p"] is not None and p["p"] < 0.05 for p in paired)
+    set_level = [e["set_level"] for e in included if e.get("set_level")]
+    tests["n_set_level"] = len(set_level)
+    tests["n_set_level_significant"] = sum(v["t_p"] < 0.05 for v in set_level)
     versus = [e["vs_other_sets"] for e in included if "vs_other_sets" in e]
     tests["n_vs_other_sets"] = len(versus)
     tests["mean_vs_other_sets"] = float(np.mean([v["mean_diff"] for v in versus])) if versus else None
     tests["vs_other_sets_p"] = sign_flip_p([v["mean_diff"] for v in versus])
     tests["n_vs_other_sets_significant"] = sum(v["p"] is not None and v["p"] < 0.05 for v in versus)
     return Report(model, method, factor, metric, names, cols, matrix, summary, tests, intervals,
-                  columns_info, excluded)
+                  columns_info, excluded, row_seeds)
 
 
 def _against_other_sets(own: dict, others: list[dict], primary: str) -> dict:
@@ -169,6 +177,7 @@ def render(report: Report, fmt: str = "markdown") -> str:
     if fmt == "json":
         return json.dumps({"rows": report.rows, "columns": report.columns,
                            "rel_change": report.rel_change, "intervals": report.intervals,
+                           "row_seeds": report.row_seeds,
                            "columns_info": report.columns_info, "summary": report.summary,
                            "tests": report.tests, "excluded": report.excluded}, indent=1) + "\n"
     if fmt == "csv":
@@ -190,8 +199,7 @@ def render(report: Report, fmt: str = "markdown") -> str:
              "set), with its 95% interval (paired bootstrap over examples). ✓: the unmodified "
              "model does the task above chance (one-sided binomial test, p < 0.05).", "",
              "| set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += [f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, ci_row)) + " |"
-              for name, row, ci_row in zip(report.rows, report.rel_change, report.intervals)]
+    lines += _matrix_rows(report)
     lines += ["", "| task | unmodified accuracy | n | chance | binomial p |", "|---|---|---|---|---|"]
     lines += [f"| {i['task']} | {i['accuracy']:.3f} | {i['n']} | {i['chance']:.2f} | {i['p']:.2g} |"
               for i in report.columns_info if "accuracy" in i]
@@ -209,6 +217,21 @@ def render(report: Report, fmt: str = "markdown") -> str:
         lines += ["", f"Paired statistic: per example, the set's {report.summary[0]['paired']['statistic']} "
                   "minus the mean of its random controls' on the same examples (two-sided "
                   "sign-flip test)."]
+    level = [s for s in report.summary if s.get("set_level")]
+    if level:
+        stat = level[0]["paired"]["statistic"]
+        lines += ["", f"Set-level test: the set's mean {stat} on its own task against the spread "
+                  "of its random controls' means (each control is one draw of a random set of "
+                  "the same size): two-sided prediction-interval t test, and the set's rank "
+                  "among the controls (1 = lowest) with its two-sided Monte Carlo p-value.", "",
+                  f"| set | {stat}, own set | random controls: mean ± sd | n | difference | t p | "
+                  "rank | rank p |", "|---|---|---|---|---|---|---|---|"]
+        for s in level:
+            v = s["set_level"]
+            lines.append(f"| {s['set']} | {v['own_mean']:.3f} | {v['controls_mean']:.3f} ± "
+                         f"{v['controls_sd']:.3f} | {v['n_controls']} | {_signed(v['diff'])} | "
+                         f"{_p(v['t_p'])} | {v['rank']} / {v['n_controls'] + 1} | "
+                         f"{_p(v['rank_p'])} |")
     versus = [s for s in report.summary if s.get("vs_other_sets")]
     if versus:
         stat = versus[0]["vs_other_sets"]["statistic"]
@@ -226,6 +249,37 @@ def render(report: Report, fmt: str = "markdown") -> str:
         lines += ["", "Left out of the summary tests: " + "; ".join(report.excluded) + "."]
     lines += ["", describe_tests(report.tests)]
     return "\n".join(lines) + "\n"
+
+
+MARKDOWN_CONTROL_ROWS = 3  # per set; further controls are one row of their mean
+
+
+def _matrix_rows(report: Report) -> list[str]:
+    """The markdown matrix: each set, its first controls, and the mean of the others."""
+    lines, rest, shown = [], [], 0
+
+    def flush() -> None:
+        if rest:
+            means = [np.mean(vals) if (vals := [r[k] for r in rest if r[k] is not None]) else None
+                     for k in range(len(report.columns))]
+            lines.append(f"| {set_name} (random, mean of {len(rest)} more seeds) | "
+                         + " | ".join(_cell(v, None) for v in means) + " |")
+            rest.clear()
+
+    for name, seed, row, ci_row in zip(report.rows, report.row_seeds, report.rel_change,
+                                       report.intervals):
+        if seed is None:
+            flush()
+            set_name, shown = name, 0
+        elif shown >= MARKDOWN_CONTROL_ROWS:
+            rest.append(row)
+            continue
+        else:
+            shown += 1
+        lines.append(f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, ci_row))
+                     + " |")
+    flush()
+    return lines
 
 
 def _cell(value: float | None, interval: tuple[float, float] | None) -> str:

@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 from scipy.stats import DegenerateDataWarning, binomtest, bootstrap, permutation_test
+from scipy.stats import t as student_t
 
 
 def sign_flip_p(values: list[float]) -> float | None:
@@ -63,6 +64,9 @@ def describe_tests(tests: dict) -> str:
         text += (f" Mean |change| over all tasks {tests['mean_abs_change']:.3f}, random controls "
                  f"{tests['control_mean_abs_change']:.3f}")
         text += ("" if p is None else f" (sign-flip p = {p:.3g})") + "."
+    if tests.get("n_set_level"):
+        text += (f" Set level: {tests['n_set_level_significant']} of {tests['n_set_level']} sets "
+                 "outside their random controls' spread (prediction t p < 0.05).")
     if tests.get("mean_vs_other_sets") is not None:
         text += (" Own set minus the other tasks' sets on the own task: "
                  + fmt(tests["mean_vs_other_sets"], tests["vs_other_sets_p"],
@@ -106,6 +110,31 @@ def paired_difference(treated: np.ndarray, controls: list[np.ndarray]) -> dict:
     difference and its two-sided sign-flip p-value."""
     diff = np.asarray(treated, float) - np.mean([np.asarray(c, float) for c in controls], axis=0)
     return {"mean_diff": float(diff.mean()), "p": sign_flip_p(list(diff)), "n": int(len(diff))}
+
+
+def set_level_test(own_mean: float, control_means: list[float]) -> dict | None:
+    """Does the set do something random sets of its size do not? Each random control's mean
+    over the task's examples is one draw of a random set's effect, so the per-example paired
+    test (which treats the controls' mean as fixed) is not a test of the set. Here the set is
+    compared with the spread of the controls: a two-sided prediction-interval t test (the set as
+    one more draw from a normal fitted to the n controls, n − 1 degrees of freedom) and its rank
+    among them (1 = lowest) with the two-sided Monte Carlo p-value, which needs n ≥ 39 to reach
+    0.05. None below 2 controls."""
+    controls = np.asarray([c for c in control_means if c is not None and not math.isnan(c)], float)
+    n = len(controls)
+    if n < 2:
+        return None
+    mean, sd = float(controls.mean()), float(controls.std(ddof=1))
+    below, above = int(np.sum(controls <= own_mean)), int(np.sum(controls >= own_mean))
+    rank_p = min(1.0, 2 * (1 + min(below, above)) / (n + 1))
+    if sd == 0:
+        t_p = 1.0 if own_mean == mean else 0.0
+    else:
+        t_value = (own_mean - mean) / (sd * math.sqrt(1 + 1 / n))
+        t_p = float(2 * student_t.sf(abs(t_value), n - 1))
+    return {"own_mean": float(own_mean), "controls_mean": mean, "controls_sd": sd,
+            "n_controls": n, "diff": float(own_mean) - mean, "t_p": t_p,
+            "rank": 1 + int(np.sum(controls < own_mean)), "rank_p": rank_p}
 
 
 def above_chance(correct: np.ndarray, golds: list[str], alpha: float = 0.05) -> dict:

@@ -277,3 +277,37 @@ def test_controls_on_own_task_only(tmp_path):
     assert summary["control_mean_abs_change"] is None  # controls did not cover the other task
     res = runner.invoke(app, ["ablate", *common, "--task", "task379", "--controls-on", "some"])
     assert res.exit_code == 2 and "unknown --controls-on 'some'" in res.output
+
+
+def test_sets_with_more_controls_get_their_rows_and_a_set_level_test(tmp_path):
+    folder, db, common = ingested_tiny(tmp_path)
+    for task, n in (("task195", 2), ("task379", 4)):
+        res = runner.invoke(app, ["ablate", *common, "--task", task, "--examples", "4",
+                                  "--controls", str(n), "--controls-on", "own", "--eval-task",
+                                  "task195", "--eval-task", "task379"])
+        assert res.exit_code == 0, res.output
+    data = json.loads(runner.invoke(app, ["report", "--model", folder.name, "--db", str(db),
+                                          "-f", "json"]).output)
+    assert [r.split(" (")[0] for r in data["rows"]] == ["task195"] * 3 + ["task379"] * 5
+    assert all(any(v is not None for v in row) for row in data["rel_change"])  # no empty rows
+    assert len(data["intervals"]) == len(data["rows"])
+    level = {s["set"]: s["set_level"] for s in data["summary"]}
+    assert (level["task195"]["n_controls"], level["task379"]["n_controls"]) == (2, 4)
+    stored = json.loads(runner.invoke(app, ["sql", """
+        SELECT t.name AS task, e.is_control, avg(x.gold_prob) AS mean
+        FROM evaluations e JOIN neuron_sets s USING (set_id) JOIN tasks t ON t.task_id = s.task_id
+        JOIN evaluation_examples x USING (eval_id)
+        WHERE e.eval_task_id = s.task_id GROUP BY e.eval_id, t.name, e.is_control""",
+        "--db", str(db), "-f", "json"]).output)
+    for task in ("task195", "task379"):  # the set's own-task mean against its controls' means
+        own = [r["mean"] for r in stored if r["task"].startswith(task) and not r["is_control"]]
+        controls = [r["mean"] for r in stored if r["task"].startswith(task) and r["is_control"]]
+        assert level[task]["own_mean"] == pytest.approx(own[0])
+        assert level[task]["controls_mean"] == pytest.approx(np.mean(controls))
+        assert level[task]["controls_sd"] == pytest.approx(np.std(controls, ddof=1))
+    markdown = runner.invoke(app, ["report", "--model", folder.name, "--db", str(db)]).output
+    assert "Set-level test" in markdown and " / 5 | " in markdown
+    # beyond 3 controls a set's markdown matrix shows their mean: here the fourth seed's row
+    last = "".join(f" {v:+.3f} |" if v is not None else "  |" for v in data["rel_change"][-1])
+    assert f"| task379 (random, mean of 1 more seeds) |{last}" in markdown
+    assert "task379 (random, seed 3)" not in markdown and "task379 (random, seed 2)" in markdown

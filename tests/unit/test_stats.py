@@ -90,3 +90,24 @@ def test_paired_difference_and_above_chance_match_direct_computation():
     assert res["chance"] == pytest.approx(0.7)
     assert res["p"] == pytest.approx(binomtest(17, 20, 0.7, alternative="greater").pvalue)
     assert res["above"] == (res["p"] < 0.05)
+
+
+def test_set_level_test_is_the_pooled_t_test_of_one_draw_and_is_calibrated():
+    from scipy.stats import ttest_ind
+
+    from atlas.intervene.stats import set_level_test
+
+    controls = [0.47, 0.36, 0.58, 0.41]
+    got = set_level_test(0.20, controls)
+    # one new draw against n controls: the pooled two-sample t test with a sample of one
+    assert got["t_p"] == pytest.approx(ttest_ind([0.20], controls).pvalue)
+    assert got["diff"] == pytest.approx(0.20 - np.mean(controls))
+    assert (got["rank"], got["n_controls"], got["rank_p"]) == (1, 4, pytest.approx(2 / 5))
+    assert set_level_test(0.45, controls)["rank"] == 3
+    assert set_level_test(0.5, [0.4]) is None
+    # a set that is itself random is rejected at about the nominal rate, also with 3 controls
+    rng = np.random.default_rng(0)
+    for n in (3, 20):
+        draws = rng.normal(0.5, 0.1, size=(4000, n + 1))
+        rate = np.mean([set_level_test(d[0], list(d[1:]))["t_p"] < 0.05 for d in draws])
+        assert 0.04 < rate < 0.06, (n, rate)
