@@ -307,6 +307,14 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                                     answer)
         return Response(body, media_type="application/json")
 
+    @app.get("/method-overlaps")
+    def method_overlaps(request: Request, model: str, versus: list[str] = Query(...),
+                        method: str = "cgvst", measure: str = "jaccard", fmt: str = Fmt):
+        """Per task, the overlap of its ``method`` set with its set from each ``versus``."""
+        with engine() as eng:
+            data = q.method_overlap(eng, model, method, versus, measure)
+        return table(data, request, fmt, len(data), 0)
+
     @app.get("/specificity")
     def specificity(request: Request, model: str, method: str = "cgvst", fmt: str = Fmt):
         with engine() as eng:

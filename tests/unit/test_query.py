@@ -272,3 +272,17 @@ def test_method_overlap_matches_set_arithmetic(tmp_path):
                          (["--versus", "lape"], "has no 'lape' sets")):
         res = runner.invoke(app, ["overlap", "--model", "a", *bad, "--db", str(db)])
         assert res.exit_code == 2 and message in res.output, res.output
+    from fastapi.testclient import TestClient
+
+    from atlas.serve.app import create_app
+
+    client = TestClient(create_app(db))  # the same answer over HTTP, csv too
+    served = client.get("/method-overlaps", params={"model": "a", "versus": "gv"})
+    assert served.status_code == 200, served.text
+    assert [r["gv"] for r in served.json()["rows"]] == [r["gv"] for r in got["jaccard"]]
+    csv_rows = client.get("/method-overlaps", params={"model": "a", "versus": "gv",
+                                                      "measure": "n_shared", "format": "csv"})
+    assert csv_rows.text.splitlines()[1:3] == [f'"task{k + 1}",{r["size"]},{r["gv"]}'
+                                               for k, r in enumerate(got["n_shared"][:2])]
+    bad = client.get("/method-overlaps", params={"model": "a", "versus": "lape"})
+    assert bad.status_code == 422 and "has no 'lape' sets" in bad.json()["error"]
