@@ -178,6 +178,8 @@ def render(report: Report, fmt: str = "markdown") -> str:
         return json.dumps({"rows": report.rows, "columns": report.columns,
                            "rel_change": report.rel_change, "intervals": report.intervals,
                            "row_seeds": report.row_seeds,
+                           "display_rows": [{"name": n, "values": v, "intervals": ci}
+                                            for n, v, ci in display_rows(report)],
                            "columns_info": report.columns_info, "summary": report.summary,
                            "tests": report.tests, "excluded": report.excluded}, indent=1) + "\n"
     if fmt == "csv":
@@ -251,19 +253,21 @@ def render(report: Report, fmt: str = "markdown") -> str:
     return "\n".join(lines) + "\n"
 
 
-MARKDOWN_CONTROL_ROWS = 3  # per set; further controls are one row of their mean
+SHOWN_CONTROL_ROWS = 3  # per set, in markdown and the plot; further controls: one row of their mean
 
 
-def _matrix_rows(report: Report) -> list[str]:
-    """The markdown matrix: each set, its first controls, and the mean of the others."""
-    lines, rest, shown = [], [], 0
+def display_rows(report: Report) -> list[tuple[str, list, list]]:
+    """The rows markdown and the plot show, as (name, values, intervals): each set, its first
+    ``SHOWN_CONTROL_ROWS`` controls, then one row with the mean of its other controls (csv and
+    json keep every control)."""
+    out, rest, shown, set_name = [], [], 0, ""
 
     def flush() -> None:
         if rest:
-            means = [np.mean(vals) if (vals := [r[k] for r in rest if r[k] is not None]) else None
-                     for k in range(len(report.columns))]
-            lines.append(f"| {set_name} (random, mean of {len(rest)} more seeds) | "
-                         + " | ".join(_cell(v, None) for v in means) + " |")
+            means = [float(np.mean(vals)) if (vals := [r[k] for r in rest if r[k] is not None])
+                     else None for k in range(len(report.columns))]
+            out.append((f"{set_name} (random, mean of {len(rest)} more seeds)", means,
+                        [None] * len(means)))
             rest.clear()
 
     for name, seed, row, ci_row in zip(report.rows, report.row_seeds, report.rel_change,
@@ -271,15 +275,19 @@ def _matrix_rows(report: Report) -> list[str]:
         if seed is None:
             flush()
             set_name, shown = name, 0
-        elif shown >= MARKDOWN_CONTROL_ROWS:
+        elif shown >= SHOWN_CONTROL_ROWS:
             rest.append(row)
             continue
         else:
             shown += 1
-        lines.append(f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, ci_row))
-                     + " |")
+        out.append((name, row, ci_row))
     flush()
-    return lines
+    return out
+
+
+def _matrix_rows(report: Report) -> list[str]:
+    return [f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, ci_row)) + " |"
+            for name, row, ci_row in display_rows(report)]
 
 
 def _cell(value: float | None, interval: tuple[float, float] | None) -> str:
@@ -293,12 +301,11 @@ def _p(p: float | None) -> str:
 
 
 def plot(report: Report, out: str | Path) -> Path:
-    """Heatmap of the report's relative changes."""
-    import numpy as np
-
+    """Heatmap of the report's relative changes (the rows markdown shows)."""
     from atlas.query.plots import heatmap
 
-    values = np.array([[np.nan if v is None else v for v in row] for row in report.rel_change])
+    shown = display_rows(report)
+    values = np.array([[np.nan if v is None else v for v in row] for _, row, _ in shown])
     title = f"{report.model} · {report.method} × {report.factor:g} · {report.metric}"
-    return heatmap(values, report.rows, report.columns, title, out,
+    return heatmap(values, [name for name, _, _ in shown], report.columns, title, out,
                    f"relative change of {report.metric}", cmap="RdBu", center=True, fmt="+.2f")

@@ -311,3 +311,11 @@ def test_sets_with_more_controls_get_their_rows_and_a_set_level_test(tmp_path):
     last = "".join(f" {v:+.3f} |" if v is not None else "  |" for v in data["rel_change"][-1])
     assert f"| task379 (random, mean of 1 more seeds) |{last}" in markdown
     assert "task379 (random, seed 3)" not in markdown and "task379 (random, seed 2)" in markdown
+    assert [r["name"] for r in data["display_rows"]][-1] == "task379 (random, mean of 1 more seeds)"
+    assert data["display_rows"][-1]["values"] == pytest.approx(data["rel_change"][-1])
+    from PIL import Image
+
+    png = tmp_path / "r.png"  # the plot shows the same 8 rows: taller with every row
+    assert runner.invoke(app, ["plot", "report", "--model", folder.name, "--db", str(db),
+                               "-o", str(png)]).exit_code == 0
+    assert Image.open(png).size[1] == round(130 * (1.8 + 0.45 * 8))
