@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -12,6 +13,9 @@ from typer.core import TyperGroup
 from typer.core import _click as click
 
 from atlas.errors import AtlasError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Piped or logged output keeps whole table rows (a terminal sets its own width).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -51,9 +55,27 @@ def sni_path(folders: list[str] | None) -> str | None:
 
 
 def rich_table(rows: list[dict], title: str | None = None, floats: int = 4) -> Table:
+    return _table(list(rows[0]) if rows else [], [list(r.values()) for r in rows], title, floats)
+
+
+def arrow_rich_table(data: pa.Table, floats: int = 4) -> Table:
+    """A query result: every column by position (names may repeat), the header also when no
+    row came back."""
+    return _table(data.column_names, [list(r) for r in zip(*(c.to_pylist() for c in data.columns))],
+                  None, floats)
+
+
+def _table(columns: list[str], rows: list[list], title: str | None, floats: int) -> Table:
     table = Table(title=title, header_style="bold")
-    if not rows:
-        return table
+    for k, col in enumerate(columns):
+        numeric = bool(rows) and isinstance(rows[0][k], (int, float))
+        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*[
+            f"{v:.{floats}g}" if isinstance(v, float) else ("" if v is None else str(v))
+            for v in row
+        ])
+    return table
     for col in rows[0]:
         numeric = isinstance(rows[0][col], (int, float))
         table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")

@@ -8,7 +8,7 @@ import typer
 
 from atlas import query as q
 from atlas.errors import AtlasError
-from cli.common import AtlasGroup, DbOption, console, err_console, rich_table
+from cli.common import AtlasGroup, DbOption, arrow_rich_table, console, err_console, rich_table
 
 plot_app = typer.Typer(cls=AtlasGroup, help="Figures as PNG files.", no_args_is_help=True)
 ModelOption = typer.Option(..., "--model", "-m", help="Model name as stored (see models table).")
@@ -43,7 +43,7 @@ def sql(query: str = typer.Argument(..., help="One read-only SQL statement."),
 
     table = q.run_sql(query, db)
     if format == "table":
-        console.print(rich_table(table.to_pylist(), title=None))
+        console.print(arrow_rich_table(table))
         return
     text = write_table(table, format, output)
     if text is not None:

@@ -62,9 +62,11 @@ def run_sql_on(con, query: str, *, timeout_s: float | None = None,
         timer.start()
     try:
         relation = con.sql(query)
+        names = _unique(relation.columns)
+        relation = _intervals_as_text(relation)
         if max_rows is not None:
             relation = relation.limit(max_rows + 1)
-        table = relation.to_arrow_table()
+        table = relation.to_arrow_table().rename_columns(names)
     except duckdb.Error as err:
         if timer and not timer.is_alive():
             raise AtlasError(f"SQL query stopped after the {timeout_s:g} s limit") from err
@@ -75,6 +77,31 @@ def run_sql_on(con, query: str, *, timeout_s: float | None = None,
     if max_rows is not None and table.num_rows > max_rows:
         return table.slice(0, max_rows).replace_schema_metadata({"truncated": "true"})
     return table
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Repeated column names made unique as DuckDB does (a, a_1, a_2): JSON rows are objects."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        new, k = name, 0
+        while new in seen:
+            k += 1
+            new = f"{name}_{k}"
+        seen.add(new)
+        out.append(new)
+    return out
+
+
+def _intervals_as_text(relation: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """INTERVAL columns (also inside lists or structs) as DuckDB writes them ('00:01:30',
+    '2 days'): Arrow's interval type has no CSV, Parquet or JSON form."""
+    types = [str(t) for t in relation.types]
+    if not any("INTERVAL" in t for t in types):
+        return relation
+    return relation.project(", ".join(  # by position: names may repeat
+        f"CAST(#{k + 1} AS VARCHAR)" if "INTERVAL" in t else f"#{k + 1}"
+        for k, t in enumerate(types)))
 
 
 def write_table(table: pa.Table, fmt: str, out: str | Path | None) -> str | None:

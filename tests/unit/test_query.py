@@ -140,6 +140,30 @@ def test_sql_is_read_only_and_reports_errors(tiny_db):
     assert json.loads(res.output) == [{"b": "ff00", "l": [1, 2]}]
 
 
+
+def test_sql_writes_intervals_and_repeated_names_in_every_format(tiny_db, tmp_path):
+    """Arrow's interval type has no CSV, Parquet or JSON form: intervals come back as DuckDB's
+    text; repeated column names are made unique (JSON rows are objects)."""
+    query = ("SELECT max(finished_at) - min(finished_at) >= INTERVAL 0 SECOND AS ok, "
+             "INTERVAL 90 SECOND AS d, [INTERVAL 2 DAY] AS l, 1 AS n, 2 AS n FROM runs")
+    res = runner.invoke(app, ["sql", query, "--db", str(tiny_db), "-f", "csv"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == ['"ok","d","l","n","n_1"', 'true,"00:01:30","[2 days]",1,2']
+    res = runner.invoke(app, ["sql", query, "--db", str(tiny_db), "-f", "json"])
+    assert json.loads(res.output) == [{"ok": True, "d": "00:01:30", "l": "[2 days]", "n": 1,
+                                       "n_1": 2}]
+    res = runner.invoke(app, ["sql", query, "--db", str(tiny_db), "-f", "parquet", "-o",
+                              str(tmp_path / "x.parquet")])
+    assert res.exit_code == 0, res.output
+    assert pq.read_table(tmp_path / "x.parquet").column("d").to_pylist() == ["00:01:30"]
+    res = runner.invoke(app, ["sql", "SELECT finished_at - started_at AS took, 1 AS n, 2 AS n "
+                              "FROM runs LIMIT 1", "--db", str(tiny_db)])
+    assert res.exit_code == 0 and "MonthDayNano" not in res.output
+    assert res.output.count("│") == 4 and " n_1 " in res.output  # every column shown
+    res = runner.invoke(app, ["sql", "SELECT name FROM models WHERE false", "--db", str(tiny_db)])
+    assert res.exit_code == 0 and "name" in res.output  # an empty result keeps its header
+
+
 def test_export_and_plots(tiny_db, tmp_path):
     res = runner.invoke(app, ["export", str(tmp_path / "pq"), "--db", str(tiny_db)])
     assert res.exit_code == 0, res.output
