@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 from typer.core import _click as click
 
@@ -26,7 +28,7 @@ class AtlasClickError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        err_console.print(f"[bold red]error:[/] {self.format_message()}", highlight=False,
+        err_console.print(f"[bold red]error:[/] {escape(self.format_message())}", highlight=False,
                           soft_wrap=True)
 
 
@@ -69,10 +71,10 @@ def _table(columns: list[str], rows: list[list], title: str | None, floats: int)
     table = Table(title=title, header_style="bold")
     for k, col in enumerate(columns):
         numeric = bool(rows) and isinstance(rows[0][k], (int, float))
-        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
-    for row in rows:
+        table.add_column(Text(str(col)), justify="right" if numeric else "left", overflow="fold")
+    for row in rows:  # values as plain text: '[inf]' or '[bold]' in a cell is data, not markup
         table.add_row(*[
-            f"{v:.{floats}g}" if isinstance(v, float) else ("" if v is None else str(v))
+            Text(f"{v:.{floats}g}" if isinstance(v, float) else ("" if v is None else str(v)))
             for v in row
         ])
     return table

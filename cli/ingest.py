@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -41,7 +42,7 @@ class RichReporter(Reporter):
             self.progress.stop_task(self.task_id)
 
     def message(self, text: str) -> None:
-        self.progress.console.print(text)
+        self.progress.console.print(escape(text))
 
 
 def ingest(
@@ -104,7 +105,7 @@ def ingest(
                       f"{options.examples or 'whole half'}, demonstrations from the whole half"
                       f"{' (query included)' if options.demos_include_query else ''}")
     tasks = load_tasks(expand_task_names(task),
-                       options, lambda text: err_console.print(f"[yellow]warning:[/] {text}"))
+                       options, lambda text: err_console.print(f"[yellow]warning:[/] {escape(text)}"))
     if backend == "ray":
         _ingest_ray(model, tasks, options, device, dtype, device_map, address, shards,
                     tasks_per_job, gpus_per_job, cpus_per_job, db)
@@ -160,7 +161,7 @@ def _ingest_ray(models, tasks, options, device, dtype, device_map, address, shar
         results, errors = run_on_ray(jobs, options, shard_root, address=address,
                                      gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job)
     for error in errors:
-        err_console.print(f"[yellow]job failed:[/] {error} (re-run to resume)")
+        err_console.print(f"[yellow]job failed:[/] {escape(str(error))} (re-run to resume)")
     engine = open_db(db)
     try:
         done = {str(r.run_id) for r in results}

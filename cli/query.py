@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from atlas import query as q
 from atlas.errors import AtlasError
@@ -93,7 +94,7 @@ def compare(model: list[str] = typer.Option(..., "--model", "-m", help="Two mode
     try:
         agreement = q.task_similarity_agreement(engine, model[0], model[1], method)
     except AtlasError as err:
-        err_console.print(f"task-similarity agreement not computed: {err}")
+        err_console.print(f"task-similarity agreement not computed: {escape(str(err))}")
         return
     err_console.print(
         f"task-similarity agreement over {agreement['n_tasks']} shared tasks: Mantel r = "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 import threading
 from contextlib import contextmanager
 from decimal import Decimal
@@ -63,7 +65,7 @@ def run_sql_on(con, query: str, *, timeout_s: float | None = None,
     try:
         relation = con.sql(query)
         names = _unique(relation.columns)
-        relation = _intervals_as_text(relation)
+        relation = _text_where_arrow_cannot(relation)
         if max_rows is not None:
             relation = relation.limit(max_rows + 1)
         table = relation.to_arrow_table().rename_columns(names)
@@ -93,14 +95,20 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _intervals_as_text(relation: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
-    """INTERVAL columns (also inside lists or structs) as DuckDB writes them ('00:01:30',
-    '2 days'): Arrow's interval type has no CSV, Parquet or JSON form."""
-    types = [str(t) for t in relation.types]
-    if not any("INTERVAL" in t for t in types):
+# DuckDB types Arrow cannot carry faithfully to every format (INTERVAL has no CSV or Parquet
+# form, BIT and BIGNUM arrive as DuckDB's internal bytes, UNION has no Parquet form); the name
+# as DuckDB spells the type, outside quoted struct field names.
+_AS_TEXT = re.compile(r"\b(INTERVAL|BIT|BIGNUM|VARINT|UNION)\b")
+
+
+def _text_where_arrow_cannot(relation: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """Columns of those types (also inside lists or structs) as DuckDB writes them as text
+    ('00:01:30', '2 days', '101')."""
+    types = [re.sub(r'"[^"]*"', "", str(t)) for t in relation.types]
+    if not any(_AS_TEXT.search(t) for t in types):
         return relation
     return relation.project(", ".join(  # by position: names may repeat
-        f"CAST(#{k + 1} AS VARCHAR)" if "INTERVAL" in t else f"#{k + 1}"
+        f"CAST(#{k + 1} AS VARCHAR)" if _AS_TEXT.search(t) else f"#{k + 1}"
         for k, t in enumerate(types)))
 
 
@@ -132,7 +140,19 @@ def write_table(table: pa.Table, fmt: str, out: str | Path | None) -> str | None
 
 
 def _json_text(table: pa.Table) -> str:
-    return json.dumps(table.to_pylist(), default=json_value, indent=1)
+    """JSON rows; NaN and infinities, which JSON has no number for, as null."""
+    return json.dumps(json_safe(table.to_pylist()), default=json_value, indent=1, allow_nan=False)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities (no JSON number) as None, inside lists and dicts too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _flat(table: pa.Table) -> pa.Table:

@@ -58,7 +58,7 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     from atlas import query as q
     from atlas.intervene.report import build_report, render
     from atlas.query.core import resolve_model, resolve_task, rows
-    from atlas.query.sql import run_sql_on
+    from atlas.query.sql import json_safe, run_sql_on
     from atlas.serve.cache import LRU, array_bytes, counted, ranks_descending
     from atlas.serve.lease import SharedOpen
     from atlas.store import repository as repo
@@ -146,7 +146,8 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
         if fmt == "json":
             body = {"total": len(data) if total is None else total, "offset": offset,
                     "limit": limit, "rows": data}
-            return Response(json.dumps(body, default=str), media_type="application/json")
+            return Response(json.dumps(json_safe(body), default=str, allow_nan=False),
+                            media_type="application/json")
         import pyarrow as pa
 
         from atlas.query.sql import write_table
@@ -359,8 +360,8 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                                 timeout_s=sql_timeout_s, max_rows=sql_max_rows)
         truncated = (result.schema.metadata or {}).get(b"truncated") == b"true"
         data = [{k: _plain(v) for k, v in r.items()} for r in result.to_pylist()]
-        return Response(json.dumps({"columns": result.column_names, "rows": data,
-                                    "truncated": truncated}, default=str),
+        return Response(json.dumps({"columns": result.column_names, "rows": json_safe(data),
+                                    "truncated": truncated}, default=str, allow_nan=False),
                         media_type="application/json")
 
     return app
@@ -410,10 +411,10 @@ def app_from_env() -> FastAPI:
 def _plain(value: Any) -> Any:
     """JSON/CSV-friendly values (decimals, timestamps, BLOBs and nested values as text or
     numbers)."""
-    from atlas.query.sql import json_value
+    from atlas.query.sql import json_safe, json_value
 
     if isinstance(value, (dict, list)):
-        return json.dumps(value, default=json_value)
+        return json.dumps(json_safe(value), default=json_value, allow_nan=False)
     if value is None or isinstance(value, (int, float, str, bool)):
         return value
     return json_value(value)

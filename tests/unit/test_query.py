@@ -141,9 +141,10 @@ def test_sql_is_read_only_and_reports_errors(tiny_db):
 
 
 
-def test_sql_writes_intervals_and_repeated_names_in_every_format(tiny_db, tmp_path):
-    """Arrow's interval type has no CSV, Parquet or JSON form: intervals come back as DuckDB's
-    text; repeated column names are made unique (JSON rows are objects)."""
+def test_sql_writes_every_duckdb_type_and_repeated_names_in_every_format(tiny_db, tmp_path):
+    """Types Arrow cannot carry to every format (INTERVAL, BIT, BIGNUM, UNION) come back as
+    DuckDB's text; NaN and infinities as JSON null; repeated column names are made unique (JSON
+    rows are objects); table cells and errors are plain text, not markup."""
     query = ("SELECT max(finished_at) - min(finished_at) >= INTERVAL 0 SECOND AS ok, "
              "INTERVAL 90 SECOND AS d, [INTERVAL 2 DAY] AS l, 1 AS n, 2 AS n FROM runs")
     res = runner.invoke(app, ["sql", query, "--db", str(tiny_db), "-f", "csv"])
@@ -162,6 +163,21 @@ def test_sql_writes_intervals_and_repeated_names_in_every_format(tiny_db, tmp_pa
     assert res.output.count("│") == 4 and " n_1 " in res.output  # every column shown
     res = runner.invoke(app, ["sql", "SELECT name FROM models WHERE false", "--db", str(tiny_db)])
     assert res.exit_code == 0 and "name" in res.output  # an empty result keeps its header
+
+    odd = ("SELECT '101'::BIT AS b, 12345678901234567890123::VARINT AS v, "
+           "union_value(k := 2) AS u, {'BIT': 1} AS s, 'NaN'::DOUBLE AS x, ['inf'::DOUBLE] AS l")
+    res = runner.invoke(app, ["sql", odd, "--db", str(tiny_db), "-f", "json"])
+    assert res.exit_code == 0, res.output  # valid JSON: no NaN or Infinity tokens
+    assert json.loads(res.output) == [{"b": "101", "v": "12345678901234567890123", "u": "2",
+                                       "s": {"BIT": 1}, "x": None, "l": [None]}]
+    res = runner.invoke(app, ["sql", odd, "--db", str(tiny_db), "-f", "parquet", "-o",
+                              str(tmp_path / "odd.parquet")])
+    assert res.exit_code == 0, res.output
+    assert pq.read_table(tmp_path / "odd.parquet").column("b").to_pylist() == ["101"]
+    res = runner.invoke(app, ["sql", odd, "--db", str(tiny_db)])
+    assert res.exit_code == 0 and "[inf]" in res.output  # cells are text, not rich markup
+    res = runner.invoke(app, ["overlap", "--model", "[bold]x", "--db", str(tiny_db)])
+    assert res.exit_code == 2 and "no model '[bold]x'" in res.output
 
 
 def test_export_and_plots(tiny_db, tmp_path):

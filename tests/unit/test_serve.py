@@ -128,6 +128,10 @@ def test_sql_sandbox_holds_over_http(server, tmp_path):
     assert len(capped["rows"]) == 50 and capped["truncated"]
     blob = server.post("/sql", json={"sql": "SELECT '\\xFF\\x00'::BLOB AS b"}).json()
     assert blob["rows"] == [{"b": "ff00"}]  # BLOBs as hex, as `atlas sql` writes them
+    odd = server.post("/sql", json={"sql": "SELECT 'NaN'::DOUBLE AS x, INTERVAL 90 SECOND AS d, "
+                                           "1 AS n, 2 AS n"})
+    assert odd.status_code == 200  # strict JSON: NaN as null
+    assert odd.json()["rows"] == [{"x": None, "d": "00:01:30", "n": 1, "n_1": 2}]
     target = tmp_path / "x.csv"
     for statement in [f"COPY (SELECT 1) TO '{target}'", "ATTACH 'other.duckdb'", "INSTALL httpfs",
                       "LOAD httpfs", "SELECT * FROM read_csv('/etc/passwd')",
