@@ -86,7 +86,9 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                 shots: int = typer.Option(5), seed: int = typer.Option(0),
                 control_seed: int = typer.Option(0, help="Seed of the first random control set."),
                 controls: int = typer.Option(3, help="Random control sets (seeds control-seed, "
-                                                     "control-seed + 1, ...)."),
+                                                     "control-seed + 1, ...); 20 or more give "
+                                                     "the report's set-level test power. "
+                                                     "Stored controls are reused."),
                 controls_on: str = typer.Option("all", "--controls-on",
                                                 help="all: controls on every evaluated task; own: "
                                                      "only on the set's own task (cheaper)."),
