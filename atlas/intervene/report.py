@@ -200,21 +200,24 @@ def render(report: Report, fmt: str = "markdown") -> str:
              f"Relative change of {report.metric} against the unmodified model (rows: intervened "
              "set), with its 95% interval (paired bootstrap over examples). ✓: the unmodified "
              "model does the task above chance (one-sided binomial test, p < 0.05).", "",
-             "| set | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += _matrix_rows(report)
-    lines += ["", "| task | unmodified accuracy | n | chance | binomial p |", "|---|---|---|---|---|"]
-    lines += [f"| {i['task']} | {i['accuracy']:.3f} | {i['n']} | {i['chance']:.2f} | {i['p']:.2g} |"
-              for i in report.columns_info if "accuracy" in i]
-    lines += ["", "| set | own-task change | control (mean of seeds ± sd) | specificity index | "
-              "paired vs controls: mean difference | p | accuracy difference | p |",
-              "|---|---|---|---|---|---|---|---|"]
+             *_md_table(["set", *cols], [[name, *(_cell(v, ci) for v, ci in zip(row, ci_row))]
+                                         for name, row, ci_row in display_rows(report)])]
+    lines += ["", *_md_table(
+        ["task", "unmodified accuracy", "n", "chance", "binomial p"],
+        [[i["task"], f"{i['accuracy']:.3f}", i["n"], f"{i['chance']:.2f}", f"{i['p']:.2g}"]
+         for i in report.columns_info if "accuracy" in i])]
+    summary_rows = []
     for s in report.summary:
         sd = "" if s.get("control_target_sd") is None else f" ± {s['control_target_sd']:.3f}"
         paired, acc = s.get("paired", {}), s.get("paired_accuracy", {})
-        lines.append(f"| {s['set']} | {_signed(s['target_change'])} | "
-                     f"{_signed(s['control_target_change'])}{sd} | {_signed(s['specificity_index'])} "
-                     f"| {_signed(paired.get('mean_diff'))} | {_p(paired.get('p'))} "
-                     f"| {_signed(acc.get('mean_diff'))} | {_p(acc.get('p'))} |")
+        summary_rows.append([s["set"], _signed(s["target_change"]),
+                             f"{_signed(s['control_target_change'])}{sd}",
+                             _signed(s["specificity_index"]), _signed(paired.get("mean_diff")),
+                             _p(paired.get("p")), _signed(acc.get("mean_diff")),
+                             _p(acc.get("p"))])
+    lines += ["", *_md_table(["set", "own-task change", "control (mean of seeds ± sd)",
+                              "specificity index", "paired vs controls: mean difference", "p",
+                              "accuracy difference", "p"], summary_rows)]
     if report.summary and "paired" in report.summary[0]:
         lines += ["", f"Paired statistic: per example, the set's {report.summary[0]['paired']['statistic']} "
                   "minus the mean of its random controls' on the same examples (two-sided "
@@ -226,14 +229,13 @@ def render(report: Report, fmt: str = "markdown") -> str:
                   "of its random controls' means (each control is one draw of a random set of "
                   "the same size): two-sided prediction-interval t test, and the set's rank "
                   "among the controls (1 = lowest) with its two-sided Monte Carlo p-value.", "",
-                  f"| set | {stat}, own set | random controls: mean ± sd | n | difference | t p | "
-                  "rank | rank p |", "|---|---|---|---|---|---|---|---|"]
-        for s in level:
-            v = s["set_level"]
-            lines.append(f"| {s['set']} | {v['own_mean']:.3f} | {v['controls_mean']:.3f} ± "
-                         f"{v['controls_sd']:.3f} | {v['n_controls']} | {_signed(v['diff'])} | "
-                         f"{_p(v['t_p'])} | {v['rank']} / {v['n_controls'] + 1} | "
-                         f"{_p(v['rank_p'])} |")
+                  *_md_table(
+                      ["set", f"{stat}, own set", "random controls: mean ± sd", "n", "difference",
+                       "t p", "rank", "rank p"],
+                      [[s["set"], f"{v['own_mean']:.3f}",
+                        f"{v['controls_mean']:.3f} ± {v['controls_sd']:.3f}", v["n_controls"],
+                        _signed(v["diff"]), _p(v["t_p"]), f"{v['rank']} / {v['n_controls'] + 1}",
+                        _p(v["rank_p"])] for s in level if (v := s["set_level"])])]
     versus = [s for s in report.summary if s.get("vs_other_sets")]
     if versus:
         stat = versus[0]["vs_other_sets"]["statistic"]
@@ -241,12 +243,12 @@ def render(report: Report, fmt: str = "markdown") -> str:
                   f"its {stat} under the set minus the mean under the other tasks' sets (same "
                   "method and factor) on the same examples (two-sided sign-flip test); rank of "
                   "the own set among all sets on that task by mean value, 1 = lowest.", "",
-                  f"| set | {stat}, own set | other tasks' sets (mean) | mean difference | p | "
-                  "rank |", "|---|---|---|---|---|---|"]
-        for s in versus:
-            v = s["vs_other_sets"]
-            lines.append(f"| {s['set']} | {v['own_mean']:.3f} | {v['others_mean']:.3f} | "
-                         f"{_signed(v['mean_diff'])} | {_p(v['p'])} | {v['rank']} / {v['n_sets']} |")
+                  *_md_table(
+                      ["set", f"{stat}, own set", "other tasks' sets (mean)", "mean difference",
+                       "p", "rank"],
+                      [[s["set"], f"{v['own_mean']:.3f}", f"{v['others_mean']:.3f}",
+                        _signed(v["mean_diff"]), _p(v["p"]), f"{v['rank']} / {v['n_sets']}"]
+                       for s in versus if (v := s["vs_other_sets"])])]
     if report.excluded:
         lines += ["", "Left out of the summary tests: " + "; ".join(report.excluded) + "."]
     lines += ["", describe_tests(report.tests)]
@@ -285,9 +287,10 @@ def display_rows(report: Report) -> list[tuple[str, list, list]]:
     return out
 
 
-def _matrix_rows(report: Report) -> list[str]:
-    return [f"| {name} | " + " | ".join(_cell(v, ci) for v, ci in zip(row, ci_row)) + " |"
-            for name, row, ci_row in display_rows(report)]
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
+    """A markdown table's lines: the header, its separator, one line per row of cells."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
 
 
 def _cell(value: float | None, interval: tuple[float, float] | None) -> str:
