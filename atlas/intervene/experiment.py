@@ -258,6 +258,12 @@ class ReportData:
         return [seed for seed in self.seeds if any((s, True, seed, c) in self.cell
                                                    for c in self.cols)]
 
+    def row_keys(self) -> list[tuple[int, bool, int]]:
+        """The report's rows in order, as (set task id, is control, control seed or -1): each
+        set, then its controls."""
+        return [(s, control, seed) for s in self.sets
+                for control, seed in [(False, -1)] + [(True, k) for k in self.set_seeds(s)]]
+
 
 def report_data(engine: Engine, model: str, method: str, factor: float, metric: str,
                 config: str | None = None) -> ReportData:
@@ -299,14 +305,13 @@ def report_matrix(engine: Engine, model: str, method: str, factor: float, metric
 
 def matrix_of(d: ReportData) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
     """The rows, columns, matrix and per-set summary of :func:`report_matrix` from its data."""
-    row_names, matrix, summary = [], [], []
+    keys = d.row_keys()
+    row_names = [f"{d.labels[s]} (random, seed {seed})" if control else d.labels[s]
+                 for s, control, seed in keys]
+    matrix = [[d.cell.get((s, control, seed, c)) for c in d.cols] for s, control, seed in keys]
+    summary = []
     for s in d.sets:
-        row_names.append(d.labels[s])
-        matrix.append([d.cell.get((s, False, -1, c)) for c in d.cols])
         seeds = d.set_seeds(s)
-        for seed in seeds:
-            row_names.append(f"{d.labels[s]} (random, seed {seed})")
-            matrix.append([d.cell.get((s, True, seed, c)) for c in d.cols])
         own = {c: v for c in d.cols if (v := d.cell.get((s, False, -1, c))) is not None}
         per_seed = [{c: v for c in d.cols if (v := d.cell.get((s, True, seed, c))) is not None}
                     for seed in seeds]

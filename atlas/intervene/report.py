@@ -97,17 +97,16 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
             info.update(above_chance(base["correct"], base["gold"]))
         columns_info.append(info)
     intervals, row_seeds = [], []
-    for s in d.sets:
-        for control, seed_ in [(False, -1)] + [(True, k) for k in d.set_seeds(s)]:
-            row = []
-            for c in d.cols:
-                base, treated = examples.get((None, False, -1, c)), examples.get((s, control, seed_, c))
-                ok = base is not None and treated is not None and len(base[value_key]) == len(
-                    treated[value_key])
-                row.append(paired_rel_change_interval(base[value_key], treated[value_key], seed)
-                           if ok else None)
-            intervals.append(row)
-            row_seeds.append(seed_ if control else None)
+    for s, control, seed_ in d.row_keys():
+        row = []
+        for c in d.cols:
+            base, treated = examples.get((None, False, -1, c)), examples.get((s, control, seed_, c))
+            ok = base is not None and treated is not None and len(base[value_key]) == len(
+                treated[value_key])
+            row.append(paired_rel_change_interval(base[value_key], treated[value_key], seed)
+                       if ok else None)
+        intervals.append(row)
+        row_seeds.append(seed_ if control else None)
     chance_by_task = {c: info for c, info in zip(d.cols, columns_info)}
     excluded = []
     primary = "gold_prob" if metric in LABEL_METRICS else "correct"  # the paired statistic
