@@ -19,8 +19,9 @@ from atlas.errors import AtlasError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# Piped or logged output keeps whole table rows (a terminal sets its own width).
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Piped or logged output keeps whole table rows (a terminal sets its own width). Standard output
+# prints names, paths and values as written: no rich markup (a model folder may be "x[bold]").
+console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 

@@ -42,7 +42,7 @@ class RichReporter(Reporter):
             self.progress.stop_task(self.task_id)
 
     def message(self, text: str) -> None:
-        self.progress.console.print(escape(text))
+        self.progress.console.print(text)
 
 
 def ingest(
@@ -120,8 +120,8 @@ def ingest(
                 loaded = load_model(spec, device=device, dtype=dtype, device_map=device_map)
             console.print(f"model {loaded.name}: {loaded.n_layers} layers × {loaded.d_mlp} "
                           f"neurons, {loaded.dtype} on {loaded.device}")
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(),
                        TimeRemainingColumn()]
             with Progress(*columns, console=console) as progress:
                 results += Ingestor(loaded, options, DatabaseRuns(engine),

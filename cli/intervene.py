@@ -53,7 +53,7 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
                    for t in (tasks or [None])]
         with console.status(f"loading {model}"):
             loaded = load_model(model, device=device, dtype=dtype)
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
+        columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn()]
         for target in targets:
             with Progress(*columns, console=console, transient=True) as progress:
                 results = Experiment(engine, loaded, options, SpinnerReporter(progress)).run(target)

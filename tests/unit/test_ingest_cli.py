@@ -237,3 +237,18 @@ def test_cgvst_and_grad_x_act_share_one_pass(llama_dir, tmp_path, monkeypatch):
                         "USING (task_id) WHERE r.status = 'complete' ORDER BY r.finished_at")
     assert order == [("task195", "cgvst"), ("task195", "grad_x_act"), ("task379", "cgvst"),
                      ("task379", "grad_x_act")]
+
+
+def test_names_with_brackets_are_printed_as_written(llama_dir, tmp_path):
+    """Model names, folders and task labels are text, not rich markup: `[bold]` stays."""
+    model_dir = tmp_path / "tiny[bold]model"
+    model_dir.symlink_to(llama_dir, target_is_directory=True)
+    db = tmp_path / "a.duckdb"
+    res = ingest(model_dir, db, "--task", "task379")
+    assert res.exit_code == 0, res.output
+    assert "model tiny[bold]model:" in res.output
+    snap, restored = tmp_path / "snap[red]shot", tmp_path / "copy[i]x.duckdb"
+    res = runner.invoke(app, ["db", "snapshot", str(snap), "--db", str(db)])
+    assert res.exit_code == 0 and f"snapshot {snap} " in res.output.replace("\n", ""), res.output
+    res = runner.invoke(app, ["db", "restore", str(snap), "--db", str(restored)])
+    assert res.exit_code == 0 and f"restored {restored}:" in res.output.replace("\n", "")
