@@ -79,12 +79,3 @@ def _table(columns: list[str], rows: list[list], title: str | None, floats: int)
             for v in row
         ])
     return table
-    for col in rows[0]:
-        numeric = isinstance(rows[0][col], (int, float))
-        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*[
-            f"{v:.{floats}g}" if isinstance(v, float) else ("" if v is None else str(v))
-            for v in row.values()
-        ])
-    return table
