@@ -19,7 +19,7 @@ from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
 from atlas.progress import Reporter
 from atlas.scoring.engine import GRADIENT_REDUCTIONS, reduce_neurons
-from atlas.scoring.methods import Method, get_method, lape_scores, random_scores
+from atlas.scoring.methods import LAPE_RULE, Method, get_method, lape_sets, random_scores
 from atlas.scoring.selection import require_finite, select
 from atlas.store import repository as repo
 from atlas.store.runs import RunStore
@@ -33,8 +33,9 @@ TARGET_RULES = {
     "reference": {
         "special_tokens": "the logits at every role-marker token (trailing whitespace included) "
                           "predict the next token",
-        "loss": "mean CE of the turns before the last demonstration + mean CE of the last "
-                "demonstration and the query (an empty group left out); |.| per example, summed",
+        "loss": "mean CE of the first four user/assistant turns' targets + mean CE of the rest, "
+                "as released (mean(CE[:28]) + mean(CE[28:]) on Llama-2-chat; an empty group "
+                "contributes nothing); |.| per example, summed",
         "rendering": "chat template with empty BOS/EOS strings, tokenized with special tokens",
     },
     "marker": {
@@ -47,8 +48,18 @@ TARGET_RULES = {
 PRESETS = {
     "reference": {"shots": 5, "examples": None, "split": "file", "max_tokens": 1300,
                   "demos_include_query": True, "join_outputs": True, "prompt_rule": "reference",
-                  "metric": "reference_em", "demos": "per_query"},
+                  "metric": "reference_em", "demos": "per_query", "released_data": True,
+                  "max_instances": 6500},
 }
+# The dtype the released code scores in (the CLI's --dtype auto under --preset reference).
+PRESET_DTYPE = {"reference": "bfloat16"}
+
+
+# How lape selects (stored with its runs): the released identify.py, tasks as languages.
+LAPE_SELECTION = ("identify.py: act(gate) > 0 probabilities normalised over tasks, entropy; "
+                  "neurons with no probability above the 95th percentile of all dismissed; the "
+                  "round(0.01 * n_layers * d_mlp) lowest entropies (ties by position); each "
+                  "assigned to every task whose probability exceeds that percentile")
 
 
 @dataclass
@@ -70,6 +81,9 @@ class IngestOptions:
     split: str = "stratified"  # or "file": the released code's file-order halves
     demos_include_query: bool = False  # the released code may pick the query as a demonstration
     join_outputs: bool = False  # the released code answers with all gold outputs joined
+    # the released data rules: every Definition part joined, instances without outputs kept,
+    # and only the released rendering's marker tokens
+    released_data: bool = False
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -148,7 +162,7 @@ def load_tasks(names: list[str], options: IngestOptions, say: Callable[[str], No
     tasks = []
     for name in names:
         try:
-            tasks.append(load_task(name, options.sni_dir))
+            tasks.append(load_task(name, options.sni_dir, options.released_data))
         except AtlasError as err:
             if not options.skip_missing or "not found" not in str(err):
                 raise
@@ -209,7 +223,7 @@ class Ingestor:
         self.options = options
         self.runs = runs
         self.reporter = reporter or Reporter()
-        self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+        self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer, options.released_data)
         # (task, method) -> sums, n_examples, n_tokens, n_skipped of a pass shared with another
         self._shared: dict[tuple[str, str], tuple] = {}
         runs.register_model(loaded)
@@ -247,25 +261,29 @@ class Ingestor:
                                 lambda handle: self._compute(prep, method, handle))
 
     def _run_scored(self, prep: Prepared, method: Method, identity: dict,
-                    compute: Callable) -> IngestResult:
+                    compute: Callable, rule: str | None = None,
+                    mask_of: Callable | None = None) -> IngestResult:
+        """Reuse, resume or compute one run. Its set is ``rule`` (default: the options' rule)
+        applied to its scores, or ``mask_of(scores)`` for a method with its own selection."""
+        rule = rule or self.options.rule
         key = params_key(identity)
         label = f"{prep.task.short_name} · {method.name}"
         done = self.runs.find_complete(prep.task, method.name, key)
         if done and not self.options.force:
             self.reporter.message(f"{label}: reusing complete run {done.ref} (--force recomputes)")
-            n_selected = self.runs.ensure_set(done, self.options.rule)
+            n_selected = self.runs.ensure_set(done, rule)
             return IngestResult(prep.task.name, method.name, done.ref, "reused", done.n_examples,
                                 done.n_tokens, done.n_skipped, 0.0, n_selected)
-        params = {**identity, "rule": self.options.rule, "batch_size": self.options.batch_size,
+        params = {**identity, "rule": rule, "batch_size": self.options.batch_size,
                   "device": str(self.loaded.device), "versions": library_versions()}
         handle = self.runs.open_run(prep.task, method.name, params, key)
         started = time.perf_counter()
         try:
             scores, n_examples, n_tokens, n_skipped, resumed = compute(handle)
             require_finite(scores, f"run {handle} ({label})")
-            mask = select(scores, self.options.rule)
-            done = self.runs.complete(handle, prep.task, method.name, scores, mask,
-                                      self.options.rule, n_examples, n_tokens, n_skipped)
+            mask = mask_of(scores) if mask_of else select(scores, rule)
+            done = self.runs.complete(handle, prep.task, method.name, scores, mask, rule,
+                                      n_examples, n_tokens, n_skipped)
         except KeyboardInterrupt:
             raise
         except Exception as err:
@@ -345,22 +363,24 @@ class Ingestor:
         return scores, ckpt.n_done, ckpt.n_tokens, n_skipped, resumed
 
     def _lape(self, prepared: list[Prepared]) -> list[IngestResult]:
-        """LAPE needs every task's activation probabilities: ensure act_prob runs, then combine."""
+        """LAPE needs every task's activation probabilities at the released site (gate_prob):
+        ensure those runs, then select as the released identify.py does (its own rule)."""
         if len(prepared) < 2:
             raise AtlasError("method lape compares tasks: give at least two --task values")
-        act_method = get_method("act_prob")
-        prob_runs = [self._one(prep, act_method) for prep in prepared]
+        prob_method = get_method("gate_prob")
+        prob_runs = [self._one(prep, prob_method) for prep in prepared]
         probs = torch.stack([self.runs.read_scores(r.run_id, self.shape) for r in prob_runs])
-        lape = lape_scores(probs)
+        scores, masks = lape_sets(probs)
         method = get_method("lape")
         names = [p.task.name for p in prepared]
         results = []
         for k, prep in enumerate(prepared):
-            identity = {**_identity(self.loaded, act_method, prep, self.fmt, self.options),
-                        "method": "lape", "tasks": names}
+            identity = {**_identity(self.loaded, prob_method, prep, self.fmt, self.options),
+                        "method": "lape", "tasks": names, "selection": LAPE_SELECTION}
             run = prob_runs[k]
             results.append(self._run_scored(
                 prep, method, identity,
-                lambda handle, k=k, run=run: (lape[k], run.n_examples, run.n_tokens,
-                                              run.n_skipped, False)))
+                lambda handle, k=k, run=run: (scores[k], run.n_examples, run.n_tokens,
+                                              run.n_skipped, False),
+                rule=LAPE_RULE, mask_of=lambda _, k=k: masks[k]))
         return results

@@ -86,7 +86,7 @@ def ingest(
     db: str = DbOption,
 ) -> None:
     """Score neurons of MODEL on each TASK and store scores, runs and default neuron sets."""
-    from atlas.ingest import IngestOptions, Ingestor, load_tasks
+    from atlas.ingest import PRESET_DTYPE, IngestOptions, Ingestor, load_tasks
     from atlas.models.loading import load_model
     from atlas.store import open_db
     from atlas.store.runs import DatabaseRuns
@@ -99,8 +99,10 @@ def ingest(
         sni_dir=sni_path(sni_dir), split=split, demos_include_query=demos_include_query,
         join_outputs=join_outputs, preset=preset,
     )
+    if preset and dtype == "auto":
+        dtype = PRESET_DTYPE.get(preset, dtype)
     if preset:
-        console.print(f"preset {preset}: shots {options.shots}, split {options.split}, "
+        console.print(f"preset {preset}: {dtype}, shots {options.shots}, split {options.split}, "
                       f"max tokens {options.max_tokens}, examples "
                       f"{options.examples or 'whole half'}, demonstrations from the whole half"
                       f"{' (query included)' if options.demos_include_query else ''}")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from atlas.models.names import DEFAULT_MODEL
 from atlas.progress import Reporter
-from cli.common import DbOption, SniDirOption, console, rich_table, sni_path
+from cli.common import DbOption, SniDirOption, console, err_console, rich_table, sni_path
 from cli.query import plot_app
 
 
@@ -55,9 +56,14 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
             loaded = load_model(model, device=device, dtype=dtype)
         columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn()]
         for target in targets:
+            if not target["size"]:  # LAPE assigns some tasks no neuron
+                err_console.print(f"[yellow]warning:[/] set {escape(target['name'])} is empty: "
+                                  "nothing to intervene on, skipped")
+                continue
             with Progress(*columns, console=console, transient=True) as progress:
                 results = Experiment(engine, loaded, options, SpinnerReporter(progress)).run(target)
-            console.print(rich_table(results, title=f"{target['name']} × {factor} · {metric}"))
+            console.print(rich_table(results, title=f"{target['name']} × {options.factor} · "
+                                                    f"{options.metric}"))
     finally:
         engine.dispose()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -50,6 +50,8 @@ class AblateOptions:
     demos: str = "fixed"
     demos_include_query: bool = False
     join_outputs: bool = False
+    released_data: bool = False  # SNI files read by the released rules (see atlas.tasks.sni)
+    max_instances: int | None = None  # the released evaluation keeps a task's first 6,500
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -123,7 +125,7 @@ class Experiment:
             raise AtlasError(f"unknown metric '{options.metric}'; choose one of {', '.join(METRICS)}")
         self.engine, self.loaded, self.options = engine, loaded, options
         self.reporter = reporter or Reporter()
-        self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+        self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer, options.released_data)
         with engine.begin() as conn:
             self.model_id = repo.ensure_model(conn, loaded.name, loaded.adapter.family,
                                               loaded.n_layers, loaded.d_mlp, loaded.revision,
@@ -135,6 +137,8 @@ class Experiment:
                   "examples": o.examples, "data_hash": task.data_hash, "prompt": self.fmt.describe(),
                   "split": f"evaluation half ({o.split})", **o.recipe, "preset": o.preset,
                   "label_tokens": "in context"}
+        if o.max_instances is not None:  # only then: other evaluations keep their keys
+            params["max_instances"] = o.max_instances
         return params, hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
 
     def measure(self, task: Task, spec: Intervention | None, set_id: int | None,
@@ -150,7 +154,8 @@ class Experiment:
             hit = stored.find(conn, key)
         if hit:
             return hit[0], hit[1], True
-        split = split_task(task, self.options.split_seed, rule=self.options.split)
+        split = split_task(_capped(task, self.options.max_instances), self.options.split_seed,
+                           rule=self.options.split)
         if self.options.examples is not None and self.options.examples > len(split.evaluate):
             raise AtlasError(
                 f"task '{task.name}' has {len(split.evaluate)} held-out examples, fewer than "
@@ -182,7 +187,8 @@ class Experiment:
                                                  label=f"random control {seed}") for seed in seeds}
         names = _eval_task_names(self.engine, target["model_id"], target["method"],
                                  self.options.eval_tasks)
-        tasks = [load_task(name, self.options.sni_dir) for name in names]
+        tasks = [load_task(name, self.options.sni_dir, self.options.released_data)
+                 for name in names]
         out = []
         for task in tasks:
             base, n, _ = self.measure(task, None, None)
@@ -196,6 +202,14 @@ class Experiment:
                             "control_delta": float(np.mean(values)) - base})
             out.append({**row, "reused": reused})
         return out
+
+
+def _capped(task: Task, max_instances: int | None) -> Task:
+    """The task's first ``max_instances`` instances (all when None), as the released
+    evaluation reads a file."""
+    if max_instances is None or len(task.instances) <= max_instances:
+        return task
+    return replace(task, instances=task.instances[:max_instances])
 
 
 def _as_dict(value) -> dict:

@@ -6,6 +6,8 @@ A neuron is one channel of an MLP's intermediate activation, the input of the do
 - ``layers``: the ModuleList of transformer blocks,
 - ``up``: the MLP's up (first) projection inside a block, whose weight CGVST differentiates,
 - ``down``: the down projection inside a block; its input is the activation site,
+- ``act``: the activation function's module inside a block; its output is ``act(gate(x))`` for
+  gated MLPs (where LAPE counts activations, as released) and the activation site otherwise,
 - ``up_part``: which slice of the up projection's output is ``up(x)`` (phi3 fuses gate and up),
 - ``centred_norm``: the MLP's input comes from a centring LayerNorm, so ``Σ_j x[t, j]`` depends
   only on the norm's affine parameters (exactly 0 untrained) and CGVST is degenerate.
@@ -27,6 +29,7 @@ class ArchSpec:
     layers: str
     up: str
     down: str
+    act: str = "mlp.act_fn"
     up_part: Literal["all", "second_half"] = "all"
     centred_norm: bool = False
 
@@ -41,9 +44,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma": _GATED,
     "gemma2": _GATED,
     "gemma3_text": _GATED,
-    "phi3": ArchSpec("model.layers", "mlp.gate_up_proj", "mlp.down_proj", "second_half"),
-    "gpt2": ArchSpec("transformer.h", "mlp.c_fc", "mlp.c_proj", centred_norm=True),
-    "gpt_neox": ArchSpec("gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
+    "phi3": ArchSpec("model.layers", "mlp.gate_up_proj", "mlp.down_proj", "mlp.activation_fn",
+                     "second_half"),
+    "gpt2": ArchSpec("transformer.h", "mlp.c_fc", "mlp.c_proj", "mlp.act", centred_norm=True),
+    "gpt_neox": ArchSpec("gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "mlp.act",
                          centred_norm=True),
 }
 
@@ -63,6 +67,7 @@ class Adapter:
     spec: ArchSpec
     ups: list[nn.Module]
     downs: list[nn.Module]
+    acts: list[nn.Module]
     n_layers: int
     d_mlp: int
 
@@ -96,11 +101,13 @@ def adapter_for(model: nn.Module) -> Adapter:
     layers = model.get_submodule(spec.layers)
     ups = [block.get_submodule(spec.up) for block in layers]
     downs = [block.get_submodule(spec.down) for block in layers]
+    acts = [block.get_submodule(spec.act) for block in layers]
     return Adapter(
         family=family,
         spec=spec,
         ups=ups,
         downs=downs,
+        acts=acts,
         n_layers=len(layers),
         d_mlp=_in_features(downs[0]),
     )

@@ -1,7 +1,7 @@
 """Neuron scoring: the batched engine, the named methods, and set selection."""
 
 from atlas.scoring.engine import cgvst, make_batches, reduce_neurons
-from atlas.scoring.methods import METHODS, Method, get_method, lape_scores, random_scores
+from atlas.scoring.methods import METHODS, Method, get_method, lape_sets, random_scores
 from atlas.scoring.selection import per_layer_top_k, select, top_rate
 
 __all__ = [
@@ -9,7 +9,7 @@ __all__ = [
     "Method",
     "cgvst",
     "get_method",
-    "lape_scores",
+    "lape_sets",
     "make_batches",
     "per_layer_top_k",
     "random_scores",

@@ -10,6 +10,8 @@ Reductions (all summed over examples, accumulated in float32):
 - ``grad_x_act``: ``|Σ_t a[t, n] · ∂L_i/∂a[t, n]|`` at the activation site
 - ``act_abs_sum``: ``Σ_t |a[t, n]|`` (forward only)
 - ``act_pos_count``: ``Σ_t [a[t, n] > 0]`` (forward only)
+- ``gate_pos_count``: ``Σ_t [act(gate(x))[t, n] > 0]``, the activation function's output (forward
+  only; LAPE's count as released, which for gated MLPs is not the activation site)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from atlas.errors import AtlasError
 from atlas.models.adapters import Adapter, adapter_for, context_length
 from atlas.models.heads import logits_at
 
-REDUCTIONS = ("up_weight_grad", "grad_x_act", "act_abs_sum", "act_pos_count")
+REDUCTIONS = ("up_weight_grad", "grad_x_act", "act_abs_sum", "act_pos_count", "gate_pos_count")
 # On a CPU, padded batches beyond about a thousand tokens run slower per token (measured with
 # bench/scoring_throughput.py), so CPU batches are capped there unless a budget is given.
 CPU_BATCH_TOKENS = 1024
@@ -169,7 +171,10 @@ class _Probe:
         for layer, (up, down) in enumerate(zip(self.adapter.ups, self.adapter.downs)):
             if gradient:
                 self.handles.append(up.register_forward_hook(self._up_hook(layer)))
-            if self.reduction != "up_weight_grad":
+            if self.reduction == "gate_pos_count":
+                self.handles.append(
+                    self.adapter.acts[layer].register_forward_hook(self._gate_hook(layer)))
+            elif self.reduction != "up_weight_grad":
                 self.handles.append(down.register_forward_pre_hook(self._act_hook(layer)))
         return self
 
@@ -193,6 +198,14 @@ class _Probe:
 
             out.register_hook(on_grad)
             return None
+
+        return hook
+
+    def _gate_hook(self, layer: int) -> Callable:
+        def hook(module, inputs, out):
+            gate = out[..., : self.adapter.d_mlp]  # [batch, pos, d_mlp]
+            mask = self.mask(gate.device)[..., None]
+            self.add(layer, ((gate.detach() > 0).float() * mask).sum((0, 1)))
 
         return hook
 

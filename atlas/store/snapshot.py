@@ -37,6 +37,8 @@ TABLES: dict[str, tuple[str, str, tuple[str, int] | None]] = {
                             f"set_id IN ({_FINISHED_SETS}))", "eval_id, example",
                             ("eval_id", EVALUATION_BLOCK)),
 }
+# Schemas a snapshot may be at: its tables are restored at that revision, then migrated.
+RESTORABLE = ("0005", SCHEMA_HEAD)
 SEQUENCES = {"models": "model_id", "tasks": "task_id", "runs": "run_id",
              "neuron_sets": "set_id", "evaluations": "eval_id"}
 
@@ -99,9 +101,10 @@ def _manifest(folder: Path) -> dict:
         raise AtlasError(f"{folder} is not an atlas snapshot (no manifest.json); pass the folder "
                          "`atlas db snapshot` wrote")
     manifest = json.loads(path.read_text())
-    if manifest.get("schema") != SCHEMA_HEAD:
+    schema = str(manifest.get("schema"))
+    if schema not in RESTORABLE or not set(manifest.get("rows", {})) <= set(TABLES):
         raise AtlasError(f"snapshot {folder} is at schema {manifest.get('schema')}, this atlas "
-                         f"restores {SCHEMA_HEAD}; use the atlas version that wrote it")
+                         f"restores {', '.join(RESTORABLE)}; use the atlas version that wrote it")
     return manifest
 
 
@@ -115,7 +118,7 @@ def _read(folder: Path, name: str) -> pa.Table | None:
 def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[str, int]:
     """Build a new atlas database at ``db`` from the snapshot in ``folder``; an existing file is
     refused. The database appears only when every row is in. Returns rows per table."""
-    from atlas.store.db import open_db
+    from atlas.store.db import connect, migrate
     from atlas.store.repository import insert_arrow
 
     folder, target = Path(folder), db_path(db)
@@ -125,9 +128,10 @@ def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[s
     building = target.with_name(target.name + ".restoring")
     for leftover in (building, building.with_name(building.name + ".wal")):
         leftover.unlink(missing_ok=True)
-    engine = open_db(building)
+    engine = connect(building)
     counts = {}
     try:
+        migrate(engine, manifest["schema"])
         with engine.begin() as conn:
             for name in TABLES:
                 data = _read(folder, name)
@@ -142,6 +146,7 @@ def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[s
                 conn.exec_driver_sql(
                     f"SELECT nextval('seq_{name}') FROM range((SELECT coalesce(max({column}), 0) "
                     f"FROM {name}))").fetchall()
+        migrate(engine)  # an older snapshot's rows brought to this schema
     except BaseException:
         engine.dispose()
         building.unlink(missing_ok=True)

@@ -15,10 +15,11 @@ Two target rules (``token t is predicted from the logits at t − 1``):
 ``reference``  the released code's rule. Prompts are rendered with empty BOS/EOS strings and
                tokenized with the tokenizer's own special tokens (one BOS). The logits *at* every
                marker token predict the next token, so the targets are the marker's later tokens
-               and the first token of each message (the gold answer's included). Two groups: the
-               last demonstration and the query form the second, everything before the first
-               (exactly the released 28/14 split on Llama-2-chat with 5 shots); the loss is the
-               sum of the groups' mean cross-entropies, an empty group left out.
+               and the first token of each message (the gold answer's included). Two groups, as
+               released at every shot count: the targets of the first four user/assistant turns
+               (the released ``mean(CE[:28])``: 7 targets a turn on Llama-2-chat), then the rest;
+               the loss is the sum of the groups' mean cross-entropies, and an empty group
+               contributes nothing (the released empty mean is NaN but has no gradient).
 ``marker``     the marker tokens themselves, one group, on prompts rendered with the real BOS/EOS.
 """
 
@@ -41,9 +42,9 @@ _SENTINELS = ("\x01U1\x01", "\x01A1\x01", "\x01U2\x01", "\x01A2\x01")
 _PROBE = ("Probe definition.", "First question", "First answer", "Second question",
           "Second answer", "Third question", "Third answer")
 RULES = ("reference", "marker")
-# With the reference rule, the markers of the last demonstration and of the query (user and
-# assistant each) form the second loss group.
-_LAST_GROUP_MARKERS = 4
+# With the reference rule, the markers of the first four user/assistant turns (user and
+# assistant each) form the first loss group, as the released ``CE[:28]`` on Llama-2-chat.
+FIRST_GROUP_MARKERS = 8
 
 
 def build_messages(
@@ -112,11 +113,15 @@ class PromptFormat:
     system_in_user: bool = False
     markers: dict[str, str] = field(default_factory=dict)
     marker_tokens: list[MarkerTokens] = field(default_factory=list)
+    # only the marker tokenizations of the released rendering (empty BOS/EOS, special tokens),
+    # as the released code's hard-coded ids; by default every tokenization the probe shows
+    released_markers: bool = False
 
     @classmethod
-    def for_tokenizer(cls, tokenizer) -> PromptFormat:
+    def for_tokenizer(cls, tokenizer, released_markers: bool = False) -> PromptFormat:
         own = getattr(tokenizer, "chat_template", None)
-        fmt = cls(tokenizer, None if own else BUILTIN_TEMPLATE, "model" if own else "builtin")
+        fmt = cls(tokenizer, None if own else BUILTIN_TEMPLATE, "model" if own else "builtin",
+                  released_markers=released_markers)
         fmt.system_in_user = not fmt._accepts_system()
         fmt.markers = fmt._find_markers()
         fmt.marker_tokens = fmt._find_marker_tokens()
@@ -128,13 +133,16 @@ class PromptFormat:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> dict:
-        return {
+        described = {
             "template": self.template_name,
             "template_hash": self.template_hash,
             "system_in_user": self.system_in_user,
             "markers": self.markers,
             "marker_ids": [list(m.ids) for m in self.marker_tokens],
         }
+        if self.released_markers:  # only then: the default's params keys stay as they were
+            described["marker_rendering"] = "released only"
+        return described
 
     def render(
         self, messages: list[dict[str, str]], add_generation_prompt: bool = False, **variables
@@ -207,7 +215,7 @@ class PromptFormat:
             {"role": "user" if k % 2 == 0 else "assistant", "content": c}
             for k, c in enumerate(turns)]
         found: dict[tuple[int, ...], MarkerTokens] = {}
-        for rule in RULES:
+        for rule in ("reference",) if self.released_markers else RULES:
             text = self.render_text(messages, rule)
             enc = self.tokenize(text, rule)
             for start, core_end, span_end in _marker_spans(text, self.markers, _PROBE):
@@ -313,8 +321,8 @@ def special_token_targets(input_ids: list[int], tokenizer, rule: str = "referenc
     """Loss groups of target positions t (token t predicted from the logits at t − 1).
 
     ``reference``: every token after a marker token (the marker's later tokens and the first
-    token of the message), grouped as [everything before the last demonstration, the last
-    demonstration and the query]; an empty group is left out. ``marker``: the marker tokens
+    token of the message), grouped as [the first four user/assistant turns, the rest]; an empty
+    group is left out. ``marker``: the marker tokens
     themselves, one group. ``tokenizer`` may also be a :class:`PromptFormat`."""
     _check_rule(rule)
     fmt = tokenizer if isinstance(tokenizer, PromptFormat) else format_for(tokenizer)
@@ -331,7 +339,7 @@ def special_token_targets(input_ids: list[int], tokenizer, rule: str = "referenc
     if rule == "marker":
         groups = [[p for occ in ordered for p in occ]]
     else:
-        cut = max(len(ordered) - _LAST_GROUP_MARKERS, 0)
+        cut = min(FIRST_GROUP_MARKERS, len(ordered))
         groups = [[p for occ in ordered[:cut] for p in occ], [p for occ in ordered[cut:] for p in occ]]
     return [sorted(set(g)) for g in groups if g]
 

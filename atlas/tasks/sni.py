@@ -47,7 +47,8 @@ class Instance:
 
     @property
     def output(self) -> str:
-        return self.outputs[0]
+        """The first gold output ("" for an instance without one, kept only as released)."""
+        return self.outputs[0] if self.outputs else ""
 
 
 @dataclass
@@ -88,16 +89,20 @@ def _make_task(name: str, definition: str, instances: list[Instance], source: st
     return Task(name, definition, instances, source, _hash_instances(definition, instances))
 
 
-def load_sni_file(path: Path) -> Task:
-    """Parse one SNI task file (keys ``Definition`` and ``Instances``)."""
+def load_sni_file(path: Path, released: bool = False) -> Task:
+    """Parse one SNI task file (keys ``Definition`` and ``Instances``). By default the first
+    Definition part is the definition and instances without an output are dropped;
+    ``released`` reads as the released code does: every Definition part joined, every instance
+    kept (an empty output list answers "")."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        definition = data["Definition"]
-        definition = definition[0] if isinstance(definition, list) else str(definition)
+        parts = data["Definition"]
+        parts = [str(p) for p in parts] if isinstance(parts, list) else [str(parts)]
+        definition = "".join(parts) if released else (parts[0] if parts else "")
         instances = [
             Instance(str(x["id"]), str(x["input"]), tuple(str(o) for o in x["output"]))
             for x in data["Instances"]
-            if x.get("output")
+            if released or x.get("output")
         ]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AtlasError(f"task file {path} is not valid JSON ({err}); fix or replace it") from err
@@ -174,23 +179,24 @@ def _download(name: str, cache: Path) -> Path | None:
     return target
 
 
-def load_task(name: str, sni_dir: str | Path | list | None = None) -> Task:
-    """Load a task by SNI name or id, or from a path to a task file."""
+def load_task(name: str, sni_dir: str | Path | list | None = None, released: bool = False) -> Task:
+    """Load a task by SNI name or id, or from a path to a task file; ``released``: an SNI file
+    read by the released code's rules (see :func:`load_sni_file`)."""
     path = Path(name).expanduser()
     if path.suffix in {".jsonl", ".csv", ".parquet"} or (path.suffix == ".json" and path.exists()):
         if not path.is_file():
             raise AtlasError(f"task file not found: {path}")
         if path.suffix == ".json" and path.read_text(encoding="utf-8", errors="replace").lstrip()[:1] != "[":
-            return load_sni_file(path)
+            return load_sni_file(path, released)
         return load_table_file(path)
     dirs = search_dirs(sni_dir)
     for folder in dirs:
         found = _find_in(folder, name)
         if found:
-            return load_sni_file(found)
+            return load_sni_file(found, released)
     downloaded = _download(name, dirs[-1])
     if downloaded:
-        return load_sni_file(downloaded)
+        return load_sni_file(downloaded, released)
     looked = ", ".join(str(d) for d in dirs)
     raise AtlasError(
         f"task '{name}' not found (looked in: {looked}; no download); "

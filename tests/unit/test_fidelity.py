@@ -140,6 +140,35 @@ def test_cgvst_equals_the_released_algorithm(llama_tok, batch_size):
     assert float((one_group.double() - expected).abs().max() / expected.abs().max()) > 1e-3
 
 
+@pytest.mark.parametrize("shot", range(9))
+def test_loss_groups_and_scores_equal_the_released_code_at_every_shot_count(llama_tok, shot):
+    """mean(CE[:28]) + mean(CE[28:]): with 3 or fewer shots the second mean is empty (NaN as a
+    value) and contributes no gradient; the scores stay finite and equal the released ones."""
+    tok = llama_tok
+    conversations = released_conversations(shot=shot, n=3, seed=shot)
+    prompts = [released_prompt(tok, m) for m in conversations]
+    ids = [render_reference(tok, m) for m in conversations]
+    groups = [special_token_targets(i, tok) for i in ids]
+    for (_, index), got in zip(prompts, groups):
+        assert got == [g for g in (index[:28], index[28:]) if g]
+    model = _tiny_llama(len(tok))
+    expected = released_scores(model, prompts)
+    assert bool(torch.isfinite(expected).all())
+    scores = cgvst(model, ids, groups, batch_size=2)
+    assert float((scores.double() - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_preset_reference_uses_only_the_released_marker_ids(llama_tok):
+    from atlas.tasks.prompts import PromptFormat
+
+    released = PromptFormat.for_tokenizer(llama_tok, released_markers=True)
+    assert sorted(list(m.ids) for m in released.marker_tokens) == sorted(RELEASED_SPECIAL_IDS)
+    assert released.describe()["marker_rendering"] == "released only"
+    default = PromptFormat.for_tokenizer(llama_tok)
+    assert len(default.marker_tokens) > len(released.marker_tokens)  # also "[", "INST", "]"
+    assert "marker_rendering" not in default.describe()
+
+
 def test_one_shot_has_a_single_group_and_never_nan(llama_tok):
     tok = llama_tok
     one_shot = released_conversations(shot=1, n=2, seed=0)
@@ -165,13 +194,14 @@ def test_marker_rule_keeps_the_marker_tokens_in_one_group(llama_tok):
 def test_chatml_targets_run_to_the_first_content_token():
     tok = build_tokenizer(CHATML)
     fmt = format_for(tok)
-    messages = released_conversations(shot=2, n=1, seed=0)[0]
+    messages = released_conversations(shot=5, n=1, seed=0)[0]
     ids = render_reference(tok, messages)
     groups = special_token_targets(ids, tok)
     assert all(m.ids[0] == tok.convert_tokens_to_ids("<|im_start|>") for m in fmt.marker_tokens)
-    # 3 user + 3 assistant markers: the first demonstration's pair, then the last two pairs
+    # 6 user + 6 assistant markers: the first four pairs, then the last two pairs
     first, last = groups
     text = tok.decode([ids[p] for p in first])
+    assert text.count("\n") == 8
     turns = [m for m in messages if m["role"] != "system"]
     assert text.startswith("user\n") and "assistant\n" in text
     assert tok.decode([ids[p] for p in last]).count("\n") == 4
@@ -209,3 +239,28 @@ def test_preset_reference_end_to_end(tmp_path):
     assert {e[0] for e in evals} == {"reference_em"} and len(evals) == 5  # 3 controls
     assert {e[1] for e in evals} == {20}  # the whole second half of the file
     assert json.loads(evals[0][2])["split"] == "evaluation half (file)"
+
+
+def test_preset_reference_reads_data_as_released(tmp_path):
+    from atlas.ingest import IngestOptions
+    from atlas.intervene.experiment import AblateOptions, _capped
+    from atlas.tasks.sni import load_task
+    from atlas.tasks.split import split_task
+
+    instances = [{"id": f"i{k}", "input": f"text {k}", "output": [] if k == 2 else ["yes", "!"]}
+                 for k in range(6600)]
+    path = tmp_path / "multi.json"
+    path.write_text(json.dumps({"Definition": ["First part. ", "Second part."],
+                                "Instances": instances}))
+    default, released = load_task(str(path)), load_task(str(path), released=True)
+    assert default.definition == "First part. " and len(default.instances) == 6599
+    assert released.definition == "First part. Second part." and len(released.instances) == 6600
+    assert released.instances[2].outputs == () and released.instances[2].output == ""
+    assert default.data_hash != released.data_hash
+    assert IngestOptions(preset="reference").released_data
+    options = AblateOptions(preset="reference")
+    assert options.released_data and options.max_instances == 6500
+    split = split_task(_capped(released, options.max_instances), rule="file")
+    # CGV_eval.py: Instances[:6500], then halves; scoring (CGV_activation.py) keeps all
+    assert [i.id for i in split.evaluate] == [f"i{k}" for k in range(3250, 6500)]
+    assert len(split_task(released, rule="file").score) == 3300

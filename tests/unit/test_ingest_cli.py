@@ -172,8 +172,10 @@ def test_lape_and_baselines(llama_dir, tmp_path):
     assert res.exit_code == 0, res.output
     methods = query(db, "SELECT method, count(*) FROM runs WHERE status = 'complete' "
                         "GROUP BY method ORDER BY method")
-    assert methods == [("act_mean", 2), ("act_prob", 2), ("grad_x_act", 2), ("gv", 2),
+    assert methods == [("act_mean", 2), ("gate_prob", 2), ("grad_x_act", 2), ("gv", 2),
                        ("lape", 2), ("random", 2)]
+    rules = query(db, "SELECT DISTINCT rule FROM neuron_sets WHERE method = 'lape'")
+    assert rules == [("lape:0.01",)]
 
 
 def test_migrations_up_and_down_keep_data(llama_dir, tmp_path):
@@ -252,3 +254,24 @@ def test_names_with_brackets_are_printed_as_written(llama_dir, tmp_path):
     assert res.exit_code == 0 and f"snapshot {snap} " in res.output.replace("\n", ""), res.output
     res = runner.invoke(app, ["db", "restore", str(snap), "--db", str(restored)])
     assert res.exit_code == 0 and f"restored {restored}:" in res.output.replace("\n", "")
+
+
+def test_migration_0006_rekeys_runs_the_released_loss_reproduces(llama_dir, tmp_path):
+    db = tmp_path / "a.duckdb"
+    for shots in ("1", "2"):
+        assert ingest(llama_dir, db, "--task", "task379", "--shots", shots).exit_code == 0
+    new = query(db, "SELECT params->>'shots', params_key, params->>'loss' FROM runs ORDER BY 1")
+    assert all(loss.startswith("mean CE of the first four") for _, _, loss in new)
+    engine = connect(db)
+    migrate(engine, "0005", down=True)
+    engine.dispose()
+    old = query(db, "SELECT params->>'shots', params_key, params->>'loss' FROM runs ORDER BY 1")
+    # 1 shot: both rules give one group, so the run is re-described; 2 shots: they differ
+    assert old[0][2].startswith("mean CE of the turns before") and old[0][1] != new[0][1]
+    assert old[1] == new[1]
+    engine = connect(db)
+    migrate(engine, "head")
+    engine.dispose()
+    assert query(db, "SELECT params->>'shots', params_key, params->>'loss' FROM runs ORDER BY 1") == new
+    res = ingest(llama_dir, db, "--task", "task379", "--shots", "1")
+    assert res.exit_code == 0 and "reused" in res.output
