@@ -8,7 +8,13 @@ several tasks (default: 5 shots; task195 short, task379 medium, task274 long), s
 
 Usage: python bench/scoring_throughput.py [--tasks task195,task379,task274] [--examples 8]
        python bench/scoring_throughput.py --device cuda --dtype bfloat16 --batch-size 32
+       python bench/scoring_throughput.py --contention 2
 On a GPU it also prints peak GPU memory of each variant.
+
+``--contention N``: atlas CGVST on 4 prompts of about 300 tokens (2 torch threads), alone and
+beside N busy processes, with OpenMP's wait policy ACTIVE (spinning idle threads) and PASSIVE
+(atlas's default), each in a fresh process (the policy is read when torch loads); prints each
+time and the ratio to the run alone.
 """
 
 from __future__ import annotations
@@ -82,8 +88,51 @@ def measure(loaded, ids, targets, batch_size: int) -> dict:
             "rel": float((scores - ref_scores).abs().max() / ref_scores.abs().max())}
 
 
+def contention_child(args) -> None:
+    """One timed CGVST pass (best of 2) in this process: the time on stdout."""
+    torch.set_num_threads(2)
+    loaded = load_model("smollm2-135m-instruct", device="cpu", dtype=args.dtype)
+    fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+    task = load_task("task274", args.sni_dir)
+    score = split_task(task).score
+    examples = [e for e in scoring_examples(task, score[:40], fmt, 2, 0, pool=score)
+                if 250 <= len(e.encoded.input_ids) <= 350][:4]
+    ids = [e.encoded.input_ids for e in examples]
+    targets = [e.encoded.target_groups for e in examples]
+    best, _, _ = timed(lambda: cgvst(loaded.model, ids, targets, batch_size=4), repeats=2)
+    print(f"{best:.3f}")
+
+
+def contention(args) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def run(policy: str) -> float:
+        env = {**os.environ, "OMP_WAIT_POLICY": policy}
+        out = subprocess.run([sys.executable, __file__, "--contention-child", "--dtype", args.dtype,
+                              "--sni-dir", args.sni_dir], env=env, capture_output=True, text=True,
+                             check=True)
+        return float(out.stdout.split()[-1])
+
+    busy = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"
+    print(f"SmolLM2 {args.dtype}, CGVST on 4 prompts of about 300 tokens, 2 torch threads")
+    for policy in ("ACTIVE", "PASSIVE"):
+        alone = run(policy)
+        workers = [subprocess.Popen([sys.executable, "-c", busy]) for _ in range(args.contention)]
+        try:
+            shared = run(policy)
+        finally:
+            for w in workers:
+                w.kill()
+        print(f"  OMP_WAIT_POLICY={policy:8s} alone {alone:6.2f} s, beside {args.contention} busy "
+              f"processes {shared:6.2f} s: {shared / alone:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--contention", type=int, default=0, help="Busy processes beside the run.")
+    ap.add_argument("--contention-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--examples", type=int, default=8, help="Scoring examples per task.")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tasks", default="task195,task379,task274")
@@ -92,6 +141,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--shots", type=int, default=5)
     args = ap.parse_args()
+    if args.contention_child:
+        return contention_child(args)
+    if args.contention:
+        return contention(args)
     loaded = load_model("smollm2-135m-instruct", device=args.device, dtype=args.dtype)
     fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
     warm = load_task(args.tasks.split(",")[0], args.sni_dir)

