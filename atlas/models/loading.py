@@ -220,9 +220,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16, from /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def resolve_dtype(dtype: str | None, device: torch.device) -> str:
+    """``auto``: bfloat16 on a GPU and on a CPU with native bfloat16, float32 on other CPUs,
+    where bfloat16 is emulated and far slower (README, "bfloat16 on a CPU")."""
     if dtype in (None, "auto"):
-        return "bfloat16" if device.type == "cuda" else "float32"
+        return "bfloat16" if device.type == "cuda" or native_bf16() else "float32"
     if dtype not in DTYPES:
         raise AtlasError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     return dtype
