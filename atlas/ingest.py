@@ -269,6 +269,8 @@ class Ingestor:
         key = params_key(identity)
         label = f"{prep.task.short_name} · {method.name}"
         done = self.runs.find_complete(prep.task, method.name, key)
+        if done and self.options.force:
+            self.runs.check_replaceable(done)  # before hours of compute, not after
         if done and not self.options.force:
             self.reporter.message(f"{label}: reusing complete run {done.ref} (--force recomputes)")
             n_selected = self.runs.ensure_set(done, rule)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 from typer.core import _click as click
 
@@ -33,12 +34,27 @@ class AtlasClickError(click.ClickException):
                           soft_wrap=True)
 
 
+def _one_line(err: UsageError) -> AtlasClickError:
+    """A usage error as one line naming the command and the fix (no usage block)."""
+    command = err.ctx.command_path if err.ctx else "atlas"
+    message = " ".join(err.format_message().split())
+    return AtlasClickError(f"{message} (see `{command} --help`)")
+
+
 class AtlasGroup(TyperGroup):
     """Turns AtlasError into a one-line message with exit code 2, and Ctrl-C into exit 130."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except UsageError as err:
+            raise _one_line(err) from err
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except UsageError as err:  # a subcommand's bad option or value
+            raise _one_line(err) from err
         except AtlasError as err:
             raise AtlasClickError(str(err)) from err
         except KeyboardInterrupt:

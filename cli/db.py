@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from atlas.errors import AtlasError
 from atlas.store import db as store
 from cli.common import AtlasGroup, DbOption, console
 
@@ -16,27 +17,47 @@ db_app = typer.Typer(cls=AtlasGroup, help="Schema and snapshots: upgrade, downgr
 def upgrade(revision: str = typer.Argument("head"), db: str = DbOption) -> None:
     """Apply migrations up to REVISION (default: head)."""
     engine = store.connect(db)
-    store.migrate(engine, revision)
-    console.print(f"database at revision {store.current_revision(engine)}")
-    engine.dispose()
+    try:
+        store.refuse_foreign(engine, store.db_path(db))
+        store.migrate(engine, revision)
+        console.print(f"database at revision {store.current_revision(engine)}")
+    finally:
+        engine.dispose()
 
 
-@db_app.command()
+@db_app.command(context_settings={"ignore_unknown_options": True})  # "-1" is a revision
 def downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. -1 or base."),
               db: str = DbOption) -> None:
     """Revert migrations down to REVISION."""
-    engine = store.connect(db)
-    store.migrate(engine, revision, down=True)
-    console.print(f"database at revision {store.current_revision(engine) or 'base'}")
-    engine.dispose()
+    engine = _existing(db)
+    try:
+        store.refuse_foreign(engine, store.db_path(db))
+        store.migrate(engine, revision, down=True)
+        console.print(f"database at revision {store.current_revision(engine) or 'base'}")
+    finally:
+        engine.dispose()
+
+
+def _existing(db: str | None):
+    """An engine on an existing database file (never created here)."""
+    path = store.db_path(db)
+    if not path.exists():
+        raise AtlasError(f"no atlas database at {path}; pass the --db of an atlas database")
+    return store.connect(path)
 
 
 @db_app.command()
 def current(db: str = DbOption) -> None:
-    """Show the database's revision and the newest one."""
-    engine = store.connect(db)
-    console.print(f"current: {store.current_revision(engine) or 'base'}  head: {store.head_revision()}")
-    engine.dispose()
+    """Show the database's revision and the newest one (read-only)."""
+    path = store.db_path(db)
+    if not path.exists():
+        raise AtlasError(f"no atlas database at {path}; pass the --db of an atlas database")
+    engine = store.connect(path, read_only=True)
+    try:
+        console.print(f"current: {store.current_revision(engine) or 'base'}  "
+                      f"head: {store.head_revision()}")
+    finally:
+        engine.dispose()
 
 
 @db_app.command()

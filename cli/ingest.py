@@ -77,6 +77,8 @@ def ingest(
     sni_dir: list[str] = SniDirOption,
     skip_missing: bool = typer.Option(False, help="Skip tasks that cannot be found."),
     force: bool = typer.Option(False, help="Recompute even when a complete run exists."),
+    drop_evaluations: bool = typer.Option(False, help="With --force: also delete the "
+                                                      "evaluations of the replaced run's sets."),
     backend: str = typer.Option("local", help="local (this process) or ray."),
     address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
     shards: str = typer.Option(None, help="Shard folder for Ray workers (default: DB.shards)."),
@@ -126,7 +128,7 @@ def ingest(
                        TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(),
                        TimeRemainingColumn()]
             with Progress(*columns, console=console) as progress:
-                results += Ingestor(loaded, options, DatabaseRuns(engine),
+                results += Ingestor(loaded, options, DatabaseRuns(engine, drop_evaluations),
                                     RichReporter(progress)).run(tasks)
             del loaded
     finally:
@@ -186,22 +188,24 @@ def select_cmd(
     db: str = DbOption,
 ) -> None:
     """Make a neuron set from a complete run's stored scores (nothing is recomputed)."""
+    from atlas.scoring.selection import parse_rule
     from atlas.store import open_db
     from atlas.store import repository as repo
     from atlas.store.identity import resolve_model, resolve_task
 
-    engine = open_db(db)
+    engine = open_db(db, create=False)
     rows = []
     try:
-        for spec in task:
-            with engine.begin() as conn:
-                found = resolve_model(conn, model)
-                task_row = resolve_task(conn, spec)
-                run_id = repo.latest_complete_run(conn, found["model_id"], task_row["task_id"],
-                                                  method)
+        with engine.begin() as conn:  # every task checked before any set is written
+            found = resolve_model(conn, model)
+            runs = [repo.latest_complete_run(conn, found["model_id"],
+                                             resolve_task(conn, spec)["task_id"], method)
+                    for spec in task]
+            parse_rule(rule)
+            for run_id in runs:
                 name, size, created = repo.set_from_run(conn, run_id, rule)
-            rows.append({"set": name, "run": run_id, "rule": rule, "size": size,
-                         "status": "created" if created else "exists"})
+                rows.append({"set": name, "run": run_id, "rule": rule, "size": size,
+                             "status": "created" if created else "exists"})
     finally:
         engine.dispose()
     console.print(rich_table(rows, title="neuron sets"))
@@ -222,7 +226,7 @@ def split_cmd(
     from atlas.store.derived import split_shared
     from atlas.store.identity import resolve_model
 
-    engine = open_db(db)
+    engine = open_db(db, create=False)
     try:
         with engine.begin() as conn:
             rows = split_shared(conn, resolve_model(conn, model)["model_id"], method, shared_in)

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from atlas.errors import AtlasError
 from atlas.models.names import DEFAULT_MODEL
 from atlas.progress import Reporter
 from cli.common import DbOption, SniDirOption, console, err_console, rich_table, sni_path
@@ -47,7 +48,7 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
     if preset:
         console.print(f"preset {preset}: metric {options.metric}, shots {options.shots}, split "
                       f"{options.split}, whole evaluation half, released prompts")
-    engine = open_db(db)
+    engine = open_db(db, create=False)
     try:
         stored = set_owner(engine, display_name(model), resolve_dtype(dtype, resolve_device(device)))
         targets = [find_set(engine, stored, task=t, method=method, name=set_name)
@@ -104,7 +105,7 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                 sni_dir: list[str] = SniDirOption,
                 db: str = DbOption) -> None:
         if not task and not set_name:
-            raise typer.BadParameter("give --task or --set")
+            raise AtlasError("give --task TASK (its stored set) or --set NAME")
         _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
                     control_seed, batch_size, device, dtype, sni_dir, db, control, preset, split,
                     demos, controls, controls_on)

@@ -10,13 +10,27 @@ from atlas.errors import AtlasError
 from cli.common import DbOption, console
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse, before anything is printed, an address this process cannot bind."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise AtlasError(f"cannot serve on {host}:{port} ({err.strerror or err}); choose another "
+                         "--port or --host") from err
+
+
 def serve(db: str = DbOption,
           host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless given)."),
-          port: int = typer.Option(8000, help="Port."),
-          sql_timeout: float = typer.Option(10.0, help="Seconds a POST /sql query may run."),
-          sql_max_rows: int = typer.Option(10_000, help="Rows a POST /sql answer holds at most."),
-          workers: int = typer.Option(1, help="Server processes; each keeps its own memory "
-                                              "(1 serves 2 cores best)."),
+          port: int = typer.Option(8000, min=1, max=65535, help="Port."),
+          sql_timeout: float = typer.Option(10.0, min=0.001, help="Seconds a POST /sql query may "
+                                                                  "run."),
+          sql_max_rows: int = typer.Option(10_000, min=1, help="Rows a POST /sql answer holds at "
+                                                               "most."),
+          workers: int = typer.Option(1, min=1, help="Server processes; each keeps its own memory "
+                                                     "(1 serves 2 cores best)."),
           threads: int = typer.Option(1, min=0, help="DuckDB threads per query (0: one per core); 1 "
                                               "lets concurrent requests share the cores.")
           ) -> None:
@@ -29,6 +43,7 @@ def serve(db: str = DbOption,
     path = db_path(db)
     if not path.exists():
         raise AtlasError(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
+    _check_port(host, port)
     console.print(f"serving {path} read-only on http://{host}:{port} (docs: /docs), "
                   f"{workers} worker(s)")
     if workers == 1:

@@ -59,6 +59,9 @@ class ShardRuns:
         return Completed(str(folder), meta["n_examples"], meta["n_tokens"], meta["n_selected"],
                          meta.get("n_skipped", 0))
 
+    def check_replaceable(self, done: Completed) -> None:
+        """A shard has no evaluations; the driver checks the database on import."""
+
     def ensure_set(self, done: Completed, rule: str) -> int:
         """Shards carry scores only; the driver makes sets on import (`atlas select` after)."""
         return done.n_selected

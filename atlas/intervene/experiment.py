@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -55,6 +56,9 @@ class AblateOptions:
     preset: str | None = None
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.factor):
+            raise AtlasError(f"--factor must be a finite number (got {self.factor}); 0 inhibits, "
+                             "> 1 amplifies")
         if self.examples is not None and self.examples < 1:
             raise AtlasError(f"--examples must be at least 1 (got {self.examples})")
         if self.shots < 0:

@@ -37,8 +37,21 @@ def _mask(per_layer, n_layers: int, d_mlp: int, path: Path) -> torch.Tensor:
         raise AtlasError(f"{path} has {len(per_layer)} layers but --layers is {n_layers}")
     mask = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
     for layer, idx in enumerate(per_layer):
-        idx = torch.as_tensor(idx, dtype=torch.long).flatten()
-        if len(idx) and (int(idx.max()) >= d_mlp or int(idx.min()) < 0):
+        try:
+            idx = torch.as_tensor(idx)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise AtlasError(f"{path} layer {layer} is not a list of neuron indices "
+                             f"({first_line(err)}); give integer indices per layer") from err
+        if idx.numel() and (idx.dtype == torch.bool or idx.is_floating_point()
+                            or idx.is_complex()):
+            raise AtlasError(f"{path} layer {layer} holds {str(idx.dtype).replace('torch.', '')} "
+                             "values, not integer neuron indices (a boolean mask or scores?); "
+                             "give the selected indices per layer")
+        idx = idx.long().flatten()
+        if len(idx) and int(idx.min()) < 0:
+            raise AtlasError(f"{path} layer {layer} has the negative index {int(idx.min())}; "
+                             "indices run from 0")
+        if len(idx) and int(idx.max()) >= d_mlp:
             raise AtlasError(f"{path} layer {layer} has index {int(idx.max())} ≥ --d-mlp {d_mlp}")
         mask[layer, idx] = True
     return mask
@@ -60,6 +73,9 @@ def import_sets(engine: Engine, path: str | Path, *, model: str, tasks: list[str
         n_layers = n_layers or known[0]["n_layers"]
         d_mlp = d_mlp or known[0]["d_mlp"]
     obj = _load(path)
+    if fmt == "cgvst" and len(obj) != 1:
+        raise AtlasError(f"{path} holds {len(obj)} sets, the cgvst format one ([[indices per "
+                         "layer]]); for several sets use --format lape with one --task per set")
     groups = [obj[0]] if fmt == "cgvst" else obj
     if n_layers is None:
         n_layers = len(groups[0])
@@ -79,6 +95,7 @@ def import_sets(engine: Engine, path: str | Path, *, model: str, tasks: list[str
             task = KNOWN_TASKS.get(task, task)  # a paper task's id names its SNI file
             mask = _mask(per_layer, n_layers, d_mlp, path)
             task_id = repo.ensure_task(conn, task, str(path), 0, repo.IMPORTED)
+            # write_set refuses to replace a stored set that evaluations refer to
             name = f"{model}/{task.split('_')[0]}/{fmt}:imported"
             set_id = repo.write_set(conn, name, model_id, task_id, None, f"imported:{path.name}",
                                     mask, fmt)

@@ -10,12 +10,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from atlas.errors import AtlasError  # noqa: E402
 from atlas.query.overlap import OverlapMatrix  # noqa: E402
 from atlas.store.identity import task_labels  # noqa: E402
 
 
+def _target(out: str | Path) -> Path:
+    """Where a figure goes: its folder must exist (nothing is created on the way)."""
+    target = Path(out)
+    if not target.parent.is_dir():
+        raise AtlasError(f"cannot write {target}: folder {target.parent} does not exist; create "
+                         "it or give another --output")
+    return target
+
+
 def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, out: str | Path,
             cbar_label: str, cmap: str = "viridis", center: bool = False, fmt: str = ".2f") -> Path:
+    out = _target(out)
     width = max(5.5, 2.8 + 0.7 * len(cols))
     height = max(4.0, 1.8 + 0.45 * len(rows))
     fig, ax = plt.subplots(figsize=(width, height), dpi=130)
@@ -48,6 +59,7 @@ def plot_overlap(matrix: OverlapMatrix, out: str | Path) -> Path:
 
 
 def plot_layers(profiles: dict[str, np.ndarray], n_layers: int, title: str, out: str | Path) -> Path:
+    out = _target(out)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=130)
     edges = np.linspace(0, 1, n_layers + 1)
     tasks = sorted(profiles)
@@ -69,6 +81,7 @@ def plot_layers(profiles: dict[str, np.ndarray], n_layers: int, title: str, out:
 
 def plot_compare(prof_a: dict[str, np.ndarray], prof_b: dict[str, np.ndarray], names: tuple[str, str],
                  out: str | Path) -> Path:
+    out = _target(out)
     tasks = sorted(set(prof_a) & set(prof_b))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(tasks) + 2), 4.5), dpi=130)
     positions = np.arange(len(tasks))

@@ -23,8 +23,10 @@ from atlas.errors import AtlasError, first_line
 from atlas.store.db import sandbox_connection
 
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
-TABLES = ["models", "tasks", "runs", "neuron_scores", "neuron_sets", "neuron_set_members"]
-VIEWS = ["task_sets", "set_sizes", "set_overlaps", "unique_neurons", "layer_counts"]
+# The SQL contract's views (the tables come from atlas.store.schema); a test checks both lists
+# against the migrated database, so export cannot miss one.
+VIEWS = ["task_sets", "set_sizes", "set_overlaps", "unique_neurons", "layer_counts",
+         "evaluation_effects"]
 
 
 @contextmanager
@@ -188,18 +190,17 @@ def export_parquet(folder: str | Path, db: str | Path | None = None) -> list[Pat
     """One Parquet file per table and view into ``folder``."""
     import pyarrow.parquet as pq
 
+    from atlas.store.schema import metadata
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise AtlasError(f"{folder} is a file, not a folder; give a folder to export into "
+                         "(nothing was changed)")
     written = []
     with _read_only_connection(db) as con:
-        names = TABLES + VIEWS + (["evaluations"] if _has_table(con, "evaluations") else [])
-        for name in names:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in [*metadata.tables, *VIEWS]:
             target = folder / f"{name}.parquet"
             pq.write_table(con.sql(f"SELECT * FROM {name}").to_arrow_table(), target)
             written.append(target)
     return written
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                            [name]).fetchall()[0][0])

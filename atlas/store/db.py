@@ -208,6 +208,10 @@ def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
+        tables = {r[0] for r in conn.exec_driver_sql(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+        if "alembic_version" not in tables:
+            return None
         return MigrationContext.configure(conn).get_current_revision()
 
 
@@ -219,15 +223,29 @@ def _n_tables(engine: Engine) -> int:
 
 
 def migrate(engine: Engine, revision: str = "head", *, down: bool = False) -> None:
+    """Upgrade (or with ``down`` downgrade) to ``revision``; a database at a revision this atlas
+    does not know (a newer atlas's) or an unknown target is refused in one line."""
     from alembic import command
+    from alembic.util import CommandError
 
     cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        if down:
-            command.downgrade(cfg, revision)
-        else:
-            command.upgrade(cfg, revision)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            if down:
+                command.downgrade(cfg, revision)
+            else:
+                command.upgrade(cfg, revision)
+    except CommandError as err:
+        raise Unavailable(f"cannot migrate {engine.url.database} to {revision}: {first_line(err)}; "
+                          f"this atlas knows revisions up to {SCHEMA_HEAD} (a newer database "
+                          "needs a newer atlas)") from err
+
+
+def refuse_foreign(engine: Engine, path: Path) -> None:
+    """Refuse a DuckDB file that holds tables but is not an atlas database (left untouched)."""
+    if current_revision(engine) is None and _n_tables(engine):
+        check_schema(engine, path, None)
 
 
 def check_schema(engine: Engine, path: Path, revision: str | None) -> None:
@@ -259,10 +277,14 @@ def check_read_schema(engine: Engine, path: Path) -> None:
         _refuse_unless_current(path, lambda sql: conn.exec_driver_sql(sql).fetchall())
 
 
-def open_db(path: str | Path | None = None, *, read_only: bool = False) -> Engine:
+def open_db(path: str | Path | None = None, *, read_only: bool = False,
+            create: bool = True) -> Engine:
     """Open the database at ``path``: read-only (sandboxed, never migrated), or for writing
-    (created and upgraded as needed; a foreign database is refused)."""
+    (upgraded as needed, and created unless ``create`` is false; a foreign database is
+    refused)."""
     path = db_path(path)
+    if not create and not path.exists():
+        raise Unavailable(f"no atlas database at {path}; run `atlas ingest` first or pass --db")
     engine = connect(path, read_only=read_only)
     try:
         if read_only:

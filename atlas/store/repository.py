@@ -170,11 +170,43 @@ def save_checkpoint(conn: Connection, run_id: int, ckpt: Checkpoint) -> None:
     )
 
 
+def n_evaluations(conn: Connection, set_ids: list[int]) -> int:
+    """How many stored evaluations refer to these sets."""
+    if not set_ids:
+        return 0
+    return int(conn.execute(text("SELECT count(*) FROM evaluations WHERE list_contains(:s, set_id)"),
+                            {"s": list(set_ids)}).scalar_one())
+
+
+def refuse_orphaning(conn: Connection, set_ids: list[int], what: str) -> None:
+    """Replacing sets that evaluations refer to would leave those evaluations pointing nowhere."""
+    n = n_evaluations(conn, set_ids)
+    if n:
+        names = [r.name for r in conn.execute(
+            text("SELECT name FROM neuron_sets WHERE list_contains(:s, set_id) ORDER BY set_id"),
+            {"s": list(set_ids)})]
+        raise AtlasError(f"{what} would replace set(s) {', '.join(names)}, which {n} stored "
+                         "evaluation(s) refer to; nothing was changed (pass --drop-evaluations "
+                         "to delete them with the set, or store the new set under another name)")
+
+
+def delete_evaluations(conn: Connection, set_ids: list[int]) -> None:
+    for set_id in set_ids:
+        conn.execute(text("DELETE FROM evaluation_examples WHERE eval_id IN (SELECT eval_id FROM "
+                          "evaluations WHERE set_id = :s)"), {"s": set_id})
+        conn.execute(text("DELETE FROM evaluations WHERE set_id = :s"), {"s": set_id})
+
+
 def write_set(conn: Connection, name: str, model_id: int, task_id: int | None,
-              run_id: int | None, rule: str, mask: torch.Tensor, method: str) -> int:
-    """Store a neuron set (bool mask [n_layers, d_mlp]); replaces a set of the same name."""
+              run_id: int | None, rule: str, mask: torch.Tensor, method: str,
+              drop_evaluations: bool = False) -> int:
+    """Store a neuron set (bool mask [n_layers, d_mlp]); replaces a set of the same name, which
+    is refused while evaluations refer to it unless ``drop_evaluations`` deletes them too."""
     old = conn.execute(text("SELECT set_id FROM neuron_sets WHERE name = :n"), {"n": name}).first()
     if old:
+        if drop_evaluations:
+            delete_evaluations(conn, [old.set_id])
+        refuse_orphaning(conn, [old.set_id], f"storing set '{name}'")
         delete_sets(conn, [old.set_id])
     set_id = int(conn.execute(
         text("INSERT INTO neuron_sets (name, model_id, task_id, run_id, rule, size, method) "
@@ -237,10 +269,18 @@ def delete_sets(conn: Connection, set_ids: list[int]) -> None:
         conn.execute(text("DELETE FROM neuron_sets WHERE set_id = :s"), {"s": set_id})
 
 
-def delete_run(conn: Connection, run_id: int) -> None:
-    """Remove a run with its scores, checkpoint and the sets selected from it."""
-    sets = [r.set_id for r in conn.execute(
+def run_sets(conn: Connection, run_id: int) -> list[int]:
+    return [r.set_id for r in conn.execute(
         text("SELECT set_id FROM neuron_sets WHERE run_id = :r"), {"r": run_id})]
+
+
+def delete_run(conn: Connection, run_id: int, drop_evaluations: bool = False) -> None:
+    """Remove a run with its scores, checkpoint and the sets selected from it; refused while
+    evaluations refer to those sets, unless ``drop_evaluations`` deletes them too."""
+    sets = run_sets(conn, run_id)
+    if drop_evaluations:
+        delete_evaluations(conn, sets)
+    refuse_orphaning(conn, sets, f"replacing run {run_id}")
     delete_sets(conn, sets)
     for table in ("neuron_scores", "run_checkpoints", "runs"):
         conn.execute(text(f"DELETE FROM {table} WHERE run_id = :r"), {"r": run_id})

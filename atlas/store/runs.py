@@ -56,6 +56,7 @@ class RunStore(Protocol):
     def complete(self, handle, task: Task, method: str, scores: torch.Tensor, mask: torch.Tensor,
                  rule: str, n_examples: int, n_tokens: int, n_skipped: int) -> Completed: ...
     def ensure_set(self, done: Completed, rule: str) -> int: ...
+    def check_replaceable(self, done: Completed) -> None: ...
     def fail(self, handle, error: str) -> None: ...
     def read_scores(self, ref, shape: tuple[int, int]) -> torch.Tensor: ...
 
@@ -64,8 +65,9 @@ class DatabaseRuns:
     """Runs in the atlas database; a run turns complete in the transaction that writes all of its
     score rows and its default set, replacing any older complete run with the same params."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, drop_evaluations: bool = False):
         self.engine = engine
+        self.drop_evaluations = drop_evaluations
         self.model_id: int | None = None
         self.model_name = ""
         self._task_ids: dict[str, int] = {}
@@ -132,13 +134,21 @@ class DatabaseRuns:
                 "AND params_key = :k AND status = 'complete' AND run_id <> :r"),
                 {"m": self.model_id, "t": task_id, "method": method, "k": key, "r": run_id})]
             for old in older:  # --force: the new run replaces the old one, atomically
-                repo.delete_run(conn, old)
+                repo.delete_run(conn, old, self.drop_evaluations)
             repo.write_scores(conn, run_id, scores)
             name = repo.set_name(conn, self.model_name, task.name, method, run_id)
             repo.write_set(conn, name, self.model_id, task_id, run_id, rule, mask, method)
             repo.complete_run(conn, run_id, n_examples=n_examples, n_tokens=n_tokens,
                               n_skipped=n_skipped)
         return Completed(run_id, n_examples, n_tokens, int(mask.sum()), n_skipped)
+
+    def check_replaceable(self, done: Completed) -> None:
+        """Before --force recomputes a complete run: refuse if that would orphan evaluations."""
+        if self.drop_evaluations:
+            return
+        with self.engine.connect() as conn:
+            repo.refuse_orphaning(conn, repo.run_sets(conn, int(done.ref)),
+                                  f"--force on run {done.ref}")
 
     def ensure_set(self, done: Completed, rule: str) -> int:
         """The size of the complete run's set under ``rule``, made from stored scores if new."""

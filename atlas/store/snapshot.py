@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, first_line
 from atlas.store.db import SCHEMA_HEAD, db_path, sandbox_connection
 
 EVALUATION_BLOCK = 500  # evaluations per file of evaluation_examples
@@ -65,6 +66,7 @@ def take_snapshot(folder: str | Path, db: str | Path | None = None) -> dict:
     """Write the finished part of the atlas at ``db`` into ``folder`` (read-only on the database).
     Returns the manifest plus ``written``: the files that changed."""
     folder = Path(folder)
+    _check_snapshot_folder(folder)
     con = sandbox_connection(db)
     written: list[str] = []
     counts: dict[str, int] = {}
@@ -95,13 +97,46 @@ def take_snapshot(folder: str | Path, db: str | Path | None = None) -> dict:
     return {**manifest, "written": written}
 
 
+def _check_snapshot_folder(folder: Path) -> None:
+    """A snapshot goes into a new or empty folder, or one holding an earlier snapshot of its own
+    (its manifest names the tables): never over a user's files."""
+    if folder.exists() and not folder.is_dir():
+        raise AtlasError(f"{folder} is a file, not a folder; give a new or empty folder "
+                         "(nothing was changed)")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        ours = isinstance(manifest, dict) and set(manifest.get("rows", {})) <= set(TABLES) \
+            and "schema" in manifest
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise AtlasError(f"{folder} holds files that are not an atlas snapshot; give a new or "
+                         "empty folder, or the folder of an earlier snapshot (nothing was changed)")
+    known = {folder / "manifest.json"} | {folder / f"{name}.parquet" for name in TABLES}
+    strangers = [p for p in folder.rglob("*") if p.is_file() and p not in known
+                 and not (p.suffix == ".parquet" and p.parent.name in TABLES)]
+    if strangers:
+        raise AtlasError(f"snapshot folder {folder} also holds {strangers[0]} (and "
+                         f"{len(strangers) - 1} more), which a snapshot did not write; move them "
+                         "out first (nothing was changed)")
+
+
 def _manifest(folder: Path) -> dict:
     path = folder / "manifest.json"
     if not path.exists():
         raise AtlasError(f"{folder} is not an atlas snapshot (no manifest.json); pass the folder "
                          "`atlas db snapshot` wrote")
-    manifest = json.loads(path.read_text())
-    schema = str(manifest.get("schema"))
+    try:
+        manifest = json.loads(path.read_text())
+        schema = str(manifest.get("schema"))
+        rows = manifest["rows"]
+        if not all(isinstance(n, int) for n in rows.values()):
+            raise ValueError("row counts are not integers")
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as err:
+        raise AtlasError(f"{path} is not a readable snapshot manifest ({first_line(err)}); take "
+                         "the snapshot again (nothing was changed)") from err
     if schema not in RESTORABLE or not set(manifest.get("rows", {})) <= set(TABLES):
         raise AtlasError(f"snapshot {folder} is at schema {manifest.get('schema')}, this atlas "
                          f"restores {', '.join(RESTORABLE)}; use the atlas version that wrote it")
@@ -112,7 +147,44 @@ def _read(folder: Path, name: str) -> pa.Table | None:
     files = sorted((folder / name).glob("*.parquet")) or sorted(folder.glob(f"{name}.parquet"))
     if not files:
         return None
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    try:
+        return pa.concat_tables([pq.read_table(f) for f in files])
+    except (OSError, pa.ArrowException) as err:
+        raise AtlasError(f"snapshot {folder} has an unreadable {name} file ({first_line(err)}); "
+                         "take the snapshot again (nothing was changed)") from err
+
+
+# Rows a restored atlas must not hold: (what, query counting them).
+_BAD_VALUES = [
+    ("non-finite scores", "SELECT count(*) FROM neuron_scores WHERE NOT isfinite(score)"),
+    ("scores of neurons outside their model", """
+        SELECT count(*) FROM neuron_scores s JOIN runs r USING (run_id) JOIN models m USING (model_id)
+        WHERE s.layer NOT BETWEEN 0 AND m.n_layers - 1 OR s.neuron NOT BETWEEN 0 AND m.d_mlp - 1"""),
+    ("set members outside their model", """
+        SELECT count(*) FROM neuron_set_members x JOIN neuron_sets s USING (set_id)
+        JOIN models m USING (model_id)
+        WHERE x.layer NOT BETWEEN 0 AND m.n_layers - 1 OR x.neuron NOT BETWEEN 0 AND m.d_mlp - 1"""),
+    ("runs of unknown models or tasks", """
+        SELECT count(*) FROM runs WHERE model_id NOT IN (SELECT model_id FROM models)
+        OR task_id NOT IN (SELECT task_id FROM tasks)"""),
+    ("set members of unknown sets",
+     "SELECT count(*) FROM neuron_set_members WHERE set_id NOT IN (SELECT set_id FROM neuron_sets)"),
+    ("sets whose size is not their member count", """
+        SELECT count(*) FROM neuron_sets s WHERE size <> (SELECT count(*) FROM neuron_set_members x
+        WHERE x.set_id = s.set_id)"""),
+    ("evaluations of unknown sets", """
+        SELECT count(*) FROM evaluations WHERE set_id IS NOT NULL
+        AND set_id NOT IN (SELECT set_id FROM neuron_sets)"""),
+]
+
+
+def _check_values(conn, folder: Path) -> None:
+    """Refuse a snapshot whose rows a working atlas cannot hold (before anything is visible)."""
+    for what, sql in _BAD_VALUES:
+        n = conn.exec_driver_sql(sql).scalar()
+        if n:
+            raise AtlasError(f"snapshot {folder} has {n} {what}; it was not restored (take the "
+                             "snapshot again from a sound atlas)")
 
 
 def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[str, int]:
@@ -125,9 +197,11 @@ def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[s
     manifest = _manifest(folder)
     if target.exists():
         raise AtlasError(f"{target} already exists; restore into a new --db (nothing was changed)")
-    building = target.with_name(target.name + ".restoring")
-    for leftover in (building, building.with_name(building.name + ".wal")):
-        leftover.unlink(missing_ok=True)
+    if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+        raise AtlasError(f"cannot create {target}: folder {target.parent} does not exist or is "
+                         "not writable; pass another --db")
+    # each restore builds under a name of its own, so that two at once never share a file
+    building = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.restoring")
     engine = connect(building)
     counts = {}
     try:
@@ -141,7 +215,13 @@ def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[s
                                      f"manifest says {manifest['rows'].get(name, 0)}; take the "
                                      "snapshot again")
                 if data is not None and data.num_rows:
-                    insert_arrow(conn, name, data)
+                    try:
+                        insert_arrow(conn, name, data)
+                    except Exception as err:  # DuckDB's conversion and constraint errors
+                        raise AtlasError(f"snapshot {folder}: its {name} rows do not fit the "
+                                         f"table ({first_line(err)}); take the snapshot again "
+                                         "(nothing was changed)") from err
+            _check_values(conn, folder)
             for name, column in SEQUENCES.items():  # new ids continue after the restored ones
                 conn.exec_driver_sql(
                     f"SELECT nextval('seq_{name}') FROM range((SELECT coalesce(max({column}), 0) "
@@ -149,8 +229,15 @@ def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[s
         migrate(engine)  # an older snapshot's rows brought to this schema
     except BaseException:
         engine.dispose()
-        building.unlink(missing_ok=True)
+        for leftover in (building, building.with_name(building.name + ".wal")):
+            leftover.unlink(missing_ok=True)
         raise
     engine.dispose()
-    os.replace(building, target)
+    try:  # a link never replaces an existing file: of two restores, the second is refused
+        os.link(building, target)
+    except FileExistsError:
+        raise AtlasError(f"{target} was created by another process meanwhile; restore into a "
+                         "new --db (nothing was changed)") from None
+    finally:
+        building.unlink(missing_ok=True)
     return counts
