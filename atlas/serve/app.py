@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +82,7 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     engines: list = []  # one sandboxed engine; it holds no connection between requests
     shared: list[SharedOpen] = []
     checked = [0.0]  # when the schema was last found current
+    identity: list = [None]  # (device, inode) of the file the schema check last saw
     run_cache = LRU(RUN_CACHE_BYTES, array_bytes)
     set_cache = LRU(SET_CACHE_BYTES, array_bytes)
     overlap_cache = LRU(256, counted)
@@ -95,9 +97,13 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
             engines.append(connect(db, read_only=True, threads=threads))
             shared.append(SharedOpen(engines[0].connect, Path(db)))
         with shared[0].hold():
-            if time.monotonic() - checked[0] > SCHEMA_RECHECK_S:  # a writer may migrate
+            now = _file_identity(db)  # a stat per request: a swapped file is noticed at once
+            if now != identity[0] or time.monotonic() - checked[0] > SCHEMA_RECHECK_S:
+                if identity[0] is not None and now != identity[0] and shared[0].users > 1:
+                    raise Unavailable(f"the database file {db} was replaced while requests "
+                                      "were in flight; retry")
                 check_read_schema(engines[0], Path(db))
-                checked[0] = time.monotonic()
+                checked[0], identity[0] = time.monotonic(), now
             with engines[0].connect() as conn:
                 yield _Pinned(conn)
 
@@ -365,6 +371,15 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                         media_type="application/json")
 
     return app
+
+
+def _file_identity(db: str | Path) -> tuple[int, int] | None:
+    """The file's (device, inode): changes when another file is moved into its place."""
+    try:
+        st = os.stat(db)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class _Pinned:

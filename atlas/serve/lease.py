@@ -60,5 +60,10 @@ class SharedOpen:
             self._cond.wait(POLL_S)
 
     @property
+    def users(self) -> int:
+        """Requests holding the open now (this one included, inside ``hold``)."""
+        return self._users
+
+    @property
     def is_open(self) -> bool:
         return self._anchor is not None

@@ -268,3 +268,22 @@ def test_unavailable_database_is_503(tmp_path):
     duckdb.connect(str(foreign)).execute("CREATE TABLE x AS SELECT 1 AS a").close()
     res = TestClient(create_app(foreign)).get("/models")
     assert res.status_code == 503 and "not an atlas database" in res.json()["error"]
+
+
+def test_a_swapped_file_is_refused_at_once(tmp_path, atlas_db):
+    import shutil
+
+    import duckdb
+    from fastapi.testclient import TestClient
+
+    from atlas.serve.app import create_app
+
+    db = tmp_path / "served.duckdb"
+    shutil.copy(atlas_db[0], db)
+    client = TestClient(create_app(db))
+    assert client.get("/models").status_code == 200
+    foreign = tmp_path / "foreign.duckdb"
+    duckdb.connect(str(foreign)).execute("CREATE TABLE x AS SELECT 1 AS a").close()
+    os.replace(foreign, db)  # within the 2 s between periodic schema checks
+    res = client.get("/models")
+    assert res.status_code == 503 and "not an atlas database" in res.json()["error"]
