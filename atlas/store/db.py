@@ -244,7 +244,12 @@ def migrate(engine: Engine, revision: str = "head", *, down: bool = False) -> No
 
 def refuse_foreign(engine: Engine, path: Path) -> None:
     """Refuse a DuckDB file that holds tables but is not an atlas database (left untouched)."""
-    if current_revision(engine) is None and _n_tables(engine):
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        tables = {r[0] for r in conn.execute(text(
+            "SELECT table_name FROM information_schema.tables"))}
+    if tables and "alembic_version" not in tables:  # downgraded to base keeps that table
         check_schema(engine, path, None)
 
 
