@@ -38,21 +38,18 @@ def downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. -1
         engine.dispose()
 
 
-def _existing(db: str | None):
+def _existing(db: str | None, read_only: bool = False):
     """An engine on an existing database file (never created here)."""
     path = store.db_path(db)
     if not path.exists():
         raise AtlasError(f"no atlas database at {path}; pass the --db of an atlas database")
-    return store.connect(path)
+    return store.connect(path, read_only=read_only)
 
 
 @db_app.command()
 def current(db: str = DbOption) -> None:
     """Show the database's revision and the newest one (read-only)."""
-    path = store.db_path(db)
-    if not path.exists():
-        raise AtlasError(f"no atlas database at {path}; pass the --db of an atlas database")
-    engine = store.connect(path, read_only=True)
+    engine = _existing(db, read_only=True)
     try:
         console.print(f"current: {store.current_revision(engine) or 'base'}  "
                       f"head: {store.head_revision()}")
