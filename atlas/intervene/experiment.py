@@ -9,6 +9,7 @@ import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from atlas.evaluate.metrics import METRICS, evaluate
 from atlas.ingest import Reporter, apply_preset
 from atlas.intervene.spec import Intervention, apply, random_control
 from atlas.models.loading import LoadedModel
+from atlas.naming import sni_id
 from atlas.query.core import resolve_model, resolve_task, rows
 from atlas.store import evaluations as stored
 from atlas.store import repository as repo
@@ -113,11 +115,21 @@ def set_mask(engine: Engine, set_id: int, n_layers: int, d_mlp: int) -> torch.Te
 
 
 def _eval_task_names(engine: Engine, model_id: int, method: str, names: list[str]) -> list[str]:
+    """What to load for ``--eval-task``: the names given, or for ``all`` every task the model has
+    a set of: an SNI task by its name, any other task by the file it was read from."""
     if names != ["all"]:
         return names
-    return [r["task"] for r in rows(engine, "SELECT DISTINCT task FROM task_sets WHERE model_id = "
-                                            ":mid AND method = :method ORDER BY task",
-                                    mid=model_id, method=method)]
+    stored = rows(engine, "SELECT DISTINCT t.name AS task, t.source FROM task_sets s JOIN tasks t "
+                          "USING (task_id) WHERE s.model_id = :mid AND s.method = :method "
+                          "ORDER BY t.name", mid=model_id, method=method)
+    return [r["task"] if sni_id(r["task"]) or not r["source"] else _task_file(r) for r in stored]
+
+
+def _task_file(task: dict) -> str:
+    if not Path(task["source"]).is_file():
+        raise AtlasError(f"task '{task['task']}' was read from {task['source']}, which is gone; "
+                         "put the file back or name the evaluation tasks with --eval-task")
+    return task["source"]
 
 
 class Experiment:

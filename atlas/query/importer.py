@@ -13,6 +13,7 @@ import torch
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError, first_line
+from atlas.naming import short_task_id
 from atlas.store import identity
 from atlas.store import repository as repo
 from atlas.tasks.sni import KNOWN_TASKS
@@ -96,7 +97,7 @@ def import_sets(engine: Engine, path: str | Path, *, model: str, tasks: list[str
             mask = _mask(per_layer, n_layers, d_mlp, path)
             task_id = repo.ensure_task(conn, task, str(path), 0, repo.IMPORTED)
             # write_set refuses to replace a stored set that evaluations refer to
-            name = f"{model}/{task.split('_')[0]}/{fmt}:imported"
+            name = f"{model}/{short_task_id(task)}/{fmt}:imported"
             set_id = repo.write_set(conn, name, model_id, task_id, None, f"imported:{path.name}",
                                     mask, fmt)
             out.append({"set_id": set_id, "name": name, "size": int(mask.sum())})

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from atlas.errors import AtlasError
+from atlas.naming import short_task_id
 from atlas.store import repository as repo
 
 PARTS = ("shared", "specific")
@@ -59,7 +60,7 @@ def _store(conn: Connection, model, model_id: int, source, method: str, rule: st
     if current is not None and current.rule == rule and np.array_equal(
             repo.read_set_mask(conn, current.set_id, model.n_layers, model.d_mlp), mask):
         return current.name, "exists"
-    base = f"{model.name}/{source.task.split('_')[0]}/{method}@{rule}"
+    base = f"{model.name}/{short_task_id(source.task)}/{method}@{rule}"
     name, k = base, 1
     while conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"), {"n": name}).first():
         k += 1

@@ -8,15 +8,13 @@ task has it, or ``#task_id``.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from atlas.errors import Ambiguous, NotFound
-
-_SNI_ID = re.compile(r"task\d+")
+from atlas.naming import SNI_ID, sni_id
 
 
 def _label(model: dict[str, Any]) -> str:
@@ -52,7 +50,7 @@ def resolve_task(conn: Connection, spec: str) -> dict[str, Any]:
         found = [t for t in tasks if t["task_id"] == int(spec[1:])]
     else:
         found = [t for t in tasks if t["name"] == spec]
-        if not found and _SNI_ID.fullmatch(spec):
+        if not found and SNI_ID.fullmatch(spec):
             found = [t for t in tasks if t["name"].startswith(spec + "_")]
     if len(found) == 1:
         return found[0]
@@ -66,5 +64,5 @@ def resolve_task(conn: Connection, spec: str) -> dict[str, Any]:
 def task_labels(names: list[str]) -> list[str]:
     """Short display labels: a task's SNI id (``task195``) where no other of ``names`` shares it,
     else its full name. Labels never merge two tasks."""
-    ids = [name.split("_")[0] if _SNI_ID.fullmatch(name.split("_")[0]) else None for name in names]
+    ids = [sni_id(name) for name in names]
     return [i if i and ids.count(i) == 1 else name for i, name in zip(ids, names)]

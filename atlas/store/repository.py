@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from atlas.errors import AtlasError
+from atlas.naming import short_task_id
 
 
 def _duck(conn: Connection):
@@ -227,7 +228,7 @@ def set_name(conn: Connection, model: str, task: str, method: str, run_id: int,
              rule: str | None = None) -> str:
     """``model/task id/method`` (``@rule`` for a set beyond the run's first); runs with other
     params get ``#run_id`` when the name is taken."""
-    base = f"{model}/{task.split('_')[0]}/{method}" + (f"@{rule}" if rule else "")
+    base = f"{model}/{short_task_id(task)}/{method}" + (f"@{rule}" if rule else "")
     taken = conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"), {"n": base}).first()
     return f"{base}#{run_id}" if taken else base
 

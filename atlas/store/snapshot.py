@@ -40,6 +40,7 @@ TABLES: dict[str, tuple[str, str, tuple[str, int] | None]] = {
 }
 # Schemas a snapshot may be at: its tables are restored at that revision, then migrated.
 RESTORABLE = ("0005", SCHEMA_HEAD)
+INCOMPLETE = "incomplete"  # manifest key of a snapshot being written (or cut short)
 SEQUENCES = {"models": "model_id", "tasks": "task_id", "runs": "run_id",
              "neuron_sets": "set_id", "evaluations": "eval_id"}
 
@@ -64,37 +65,55 @@ def _write_if_changed(data: bytes, target: Path) -> bool:
 
 def take_snapshot(folder: str | Path, db: str | Path | None = None) -> dict:
     """Write the finished part of the atlas at ``db`` into ``folder`` (read-only on the database).
-    Returns the manifest plus ``written``: the files that changed."""
+
+    Every file is built in memory first; when anything changes, the manifest is first marked
+    ``incomplete`` and rewritten whole last, so a snapshot cut short (even by SIGKILL) is refused
+    by restore and completed by the next snapshot. Returns the manifest plus ``written``: the
+    files that changed."""
     folder = Path(folder)
     _check_snapshot_folder(folder)
-    con = sandbox_connection(db)
+    pieces, counts = _pieces(folder, db)
+    manifest = {"schema": SCHEMA_HEAD, "rows": counts}
+    target = folder / "manifest.json"
+    manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
+    changed = {path: data for path, data in pieces.items()
+               if not (path.exists() and path.read_bytes() == data)}
+    stale = [p for p in folder.rglob("*.parquet") if p not in pieces]
+    leftovers = list(folder.rglob("*.tmp"))
     written: list[str] = []
+    if changed or stale or leftovers:
+        _write_if_changed((json.dumps({**manifest, INCOMPLETE: True}, indent=2) + "\n"
+                           ).encode(), target)
+        for path, data in changed.items():
+            _write_if_changed(data, path)
+            written.append(str(path))
+        for path in stale + leftovers:
+            path.unlink(missing_ok=True)
+    if _write_if_changed(manifest_bytes, target):
+        written.append(str(target))
+    return {**manifest, "written": written}
+
+
+def _pieces(folder: Path, db) -> tuple[dict[Path, bytes], dict[str, int]]:
+    """Every file of the snapshot of ``db`` (Parquet bytes by path) and the rows per table."""
+    con = sandbox_connection(db)
+    pieces: dict[Path, bytes] = {}
     counts: dict[str, int] = {}
-    keep: set[Path] = {folder / "manifest.json"}
     try:
         for name, (where, order, part) in TABLES.items():
             data = con.sql(f"SELECT * FROM {name} WHERE {where} ORDER BY {order}").to_arrow_table()
             counts[name] = data.num_rows
             if part is None:
-                pieces = {folder / f"{name}.parquet": data}
-            else:
-                column, block = part
-                keys = data[column].to_numpy() // block
-                pieces = {folder / name / f"{column}_{key * block:07d}.parquet":
-                          data.filter(pa.array(keys == key)) for key in np.unique(keys)}
-            for target, piece in pieces.items():
-                keep.add(target)
-                if _write_if_changed(_parquet(piece), target):
-                    written.append(str(target))
+                pieces[folder / f"{name}.parquet"] = _parquet(data)
+                continue
+            column, block = part
+            keys = data[column].to_numpy() // block
+            for key in np.unique(keys):
+                piece = data.filter(pa.array(keys == key))
+                pieces[folder / name / f"{column}_{key * block:07d}.parquet"] = _parquet(piece)
     finally:
         con.close()
-    for stale in [p for p in folder.rglob("*.parquet") if p not in keep]:
-        stale.unlink()
-    manifest = {"schema": SCHEMA_HEAD, "rows": counts}
-    target = folder / "manifest.json"
-    if _write_if_changed((json.dumps(manifest, indent=2) + "\n").encode(), target):
-        written.append(str(target))
-    return {**manifest, "written": written}
+    return pieces, counts
 
 
 def _check_snapshot_folder(folder: Path) -> None:
@@ -115,8 +134,10 @@ def _check_snapshot_folder(folder: Path) -> None:
         raise AtlasError(f"{folder} holds files that are not an atlas snapshot; give a new or "
                          "empty folder, or the folder of an earlier snapshot (nothing was changed)")
     known = {folder / "manifest.json"} | {folder / f"{name}.parquet" for name in TABLES}
+    known |= {p.with_name(p.name + ".tmp") for p in known}
     strangers = [p for p in folder.rglob("*") if p.is_file() and p not in known
-                 and not (p.suffix == ".parquet" and p.parent.name in TABLES)]
+                 and not (p.name.endswith((".parquet", ".parquet.tmp"))
+                          and p.parent.name in TABLES)]
     if strangers:
         raise AtlasError(f"snapshot folder {folder} also holds {strangers[0]} (and "
                          f"{len(strangers) - 1} more), which a snapshot did not write; move them "
@@ -137,6 +158,9 @@ def _manifest(folder: Path) -> dict:
     except (OSError, ValueError, AttributeError, KeyError, TypeError) as err:
         raise AtlasError(f"{path} is not a readable snapshot manifest ({first_line(err)}); take "
                          "the snapshot again (nothing was changed)") from err
+    if manifest.get(INCOMPLETE):
+        raise AtlasError(f"snapshot {folder} is incomplete (a snapshot was interrupted); run "
+                         "`atlas db snapshot` into it again (nothing was changed)")
     if schema not in RESTORABLE or not set(manifest.get("rows", {})) <= set(TABLES):
         raise AtlasError(f"snapshot {folder} is at schema {manifest.get('schema')}, this atlas "
                          f"restores {', '.join(RESTORABLE)}; use the atlas version that wrote it")
@@ -187,6 +211,25 @@ def _check_values(conn, folder: Path) -> None:
                              "snapshot again from a sound atlas)")
 
 
+def _clear_dead_restores(target: Path) -> None:
+    """Remove what restores into ``target`` killed before they finished left behind (files named
+    after a process that no longer runs)."""
+    for leftover in target.parent.glob(f".{target.name}.*.restoring*"):
+        pid = leftover.name[len(target.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[str, int]:
     """Build a new atlas database at ``db`` from the snapshot in ``folder``; an existing file is
     refused. The database appears only when every row is in. Returns rows per table."""
@@ -200,6 +243,7 @@ def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[s
     if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
         raise AtlasError(f"cannot create {target}: folder {target.parent} does not exist or is "
                          "not writable; pass another --db")
+    _clear_dead_restores(target)
     # each restore builds under a name of its own, so that two at once never share a file
     building = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.restoring")
     engine = connect(building)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from atlas.errors import AtlasError, first_line
 from atlas.models.loading import atlas_home
+from atlas.naming import short_task_id
 
 SNI_RAW_URL = "https://raw.githubusercontent.com/allenai/natural-instructions/master/tasks/{}.json"
 
@@ -65,7 +66,7 @@ class Task:
 
     @property
     def short_name(self) -> str:
-        return self.name.split("_")[0]
+        return short_task_id(self.name)
 
     @property
     def labels(self) -> list[str] | None:

@@ -66,6 +66,29 @@ def test_tasks_sharing_a_prefix_stay_apart(llama_dir, tmp_path):
     assert [r["task"] for r in spec] == ["sent_neg", "sent_pos"]
 
 
+def test_ablate_evaluates_the_users_task_files_by_their_files(llama_dir, tmp_path):
+    """Stored tasks read from the user's files are evaluated from those files (not looked up as
+    SNI names) and labelled by their whole names (two sharing a prefix stay apart)."""
+    db = tmp_path / "a.duckdb"
+    files = []
+    for label, words in (("pos", "good great fine"), ("neg", "bad awful poor")):
+        rows = [{"input": f"{w} {k}", "output": label} for k, w in enumerate(words.split() * 4)]
+        files.append(tmp_path / f"sent_{label}.jsonl")
+        files[-1].write_text("\n".join(map(json.dumps, rows)))
+        ingest(llama_dir, db, "--task", files[-1])
+    res = run("ablate", "--model", llama_dir, "--db", db, "--shots", 1, "--task", "sent_pos",
+              "--eval-task", "all", "--examples", 3, "--no-control")
+    assert res.exit_code == 0, res.output
+    assert "sent_neg" in res.output and "sent_pos" in res.output  # not both "sent"
+    evaluated = as_json(run("sql", "SELECT DISTINCT t.name FROM evaluations e JOIN tasks t ON "
+                                   "t.task_id = e.eval_task_id ORDER BY 1", "--db", db, "-f", "json"))
+    assert evaluated == [{"name": "sent_neg"}, {"name": "sent_pos"}]
+    files[1].unlink()
+    res = run("ablate", "--model", llama_dir, "--db", db, "--shots", 1, "--task", "sent_pos",
+              "--eval-task", "all", "--examples", 3, "--no-control")
+    assert res.exit_code != 0 and "sent_neg.jsonl, which is gone" in res.output, res.output
+
+
 def test_report_shows_one_evaluation_configuration(llama_dir, tmp_path):
     db = tmp_path / "a.duckdb"
     ingest(llama_dir, db, "--task", "task195", "--task", "task379")
