@@ -18,7 +18,7 @@ import numpy as np
 
 from atlas.errors import AtlasError
 from atlas.intervene import report as intervention_report
-from atlas.intervene.experiment import report_matrix
+from atlas.intervene.report_data import report_matrix
 from atlas.intervene.stats import describe_tests, report_tests, sign_flip_p
 from atlas.query import (
     compare_models,

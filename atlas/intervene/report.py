@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
-from atlas.intervene.experiment import ReportData, matrix_of, report_data
+from atlas.intervene.report_data import ReportData, matrix_of, report_data
 from atlas.intervene.stats import (
     above_chance,
     describe_tests,

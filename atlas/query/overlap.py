@@ -112,7 +112,7 @@ def specificity(engine: Engine, model: str, method: str = "cgvst") -> list[dict]
             SELECT set_id, count(*) AS n_unique FROM unique_neurons
             WHERE model_id = :mid AND method = :method GROUP BY set_id),
         other AS (
-            SELECT set_a AS set_id, avg(jaccard) AS mean_jaccard FROM set_overlaps
+            SELECT set_a AS set_id, avg(jaccard ORDER BY set_b) AS mean_jaccard FROM set_overlaps
             WHERE model_id = :mid AND method = :method AND set_a <> set_b GROUP BY set_a)
         SELECT ts.task, ts.task_id, ts.size, coalesce(u.n_unique, 0) AS n_unique,
                coalesce(u.n_unique, 0) / ts.size AS specificity, o.mean_jaccard

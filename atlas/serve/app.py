@@ -58,11 +58,13 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     query (1: concurrent requests, not one query, share the cores; None: one per core)."""
     from atlas import query as q
     from atlas.intervene.report import build_report, render
-    from atlas.query.core import resolve_model, resolve_task, rows
+    from atlas.query import catalog
+    from atlas.query.core import resolve_model, rows
+    from atlas.query.neurons import model_sets_and_runs, neuron_profile, ranks_descending
     from atlas.query.sql import json_safe, run_sql_on
-    from atlas.serve.cache import LRU, array_bytes, counted, ranks_descending
+    from atlas.serve.cache import LRU, array_bytes, counted
     from atlas.serve.lease import SharedOpen
-    from atlas.store import repository as repo
+    from atlas.store import arrays
     from atlas.store.db import check_read_schema, connect
     from atlas.store.identity import task_labels
 
@@ -111,7 +113,7 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
         """A complete run's (scores, ranks), flat [n_layers * d_mlp], from memory."""
         def read() -> tuple:
             with eng.connect() as conn:
-                scores = repo.read_scores(conn, run["run_id"], *shape).numpy().ravel()
+                scores = arrays.read_scores(conn, run["run_id"], *shape).ravel()
             return scores, ranks_descending(scores)
         return run_cache.get((run["run_id"], str(run["started_at"])), read)
 
@@ -119,29 +121,16 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
         """What keys the memory of this atlas's state (one small query)."""
         return tuple(eng.conn.exec_driver_sql(ATLAS_STAMP).one())
 
-    def catalog(eng: Any, model_id: int, stamp: tuple) -> tuple[list[dict], list[dict]]:
-        """A model's sets (``current`` or not) and complete runs, from memory while the atlas's
-        ``stamp`` is unchanged."""
-
-        def read() -> tuple[list[dict], list[dict]]:
-            sets = rows(eng, """
-                SELECT s.set_id, s.name, s.method, s.rule, t.name AS task, s.created_at,
-                       s.set_id IN (SELECT set_id FROM task_sets) AS current
-                FROM neuron_sets s LEFT JOIN tasks t USING (task_id)
-                WHERE s.model_id = :mid ORDER BY s.set_id""", mid=model_id)
-            runs = rows(eng, """
-                SELECT r.run_id, r.method, t.name AS task, r.started_at
-                FROM runs r JOIN tasks t USING (task_id)
-                WHERE r.model_id = :mid AND r.status = 'complete' ORDER BY r.run_id""",
-                        mid=model_id)
-            return sets, runs
-        return catalog_cache.get((model_id, stamp), read)
+    def sets_and_runs(eng: Any, model_id: int, stamp: tuple) -> tuple[list[dict], list[dict]]:
+        """A model's sets and complete runs, from memory while the atlas's ``stamp`` is
+        unchanged."""
+        return catalog_cache.get((model_id, stamp), lambda: model_sets_and_runs(eng, model_id))
 
     def set_mask(eng: Any, row: dict, shape: tuple[int, int]) -> np.ndarray:
         """A set's members as a flat boolean mask [n_layers * d_mlp], from memory."""
         def read() -> np.ndarray:
             with eng.connect() as conn:
-                return repo.read_set_mask(conn, row["set_id"], *shape).ravel()
+                return arrays.read_set_mask(conn, row["set_id"], *shape).ravel()
         return set_cache.get((row["set_id"], str(row["created_at"])), read)
 
     def table(data: list[dict], request: Request, fmt: str | None, limit: int, offset: int,
@@ -167,8 +156,9 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
         pq.write_table(arrow, buf)
         return Response(buf.getvalue(), media_type="application/vnd.apache.parquet")
 
-    def paged(eng: Any, sql: str, request: Request, fmt: str | None, limit: int, offset: int,
-              **params: Any) -> Response:
+    def paged(eng: Any, listing: catalog.Listing, request: Request, fmt: str | None, limit: int,
+              offset: int) -> Response:
+        sql, params = listing.sql, listing.params
         total = rows(eng, f"SELECT count(*) AS n FROM ({sql})", **params)[0]["n"]
         data = rows(eng, f"{sql} LIMIT {int(limit)} OFFSET {int(offset)}", **params)
         return table(data, request, fmt, limit, offset, total)
@@ -176,20 +166,6 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     Limit = Query(100, ge=1, le=MAX_PAGE)
     Offset = Query(0, ge=0)
     Fmt = Query(None, alias="format", description="json, csv or parquet")
-
-    def filters(model: str | None, task: str | None, method: str | None, eng: Any,
-                model_col: str = "model_id", task_col: str = "task_id") -> tuple[str, dict]:
-        where, params = ["TRUE"], {}
-        if model:
-            where.append(f"{model_col} = :mid")
-            params["mid"] = resolve_model(eng, model)["model_id"]
-        if task:
-            where.append(f"{task_col} = :tid")
-            params["tid"] = resolve_task(eng, task)["task_id"]
-        if method:
-            where.append("method = :method")
-            params["method"] = method
-        return " AND ".join(where), params
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
@@ -230,66 +206,42 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     @app.get("/models")
     def models(request: Request, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
         with engine() as eng:
-            return paged(eng, "SELECT * FROM models ORDER BY model_id", request, fmt, limit,
-                         offset)
+            return paged(eng, catalog.models(), request, fmt, limit, offset)
 
     @app.get("/tasks")
     def tasks(request: Request, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
         with engine() as eng:
-            return paged(eng, "SELECT * FROM tasks ORDER BY task_id", request, fmt, limit, offset)
+            return paged(eng, catalog.tasks(), request, fmt, limit, offset)
 
     @app.get("/runs")
     def runs(request: Request, model: str | None = None, task: str | None = None,
              method: str | None = None, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
         with engine() as eng:
-            where, params = filters(model, task, method, eng)
-            return paged(eng, f"SELECT * FROM runs WHERE {where} ORDER BY run_id", request, fmt,
-                         limit, offset, **params)
+            return paged(eng, catalog.runs(eng, model, task, method), request, fmt, limit, offset)
 
     @app.get("/sets")
     def sets(request: Request, model: str | None = None, task: str | None = None,
              method: str | None = None, limit: int = Limit, offset: int = Offset, fmt: str = Fmt):
         with engine() as eng:
-            where, params = filters(model, task, method, eng)
-            return paged(eng, f"SELECT * FROM set_sizes WHERE {where} ORDER BY set_id", request,
-                         fmt, limit, offset, **params)
+            return paged(eng, catalog.sets(eng, model, task, method), request, fmt, limit, offset)
 
     @app.get("/sets/{set_id}/members")
     def members(set_id: int, request: Request, limit: int = Query(MAX_PAGE, ge=1, le=MAX_PAGE),
                 offset: int = Offset, fmt: str = Fmt):
         with engine() as eng:
-            if not rows(eng, "SELECT 1 FROM neuron_sets WHERE set_id = :s", s=set_id):
-                raise NotFound(f"no set #{set_id} in the atlas")
-            return paged(eng, "SELECT layer, neuron FROM neuron_set_members WHERE set_id = :s "
-                         "ORDER BY layer, neuron", request, fmt, limit, offset, s=set_id)
+            return paged(eng, catalog.members(eng, set_id), request, fmt, limit, offset)
 
     @app.get("/models/{model}/neurons/{layer}/{neuron}")
     def neuron(model: str, layer: int, neuron: int):
         with engine() as eng:
             stamp = atlas_stamp(eng)
             info = model_cache.get((model, stamp), lambda: resolve_model(eng, model))
-            if not (0 <= layer < info["n_layers"] and 0 <= neuron < info["d_mlp"]):
-                raise NotFound(f"model '{info['name']}' has no neuron {layer}/{neuron} "
-                               f"({info['n_layers']} layers × {info['d_mlp']} neurons)")
-            shape, flat = (info["n_layers"], info["d_mlp"]), layer * info["d_mlp"] + neuron
-            sets, runs = catalog(eng, info["model_id"], stamp)
-            in_sets = [{k: v for k, v in row.items() if k != "created_at"} for row in sets
-                       if set_mask(eng, row, shape)[flat]]
-            scores = []
-            for run in runs:
-                values, ranks = run_scores(eng, run, shape)
-                scores.append({"run_id": run["run_id"], "method": run["method"],
-                               "task": run["task"], "score": float(values[flat]),
-                               "rank": int(ranks[flat])})
-        n_tasks = {}
-        for s in in_sets:
-            if s["current"]:
-                n_tasks[s["method"]] = n_tasks.get(s["method"], 0) + 1
-        return JSONResponse({  # plain values: no encoder pass needed
-            "model": info["name"], "model_id": info["model_id"], "layer": layer,
-            "neuron": neuron, "sets": in_sets, "scores": scores,
-            "current_sets_per_method": n_tasks,
-            "specific_to_one_task": {m: n == 1 for m, n in n_tasks.items()}})
+            shape = (info["n_layers"], info["d_mlp"])
+            sets, runs = sets_and_runs(eng, info["model_id"], stamp)
+            profile = neuron_profile(info, layer, neuron, sets, runs,
+                                     lambda row: set_mask(eng, row, shape),
+                                     lambda run: run_scores(eng, run, shape))
+        return JSONResponse(profile.as_dict())  # plain values: no encoder pass needed
 
     @app.get("/overlaps")
     def overlaps(model: str, method: str = "cgvst", measure: str = "jaccard"):
@@ -352,9 +304,8 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                     method: str | None = None, limit: int = Limit, offset: int = Offset,
                     fmt: str = Fmt):
         with engine() as eng:
-            where, params = filters(model, task, method, eng, task_col="eval_task_id")
-            return paged(eng, f"SELECT * FROM evaluation_effects WHERE {where} ORDER BY eval_id",
-                         request, fmt, limit, offset, **params)
+            return paged(eng, catalog.evaluations(eng, model, task, method), request, fmt, limit,
+                         offset)
 
     @app.post("/sql")
     def sql(body: dict = Body(..., examples=[{"sql": "SELECT * FROM set_overlaps LIMIT 5"}])):

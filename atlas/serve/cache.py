@@ -53,12 +53,6 @@ class LRU:
                 pending.set()
 
 
-def ranks_descending(scores: np.ndarray) -> np.ndarray:
-    """Each score's rank: 1 + the number of scores above it (ties share a rank). # [n]"""
-    ascending = np.sort(scores)
-    return (len(scores) - np.searchsorted(ascending, scores, side="right") + 1).astype(np.int32)
-
-
 def array_bytes(value: Any) -> int:
     arrays = value if isinstance(value, tuple) else (value,)
     return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))

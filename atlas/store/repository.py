@@ -14,11 +14,9 @@ from sqlalchemy.engine import Connection
 
 from atlas.errors import AtlasError
 from atlas.naming import short_task_id
+from atlas.store import arrays
 
-
-def _duck(conn: Connection):
-    """The raw duckdb connection under a SQLAlchemy connection (same transaction)."""
-    return conn.connection.dbapi_connection
+_duck = arrays._duck
 
 
 def insert_arrow(conn: Connection, table: str, data: pa.Table) -> None:
@@ -51,21 +49,10 @@ def write_scores(conn: Connection, run_id: int, scores: torch.Tensor) -> None:
 
 def read_scores(conn: Connection, run_id: int, n_layers: int, d_mlp: int) -> torch.Tensor:
     """A run's scores as a float32 tensor [n_layers, d_mlp]."""
-    cols = _duck(conn).execute(
-        "SELECT layer, neuron, score FROM neuron_scores WHERE run_id = ?", [run_id]
-    ).fetchnumpy()
-    out = np.zeros((n_layers, d_mlp), dtype=np.float32)
-    out[cols["layer"].astype(np.int64), cols["neuron"].astype(np.int64)] = cols["score"]
-    return torch.from_numpy(out)
+    return torch.from_numpy(arrays.read_scores(conn, run_id, n_layers, d_mlp))
 
 
-def read_set_mask(conn: Connection, set_id: int, n_layers: int, d_mlp: int) -> np.ndarray:
-    """A set's members as a boolean array [n_layers, d_mlp]."""
-    cols = _duck(conn).execute(
-        "SELECT layer, neuron FROM neuron_set_members WHERE set_id = ?", [set_id]).fetchnumpy()
-    out = np.zeros((n_layers, d_mlp), dtype=bool)
-    out[cols["layer"].astype(np.int64), cols["neuron"].astype(np.int64)] = True
-    return out
+read_set_mask = arrays.read_set_mask
 
 
 def ensure_model(conn: Connection, name: str, family: str | None, n_layers: int, d_mlp: int,

@@ -38,6 +38,8 @@ TABLES: dict[str, tuple[str, str, tuple[str, int] | None]] = {
                             f"set_id IN ({_FINISHED_SETS}))", "eval_id, example",
                             ("eval_id", EVALUATION_BLOCK)),
 }
+# Tables a snapshot leaves out: what only a run in progress needs (a snapshot holds finished work).
+TRANSIENT = ("run_checkpoints",)
 # Schemas a snapshot may be at: its tables are restored at that revision, then migrated.
 RESTORABLE = ("0005", SCHEMA_HEAD)
 INCOMPLETE = "incomplete"  # manifest key of a snapshot being written (or cut short)

@@ -14,6 +14,7 @@ from atlas.query.core import rows
 from atlas.store import open_db
 from cli.main import app
 from tests.conftest import PUBLISHED_DIR, SNI_DIR, save_tiny
+from tests.conftest import ROOT_DIR as ROOT
 
 runner = CliRunner()
 PAPER = ["task075", "task1645", "task195", "task274", "task379", "task391", "task512", "task566"]
@@ -193,6 +194,31 @@ def test_export_and_plots(tiny_db, tmp_path):
         res = runner.invoke(app, ["plot", *args, "-o", str(out), "--db", str(tiny_db)])
         assert res.exit_code == 0, res.output
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_every_table_and_view_is_exported_and_snapshotted(tiny_db, tmp_path):
+    """The lists cannot drift from the schema: every table and view of the migrated database
+    is exported, every table snapshotted (unless it holds only runs in progress), and the
+    schema module, export and the README's contract name the same ones."""
+    import duckdb
+
+    from atlas.query.sql import VIEWS
+    from atlas.store.schema import metadata
+    from atlas.store.snapshot import TABLES, TRANSIENT
+
+    con = duckdb.connect(str(tiny_db), read_only=True)
+    found = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables "
+                             "WHERE table_name <> 'alembic_version'").fetchall())
+    con.close()
+    tables = {n for n, kind in found.items() if kind == "BASE TABLE"}
+    views = {n for n, kind in found.items() if kind == "VIEW"}
+    assert tables == set(metadata.tables) and views == set(VIEWS)
+    assert set(TABLES) | set(TRANSIENT) == tables and not set(TABLES) & set(TRANSIENT)
+    res = runner.invoke(app, ["export", str(tmp_path / "pq"), "--db", str(tiny_db)])
+    assert res.exit_code == 0, res.output
+    assert {p.stem for p in (tmp_path / "pq").glob("*.parquet")} == tables | views
+    contract = (ROOT / "README.md").read_text().split("## Tables and views", 1)[1].split("\n## ")[0]
+    assert all(f"`{name}`" in contract for name in tables | views)
 
 
 def test_import_lape_format_one_set_per_language(tmp_path):

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from fastapi.testclient import TestClient
 
+from atlas.query.neurons import ranks_descending
 from atlas.scoring import top_rate
 from atlas.serve.app import create_app
-from atlas.serve.cache import LRU, array_bytes, ranks_descending
+from atlas.serve.cache import LRU, array_bytes
 from atlas.store import open_db
 from atlas.store import repository as repo
 
