@@ -17,6 +17,7 @@ import torch
 
 from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
+from atlas.presets import apply_preset
 from atlas.progress import Reporter
 from atlas.scoring.engine import GRADIENT_REDUCTIONS, reduce_neurons
 from atlas.scoring.methods import LAPE_RULE, Method, get_method, lape_sets, random_scores
@@ -44,17 +45,6 @@ TARGET_RULES = {
         "rendering": "chat template with the real BOS/EOS, tokenized without special tokens",
     },
 }
-# --preset reference: everything the released code does (README, "Fidelity to the released code").
-PRESETS = {
-    "reference": {"shots": 5, "examples": None, "split": "file", "max_tokens": 1300,
-                  "demos_include_query": True, "join_outputs": True, "prompt_rule": "reference",
-                  "metric": "reference_em", "demos": "per_query", "released_data": True,
-                  "max_instances": 6500},
-}
-# The dtype the released code scores in (the CLI's --dtype auto under --preset reference).
-PRESET_DTYPE = {"reference": "bfloat16"}
-
-
 # How lape selects (stored with its runs): the released identify.py, tasks as languages.
 LAPE_SELECTION = ("identify.py: act(gate) > 0 probabilities normalised over tasks, entropy; "
                   "neurons with no probability above the 95th percentile of all dismissed; the "
@@ -94,15 +84,6 @@ class IngestOptions:
             raise AtlasError(f"--shots must be 0 or more (got {self.shots})")
         if self.preset is not None:
             apply_preset(self, self.preset)
-
-
-def apply_preset(options, name: str) -> None:
-    """Set every option that ``name`` fixes (on IngestOptions or AblateOptions)."""
-    if name not in PRESETS:
-        raise AtlasError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
-    for key, value in PRESETS[name].items():
-        if hasattr(options, key):
-            setattr(options, key, value)
 
 
 @dataclass
@@ -273,7 +254,7 @@ class Ingestor:
             self.runs.check_replaceable(done)  # before hours of compute, not after
         if done and not self.options.force:
             self.reporter.message(f"{label}: reusing complete run {done.ref} (--force recomputes)")
-            n_selected = self.runs.ensure_set(done, rule)
+            n_selected = self.runs.ensure_set(done, rule, select)
             return IngestResult(prep.task.name, method.name, done.ref, "reused", done.n_examples,
                                 done.n_tokens, done.n_skipped, 0.0, n_selected)
         params = {**identity, "rule": rule, "batch_size": self.options.batch_size,

@@ -88,8 +88,9 @@ def ingest(
     db: str = DbOption,
 ) -> None:
     """Score neurons of MODEL on each TASK and store scores, runs and default neuron sets."""
-    from atlas.ingest import PRESET_DTYPE, IngestOptions, Ingestor, load_tasks
+    from atlas.ingest import IngestOptions, Ingestor, load_tasks
     from atlas.models.loading import load_model
+    from atlas.presets import PRESET_DTYPE
     from atlas.store import open_db
     from atlas.store.runs import DatabaseRuns
     from atlas.tasks.sni import expand_task_names
@@ -188,7 +189,7 @@ def select_cmd(
     db: str = DbOption,
 ) -> None:
     """Make a neuron set from a complete run's stored scores (nothing is recomputed)."""
-    from atlas.scoring.selection import parse_rule
+    from atlas.scoring.selection import parse_rule, select
     from atlas.store import open_db
     from atlas.store import repository as repo
     from atlas.store.identity import resolve_model, resolve_task
@@ -203,7 +204,7 @@ def select_cmd(
                     for spec in task]
             parse_rule(rule)
             for run_id in runs:
-                name, size, created = repo.set_from_run(conn, run_id, rule)
+                name, size, created = repo.set_from_run(conn, run_id, rule, select)
                 rows.append({"set": name, "run": run_id, "rule": rule, "size": size,
                              "status": "created" if created else "exists"})
     finally:

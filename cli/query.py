@@ -110,10 +110,12 @@ def import_cmd(path: str = typer.Argument(..., help="torch.save file of per-laye
                d_mlp: int = typer.Option(None, "--d-mlp", help="Neurons per layer (if new)."),
                db: str = DbOption) -> None:
     """Import published neuron sets (e.g. the paper's released masks)."""
+    from atlas.store.importer import import_sets
+
     engine = open_db(db)
     try:
         names = [t for group in task for t in group.split(",") if t]
-        done = q.import_sets(engine, path, model=model, tasks=names, fmt=format, n_layers=layers,
+        done = import_sets(engine, path, model=model, tasks=names, fmt=format, n_layers=layers,
                            d_mlp=d_mlp)
     finally:
         engine.dispose()

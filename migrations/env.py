@@ -1,8 +1,7 @@
-"""Alembic environment: runs on the connection handed over by atlas.store."""
+"""Alembic environment: runs on the connection handed over by atlas.store (which registers
+the DuckDB implementation before any migration runs)."""
 
 from alembic import context
-
-import atlas.store.db  # noqa: F401  (registers the DuckDB Alembic implementation)
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=None, transaction_per_migration=False)

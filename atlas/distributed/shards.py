@@ -62,7 +62,7 @@ class ShardRuns:
     def check_replaceable(self, done: Completed) -> None:
         """A shard has no evaluations; the driver checks the database on import."""
 
-    def ensure_set(self, done: Completed, rule: str) -> int:
+    def ensure_set(self, done: Completed, rule: str, select=None) -> int:
         """Shards carry scores only; the driver makes sets on import (`atlas select` after)."""
         return done.n_selected
 

@@ -17,10 +17,11 @@ from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
 from atlas.evaluate.metrics import METRICS, evaluate
-from atlas.ingest import Reporter, apply_preset
 from atlas.intervene.spec import Intervention, apply, random_control
 from atlas.models.loading import LoadedModel
 from atlas.naming import sni_id
+from atlas.presets import apply_preset
+from atlas.progress import Reporter
 from atlas.query.core import resolve_model, resolve_task, rows
 from atlas.store import evaluations as stored
 from atlas.store import repository as repo

@@ -22,12 +22,9 @@ from torch import nn
 from atlas.errors import AtlasError, first_line
 from atlas.models.adapters import ARCHITECTURES, Adapter, adapter_for, context_length
 from atlas.models.names import DEFAULT_MODEL
+from atlas.paths import atlas_home
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def atlas_home() -> Path:
-    return Path(os.environ.get("ATLAS_HOME", Path.home() / ".cache" / "atlas"))
 
 
 def _smollm2_gguf() -> Path:

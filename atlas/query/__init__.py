@@ -9,7 +9,6 @@ _EXPORTS = {
     "compare_models": "compare",
     "depth_profile": "compare",
     "export_parquet": "sql",
-    "import_sets": "importer",
     "method_overlap": "overlap",
     "neuron_entropy": "overlap",
     "overlap_matrix": "overlap",

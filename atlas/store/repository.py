@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from atlas.errors import AtlasError
 from atlas.naming import short_task_id
 from atlas.store import arrays
 
+Selector = Callable[[torch.Tensor, str], torch.Tensor]  # (scores, rule) -> bool mask
 _duck = arrays._duck
 
 
@@ -220,11 +222,11 @@ def set_name(conn: Connection, model: str, task: str, method: str, run_id: int,
     return f"{base}#{run_id}" if taken else base
 
 
-def set_from_run(conn: Connection, run_id: int, rule: str) -> tuple[str, int, bool]:
+def set_from_run(conn: Connection, run_id: int, rule: str, select: Selector
+                 ) -> tuple[str, int, bool]:
     """The set of complete run ``run_id`` under ``rule``, made from its stored scores (no
-    recomputation) when it does not exist yet: (name, size, created)."""
-    from atlas.scoring.selection import select
-
+    recomputation) by ``select(scores, rule)`` when it does not exist yet: (name, size,
+    created). (The selection comes from the caller: the store knows no scoring.)"""
     found = conn.execute(text("SELECT name, size FROM neuron_sets WHERE run_id = :r AND rule = :rule"),
                          {"r": run_id, "rule": rule}).first()
     if found:

@@ -55,7 +55,7 @@ class RunStore(Protocol):
     def save_checkpoint(self, handle, ckpt: repo.Checkpoint) -> None: ...
     def complete(self, handle, task: Task, method: str, scores: torch.Tensor, mask: torch.Tensor,
                  rule: str, n_examples: int, n_tokens: int, n_skipped: int) -> Completed: ...
-    def ensure_set(self, done: Completed, rule: str) -> int: ...
+    def ensure_set(self, done: Completed, rule: str, select: repo.Selector) -> int: ...
     def check_replaceable(self, done: Completed) -> None: ...
     def fail(self, handle, error: str) -> None: ...
     def read_scores(self, ref, shape: tuple[int, int]) -> torch.Tensor: ...
@@ -150,10 +150,11 @@ class DatabaseRuns:
             repo.refuse_orphaning(conn, repo.run_sets(conn, int(done.ref)),
                                   f"--force on run {done.ref}")
 
-    def ensure_set(self, done: Completed, rule: str) -> int:
-        """The size of the complete run's set under ``rule``, made from stored scores if new."""
+    def ensure_set(self, done: Completed, rule: str, select: repo.Selector) -> int:
+        """The size of the complete run's set under ``rule``, made from stored scores by
+        ``select`` if new."""
         with self.engine.begin() as conn:
-            return repo.set_from_run(conn, int(done.ref), rule)[1]
+            return repo.set_from_run(conn, int(done.ref), rule, select)[1]
 
     def fail(self, run_id: int, error: str) -> None:
         with self.engine.begin() as conn:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from atlas.errors import AtlasError, first_line
-from atlas.models.loading import atlas_home
 from atlas.naming import short_task_id
+from atlas.paths import atlas_home
 
 SNI_RAW_URL = "https://raw.githubusercontent.com/allenai/natural-instructions/master/tasks/{}.json"
 

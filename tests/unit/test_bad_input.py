@@ -134,6 +134,10 @@ def test_select_is_all_or_nothing(atlas):
     (["serve", "--sql-timeout", "-1"], "--sql-timeout"),
     (["serve", "--port", "99999"], "--port"),
     (["nosuchcommand"], "No such command"),
+    (["ablate", "--task", "task379", "--preset", "reference", "--examples", "100"],
+     "--examples 100 contradicts --preset reference"),
+    (["ingest", "--task", "task379", "--preset", "reference", "--shots", "2"],
+     "--shots 2 contradicts --preset reference"),
 ])
 def test_options_are_validated_at_the_edge(atlas, args, message):
     _, db, _, _ = atlas
