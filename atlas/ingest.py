@@ -8,7 +8,6 @@ every ``checkpoint_every`` examples and resumable after an interruption. Where r
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import torch
 
 from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
+from atlas.naming import params_key
 from atlas.presets import apply_preset
 from atlas.progress import Reporter
 from atlas.scoring.engine import GRADIENT_REDUCTIONS, reduce_neurons
@@ -133,10 +133,6 @@ class Prepared:
 def task_seed(seed: int, task_name: str) -> int:
     """A per-task seed, so that each task's random set differs."""
     return int(hashlib.sha256(f"{seed}:{task_name}".encode()).hexdigest()[:8], 16)
-
-
-def params_key(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def load_tasks(names: list[str], options: IngestOptions, say: Callable[[str], None]) -> list[Task]:

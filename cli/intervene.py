@@ -12,7 +12,6 @@ from atlas.errors import AtlasError
 from atlas.models.names import DEFAULT_MODEL
 from atlas.progress import Reporter
 from cli.common import DbOption, SniDirOption, console, err_console, rich_table, sni_path
-from cli.query import plot_app
 
 
 class SpinnerReporter(Reporter):
@@ -136,21 +135,5 @@ def report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
     engine = open_db(db, read_only=True)
     try:
         sys.stdout.write(render(build_report(engine, model, method, factor, metric, config), format))
-    finally:
-        engine.dispose()
-
-
-@plot_app.command("report")
-def plot_report(model: str = typer.Option(DEFAULT_MODEL, "--model", "-m"),
-                method: str = typer.Option("cgvst"), factor: float = typer.Option(0.0),
-                metric: str = typer.Option("label_likelihood"), config: str = ConfigOption,
-                output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
-    """Heatmap of the intervention report."""
-    from atlas.intervene.report import build_report, plot
-    from atlas.store import open_db
-
-    engine = open_db(db, read_only=True)
-    try:
-        console.print(str(plot(build_report(engine, model, method, factor, metric, config), output)))
     finally:
         engine.dispose()

@@ -8,7 +8,8 @@ from cli.common import AtlasGroup
 from cli.db import db_app
 from cli.ingest import ingest, select_cmd, split_cmd
 from cli.intervene import ablate, amplify, report
-from cli.query import compare, export, import_cmd, overlap, plot_app, specificity_cmd, sql
+from cli.plot import plot_app
+from cli.query import compare, export, import_cmd, overlap, specificity_cmd, sql
 from cli.serve import serve
 
 app = typer.Typer(

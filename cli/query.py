@@ -1,4 +1,4 @@
-"""Query commands: sql, overlap, specificity, compare, import, export, plot."""
+"""Query commands: sql, overlap, specificity, compare, import, export."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from rich.markup import escape
 
 from atlas import query as q
 from atlas.errors import AtlasError
-from cli.common import AtlasGroup, DbOption, arrow_rich_table, console, err_console, rich_table
+from cli.common import DbOption, arrow_rich_table, console, err_console, rich_table
 
-plot_app = typer.Typer(cls=AtlasGroup, help="Figures as PNG files.", no_args_is_help=True)
 ModelOption = typer.Option(..., "--model", "-m", help="Model name as stored (see models table).")
 MethodOption = typer.Option("cgvst", "--method", help="Scoring method of the sets.")
 
@@ -126,44 +125,3 @@ def export(folder: str = typer.Argument(..., help="Output folder."), db: str = D
     """Export every table and view as Parquet, one file each."""
     for path in q.export_parquet(folder, db):
         console.print(str(path))
-
-
-@plot_app.command("overlap")
-def plot_overlap_cmd(model: str = ModelOption, method: str = MethodOption,
-                     measure: str = typer.Option("jaccard"),
-                     output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
-    """Heatmap of the overlap matrix."""
-    from atlas.query.plots import plot_overlap
-
-    engine = open_db(db, read_only=True)
-    console.print(str(plot_overlap(q.overlap_matrix(engine, model, method, measure), output)))
-
-
-@plot_app.command("layers")
-def plot_layers_cmd(model: str = ModelOption, method: str = MethodOption,
-                    output: str = typer.Option(..., "--output", "-o"), db: str = DbOption) -> None:
-    """Per-layer distribution of each task's neurons."""
-    from atlas.query.core import resolve_model
-    from atlas.query.plots import plot_layers
-
-    engine = open_db(db, read_only=True)
-    info = resolve_model(engine, model)
-    q.overlap_matrix(engine, model, method)  # validates model and method
-    prof = q.depth_profile(engine, model, method)
-    console.print(str(plot_layers(prof, info["n_layers"], f"{model} · {method}", output)))
-
-
-@plot_app.command("compare")
-def plot_compare_cmd(model: list[str] = typer.Option(..., "--model", "-m"),
-                     method: str = MethodOption, output: str = typer.Option(..., "--output", "-o"),
-                     db: str = DbOption) -> None:
-    """Relative-depth distributions of two models' task sets."""
-    from atlas.query.plots import plot_compare
-
-    if len(model) != 2:
-        raise typer.BadParameter("give --model twice")
-    engine = open_db(db, read_only=True)
-    for name in model:
-        q.overlap_matrix(engine, name, method)
-    profiles = [q.depth_profile(engine, name, method) for name in model]
-    console.print(str(plot_compare(profiles[0], profiles[1], (model[0], model[1]), output)))

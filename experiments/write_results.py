@@ -19,7 +19,7 @@ import numpy as np
 from atlas.errors import AtlasError
 from atlas.intervene import report as intervention_report
 from atlas.intervene.report_data import report_matrix
-from atlas.intervene.stats import describe_tests, report_tests, sign_flip_p
+from atlas.intervene.stats import describe_tests, report_tests, sign_flip_p, significant
 from atlas.query import (
     compare_models,
     depth_profile,
@@ -492,21 +492,19 @@ def main() -> None:
                                                            "label_likelihood")
                 except AtlasError:
                     continue
-                included = [e for e in rep.summary if e.get("own_task_above_chance") is not False]
+                included = rep.included
                 paired = [e["paired"] for e in included if "paired" in e]
                 acc = [e["paired_accuracy"]["mean_diff"] for e in included
                        if "paired_accuracy" in e]
-                down = sum(p["p"] is not None and p["p"] < 0.05 and p["mean_diff"] < 0
-                           for p in paired)
-                up = sum(p["p"] is not None and p["p"] < 0.05 and p["mean_diff"] > 0 for p in paired)
+                down = sum(significant(p, -1) for p in paired)
+                up = sum(significant(p, +1) for p in paired)
                 tests = rep.tests
                 index = ("" if tests["mean_specificity_index"] is None else
                          f"{tests['mean_specificity_index']:+.3f}")
                 p_index = "" if tests["specificity_p"] is None else f"{tests['specificity_p']:.3f}"
                 gold = "" if not paired else f"{np.mean([p['mean_diff'] for p in paired]):+.4f}"
                 versus = [e["vs_other_sets"] for e in included if "vs_other_sets" in e]
-                below = sum(v["p"] is not None and v["p"] < 0.05 and v["mean_diff"] < 0
-                            for v in versus)
+                below = sum(significant(v, -1) for v in versus)
                 vs_p = tests["vs_other_sets_p"]
                 vs = ("| | | |" if not versus else
                       f"| {tests['mean_vs_other_sets']:+.4f} | "

@@ -4,8 +4,6 @@ Results go into ``evaluations`` and are reused when the same evaluation is asked
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -19,7 +17,7 @@ from atlas.errors import AtlasError
 from atlas.evaluate.metrics import METRICS, evaluate
 from atlas.intervene.spec import Intervention, apply, random_control
 from atlas.models.loading import LoadedModel
-from atlas.naming import sni_id
+from atlas.naming import params_key, sni_id
 from atlas.presets import apply_preset
 from atlas.progress import Reporter
 from atlas.query.core import resolve_model, resolve_task, rows
@@ -155,7 +153,7 @@ class Experiment:
                   "label_tokens": "in context"}
         if o.max_instances is not None:  # only then: other evaluations keep their keys
             params["max_instances"] = o.max_instances
-        return params, hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:24]
+        return params, params_key(params)
 
     def measure(self, task: Task, spec: Intervention | None, set_id: int | None,
                 control_seed: int | None = None) -> tuple[float, int, bool]:

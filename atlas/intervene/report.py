@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from atlas.errors import AtlasError
 from atlas.intervene.report_data import ReportData, matrix_of, report_data
 from atlas.intervene.stats import (
+    ALPHA,
     above_chance,
     describe_tests,
     paired_difference,
@@ -22,6 +23,7 @@ from atlas.intervene.stats import (
     report_tests,
     set_level_test,
     sign_flip_p,
+    significant,
 )
 from atlas.query.core import rows as query_rows
 
@@ -45,11 +47,23 @@ class Report:
     row_seeds: list[int | None]  # per row: its control seed, None for the set itself
 
     @property
+    def included(self) -> list[dict]:
+        """The sets the summary tests count: those whose own task the unmodified model does
+        above chance (or whose chance status is unknown)."""
+        return included_sets(self.summary)
+
+    @property
     def title(self) -> str:
         return f"{self.model} · {self.method} · factor {self.factor:g} · {self.metric}"
 
 
 LABEL_METRICS = ("label_likelihood", "label_prob")
+
+
+def included_sets(summary: list[dict]) -> list[dict]:
+    """The rule of which sets the summary tests count: every set except those whose own task
+    the unmodified model does at chance."""
+    return [e for e in summary if e.get("own_task_above_chance") is not False]
 
 
 def _example_values(engine: Engine, d: ReportData, method: str, factor: float, metric: str
@@ -132,21 +146,21 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
             excluded.append(f"{entry['set']}: the unmodified model is at chance on its task "
                             f"(accuracy {status['accuracy']:.2f}, chance {status['chance']:.2f}, "
                             f"binomial p = {status['p']:.2g})")
-    included = [e for e in summary if e.get("own_task_above_chance") is not False]
+    included = included_sets(summary)
     tests = report_tests(included)
     paired = [e["paired"] for e in included if "paired" in e]
     tests["n_paired"] = len(paired)
     tests["paired_statistic"] = paired[0]["statistic"] if paired else None
     tests["mean_paired_diff"] = float(np.mean([p["mean_diff"] for p in paired])) if paired else None
-    tests["n_paired_significant"] = sum(p["p"] is not None and p["p"] < 0.05 for p in paired)
+    tests["n_paired_significant"] = sum(significant(p) for p in paired)
     set_level = [e["set_level"] for e in included if e.get("set_level")]
     tests["n_set_level"] = len(set_level)
-    tests["n_set_level_significant"] = sum(v["t_p"] < 0.05 for v in set_level)
+    tests["n_set_level_significant"] = sum(v["t_p"] < ALPHA for v in set_level)
     versus = [e["vs_other_sets"] for e in included if "vs_other_sets" in e]
     tests["n_vs_other_sets"] = len(versus)
     tests["mean_vs_other_sets"] = float(np.mean([v["mean_diff"] for v in versus])) if versus else None
     tests["vs_other_sets_p"] = sign_flip_p([v["mean_diff"] for v in versus])
-    tests["n_vs_other_sets_significant"] = sum(v["p"] is not None and v["p"] < 0.05 for v in versus)
+    tests["n_vs_other_sets_significant"] = sum(significant(v) for v in versus)
     return Report(model, method, factor, metric, names, cols, matrix, summary, tests, intervals,
                   columns_info, excluded, row_seeds)
 

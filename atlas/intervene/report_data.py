@@ -3,7 +3,6 @@ evaluation configurations, the report's data keyed by ids, and its matrix and pe
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
+from atlas.naming import config_id
 from atlas.query.core import resolve_model, rows
 from atlas.store.identity import task_labels
 
@@ -34,7 +34,7 @@ def evaluation_configs(engine: Engine, model_id: int, method: str, factor: float
     configs: dict[str, dict] = {}
     for r in data:
         params = {k: v for k, v in _as_dict(r["params"]).items() if k != "data_hash"}
-        config = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+        config = config_id(params)
         entry = configs.setdefault(config, {"config": config, "params": params, "params_keys": []})
         entry["params_keys"].append(r["params_key"])
     return list(configs.values())

@@ -12,6 +12,16 @@ import numpy as np
 from scipy.stats import DegenerateDataWarning, binomtest, bootstrap, permutation_test
 from scipy.stats import t as student_t
 
+ALPHA = 0.05  # every test's level: above chance, a set's paired test, the counts of significant sets
+
+
+def significant(test: dict | None, sign: int = 0) -> bool:
+    """Whether a test's ``p`` is below :data:`ALPHA` (and, with ``sign`` ±1, its ``mean_diff``
+    has that sign)."""
+    if not test or test.get("p") is None or test["p"] >= ALPHA:
+        return False
+    return sign == 0 or (test["mean_diff"] > 0) == (sign > 0)
+
 
 def sign_flip_p(values: list[float]) -> float | None:
     """Two-sided p-value of mean(values) ≠ 0 under random sign flips; None below 2 values."""
@@ -137,7 +147,7 @@ def set_level_test(own_mean: float, control_means: list[float]) -> dict | None:
             "rank": 1 + int(np.sum(controls < own_mean)), "rank_p": rank_p}
 
 
-def above_chance(correct: np.ndarray, golds: list[str], alpha: float = 0.05) -> dict:
+def above_chance(correct: np.ndarray, golds: list[str], alpha: float = ALPHA) -> dict:
     """One-sided binomial test of accuracy against chance: the larger of 1 / labels seen and
     the share of the most common gold label among the examples."""
     counts = np.unique(np.asarray(golds), return_counts=True)[1]
