@@ -34,6 +34,7 @@ from atlas.query.overlap import specificity as specificity_rows
 from atlas.query.sql import run_sql
 from atlas.store import arrays
 from atlas.store.db import check_read_schema, connect, db_path
+from atlas.store.identity import latest_complete_run
 
 if TYPE_CHECKING:
     from atlas.intervene.report import Report
@@ -121,12 +122,8 @@ class Atlas:
             float32 [n_layers, d_mlp].
         """
         info, task_row = resolve_model(self._engine, model), resolve_task(self._engine, task)
-        (run_id,) = self._one(
-            "SELECT max(run_id) FROM runs WHERE model_id = :m AND task_id = :t AND method = :x "
-            "AND status = 'complete' HAVING max(run_id) IS NOT NULL",
-            f"no complete '{method}' run of {info['name']} on {task_row['name']}; run atlas "
-            f"ingest --method {method} first", m=info["model_id"], t=task_row["task_id"], x=method)
         with self._engine.connect() as conn:
+            run_id = latest_complete_run(conn, info["model_id"], task_row["task_id"], method)
             return arrays.read_scores(conn, run_id, info["n_layers"], info["d_mlp"])
 
     def evaluations(self, model: str | None = None, task: str | None = None,

@@ -192,14 +192,14 @@ def select_cmd(
     from atlas.scoring.selection import parse_rule, select
     from atlas.store import open_db
     from atlas.store import repository as repo
-    from atlas.store.identity import resolve_model, resolve_task
+    from atlas.store.identity import latest_complete_run, resolve_model, resolve_task
 
     engine = open_db(db, create=False)
     rows = []
     try:
         with engine.begin() as conn:  # every task checked before any set is written
             found = resolve_model(conn, model)
-            runs = [repo.latest_complete_run(conn, found["model_id"],
+            runs = [latest_complete_run(conn, found["model_id"],
                                              resolve_task(conn, spec)["task_id"], method)
                     for spec in task]
             parse_rule(rule)

@@ -20,7 +20,7 @@ import torch
 from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
 from atlas.scoring.selection import require_finite
-from atlas.store.repository import Checkpoint
+from atlas.store.repository import Checkpoint, Selector
 from atlas.store.runs import Completed
 from atlas.tasks.sni import Task
 
@@ -62,7 +62,7 @@ class ShardRuns:
     def check_replaceable(self, done: Completed) -> None:
         """A shard has no evaluations; the driver checks the database on import."""
 
-    def ensure_set(self, done: Completed, rule: str, select=None) -> int:
+    def ensure_set(self, done: Completed, rule: str, select: Selector) -> int:
         """Shards carry scores only; the driver makes sets on import (`atlas select` after)."""
         return done.n_selected
 

@@ -21,6 +21,7 @@ from atlas.naming import params_key, sni_id
 from atlas.presets import apply_preset
 from atlas.progress import Reporter
 from atlas.query.core import resolve_model, resolve_task, rows
+from atlas.store import arrays
 from atlas.store import evaluations as stored
 from atlas.store import repository as repo
 from atlas.store.evaluations import EvaluationKey
@@ -109,7 +110,7 @@ def set_owner(engine: Engine, name: str, dtype: str) -> str:
 
 def set_mask(engine: Engine, set_id: int, n_layers: int, d_mlp: int) -> torch.Tensor:
     with engine.connect() as conn:
-        return torch.from_numpy(repo.read_set_mask(conn, set_id, n_layers, d_mlp))
+        return torch.from_numpy(arrays.read_set_mask(conn, set_id, n_layers, d_mlp))
 
 
 def _eval_task_names(engine: Engine, model_id: int, method: str, names: list[str]) -> list[str]:

@@ -20,6 +20,19 @@ def ranks_descending(scores: np.ndarray) -> np.ndarray:
     return (len(scores) - np.searchsorted(ascending, scores, side="right") + 1).astype(np.int32)
 
 
+def flat_mask(engine, set_id: int, shape: tuple[int, int]) -> np.ndarray:
+    """A set's members as a flat boolean mask [n_layers * d_mlp]."""
+    with engine.connect() as conn:
+        return arrays.read_set_mask(conn, set_id, *shape).ravel()
+
+
+def flat_scores(engine, run_id: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A run's scores and their ranks (1 = top), flat [n_layers * d_mlp]."""
+    with engine.connect() as conn:
+        values = arrays.read_scores(conn, run_id, *shape).ravel()
+    return values, ranks_descending(values)
+
+
 def model_sets_and_runs(engine: Engine, model_id: int) -> tuple[list[dict], list[dict]]:
     """A model's sets (``current``: the task's set of its method now) and complete runs."""
     sets = rows(engine, """
@@ -88,14 +101,6 @@ def neuron(engine: Engine, model: str, layer: int, neuron: int) -> NeuronProfile
     info = resolve_model(engine, model)
     shape = (info["n_layers"], info["d_mlp"])
     sets, runs = model_sets_and_runs(engine, info["model_id"])
-
-    def mask_of(row: dict) -> np.ndarray:
-        with engine.connect() as conn:
-            return arrays.read_set_mask(conn, row["set_id"], *shape).ravel()
-
-    def scores_of(run: dict) -> tuple[np.ndarray, np.ndarray]:
-        with engine.connect() as conn:
-            values = arrays.read_scores(conn, run["run_id"], *shape).ravel()
-        return values, ranks_descending(values)
-
-    return neuron_profile(info, layer, neuron, sets, runs, mask_of, scores_of)
+    return neuron_profile(info, layer, neuron, sets, runs,
+                          lambda row: flat_mask(engine, row["set_id"], shape),
+                          lambda run: flat_scores(engine, run["run_id"], shape))

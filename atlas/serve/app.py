@@ -60,11 +60,10 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     from atlas.intervene.report import build_report, render
     from atlas.query import catalog
     from atlas.query.core import resolve_model, rows
-    from atlas.query.neurons import model_sets_and_runs, neuron_profile, ranks_descending
+    from atlas.query.neurons import flat_mask, flat_scores, model_sets_and_runs, neuron_profile
     from atlas.query.sql import json_safe, run_sql_on
     from atlas.serve.cache import LRU, array_bytes, counted
     from atlas.serve.lease import SharedOpen
-    from atlas.store import arrays
     from atlas.store.db import check_read_schema, connect
     from atlas.store.identity import task_labels
 
@@ -111,11 +110,8 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
 
     def run_scores(eng: Any, run: dict, shape: tuple[int, int]) -> tuple:
         """A complete run's (scores, ranks), flat [n_layers * d_mlp], from memory."""
-        def read() -> tuple:
-            with eng.connect() as conn:
-                scores = arrays.read_scores(conn, run["run_id"], *shape).ravel()
-            return scores, ranks_descending(scores)
-        return run_cache.get((run["run_id"], str(run["started_at"])), read)
+        return run_cache.get((run["run_id"], str(run["started_at"])),
+                             lambda: flat_scores(eng, run["run_id"], shape))
 
     def atlas_stamp(eng: Any) -> tuple:
         """What keys the memory of this atlas's state (one small query)."""
@@ -128,10 +124,8 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
 
     def set_mask(eng: Any, row: dict, shape: tuple[int, int]) -> np.ndarray:
         """A set's members as a flat boolean mask [n_layers * d_mlp], from memory."""
-        def read() -> np.ndarray:
-            with eng.connect() as conn:
-                return arrays.read_set_mask(conn, row["set_id"], *shape).ravel()
-        return set_cache.get((row["set_id"], str(row["created_at"])), read)
+        return set_cache.get((row["set_id"], str(row["created_at"])),
+                             lambda: flat_mask(eng, row["set_id"], shape))
 
     def table(data: list[dict], request: Request, fmt: str | None, limit: int, offset: int,
               total: int | None = None) -> Response:

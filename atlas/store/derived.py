@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from atlas.errors import AtlasError
 from atlas.naming import short_task_id
+from atlas.store import arrays
 from atlas.store import repository as repo
 
 PARTS = ("shared", "specific")
@@ -36,7 +37,7 @@ def split_shared(conn: Connection, model_id: int, method: str, min_sets: int | N
     if not 1 <= min_sets <= n_sets:
         raise AtlasError(f"--shared-in {min_sets} is out of range: model '{model.name}' has "
                          f"{n_sets} '{method}' sets; use 1 to {n_sets}")
-    masks = {s.set_id: repo.read_set_mask(conn, s.set_id, model.n_layers, model.d_mlp)
+    masks = {s.set_id: arrays.read_set_mask(conn, s.set_id, model.n_layers, model.d_mlp)
              for s in sources}  # each [n_layers, d_mlp]
     in_sets = np.sum(list(masks.values()), axis=0)  # [n_layers, d_mlp]: sets holding the neuron
     shared = in_sets >= min_sets
@@ -58,7 +59,7 @@ def _store(conn: Connection, model, model_id: int, source, method: str, rule: st
         "SELECT set_id, name, rule FROM task_sets WHERE model_id = :m AND task_id = :t AND "
         "method = :method"), {"m": model_id, "t": source.task_id, "method": method}).first()
     if current is not None and current.rule == rule and np.array_equal(
-            repo.read_set_mask(conn, current.set_id, model.n_layers, model.d_mlp), mask):
+            arrays.read_set_mask(conn, current.set_id, model.n_layers, model.d_mlp), mask):
         return current.name, "exists"
     base = f"{model.name}/{short_task_id(source.task)}/{method}@{rule}"
     name, k = base, 1

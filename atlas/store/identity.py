@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from atlas.errors import Ambiguous, NotFound
+from atlas.errors import Ambiguous, AtlasError, NotFound
 from atlas.naming import SNI_ID, sni_id
 
 
@@ -66,3 +66,13 @@ def task_labels(names: list[str]) -> list[str]:
     else its full name. Labels never merge two tasks."""
     ids = [sni_id(name) for name in names]
     return [i if i and ids.count(i) == 1 else name for i, name in zip(ids, names)]
+
+
+def latest_complete_run(conn: Connection, model_id: int, task_id: int, method: str) -> int:
+    run_id = conn.execute(text(
+        "SELECT max(run_id) FROM runs WHERE model_id = :m AND task_id = :t AND method = :method "
+        "AND status = 'complete'"), {"m": model_id, "t": task_id, "method": method}).scalar()
+    if run_id is None:
+        raise AtlasError(f"no complete '{method}' run for this model and task; run atlas ingest "
+                         f"--method {method} first")
+    return int(run_id)

@@ -54,9 +54,6 @@ def read_scores(conn: Connection, run_id: int, n_layers: int, d_mlp: int) -> tor
     return torch.from_numpy(arrays.read_scores(conn, run_id, n_layers, d_mlp))
 
 
-read_set_mask = arrays.read_set_mask
-
-
 def ensure_model(conn: Connection, name: str, family: str | None, n_layers: int, d_mlp: int,
                  revision: str, dtype: str) -> int:
     row = conn.execute(
@@ -241,16 +238,6 @@ def set_from_run(conn: Connection, run_id: int, rule: str, select: Selector
     name = set_name(conn, run.model, run.task, run.method, run_id, rule)
     write_set(conn, name, run.model_id, run.task_id, run_id, rule, mask, run.method)
     return name, int(mask.sum()), True
-
-
-def latest_complete_run(conn: Connection, model_id: int, task_id: int, method: str) -> int:
-    run_id = conn.execute(text(
-        "SELECT max(run_id) FROM runs WHERE model_id = :m AND task_id = :t AND method = :method "
-        "AND status = 'complete'"), {"m": model_id, "t": task_id, "method": method}).scalar()
-    if run_id is None:
-        raise AtlasError(f"no complete '{method}' run for this model and task; run atlas ingest "
-                         f"--method {method} first")
-    return int(run_id)
 
 
 def delete_sets(conn: Connection, set_ids: list[int]) -> None:

@@ -58,11 +58,16 @@ def _write_if_changed(data: bytes, target: Path) -> bool:
     bytes; whether it wrote."""
     if target.exists() and target.read_bytes() == data:
         return False
+    _write_atomic(data, target)
+    return True
+
+
+def _write_atomic(data: bytes, target: Path) -> None:
+    """Write ``data`` to ``target`` through a temporary file and a rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, target)
-    return True
 
 
 def take_snapshot(folder: str | Path, db: str | Path | None = None) -> dict:
@@ -84,10 +89,10 @@ def take_snapshot(folder: str | Path, db: str | Path | None = None) -> dict:
     leftovers = list(folder.rglob("*.tmp"))
     written: list[str] = []
     if changed or stale or leftovers:
-        _write_if_changed((json.dumps({**manifest, INCOMPLETE: True}, indent=2) + "\n"
-                           ).encode(), target)
-        for path, data in changed.items():
-            _write_if_changed(data, path)
+        _write_atomic((json.dumps({**manifest, INCOMPLETE: True}, indent=2) + "\n").encode(),
+                      target)
+        for path, data in changed.items():  # compared above: written without reading again
+            _write_atomic(data, path)
             written.append(str(path))
         for path in stale + leftovers:
             path.unlink(missing_ok=True)
