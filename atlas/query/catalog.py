@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from atlas.errors import NotFound
 from atlas.query.core import resolve_model, resolve_task, rows
+from atlas.store.identity import task_labels
 
 
 @dataclass(frozen=True)
@@ -73,3 +74,41 @@ def evaluations(engine: Engine, model: str | None = None, task: str | None = Non
                 method: str | None = None) -> Listing:
     where, params = filters(engine, model, task, method, task_col="eval_task_id")
     return Listing(f"SELECT * FROM evaluation_effects WHERE {where} ORDER BY eval_id", params)
+
+
+def overview(engine: Engine) -> list[dict[str, Any]]:
+    """Models × methods with their runs' status and task counts; imported sets (no run) as rows
+    of zero runs."""
+    return rows(engine, """
+        SELECT m.name AS model, m.dtype, r.method, count(*) AS runs,
+               count(*) FILTER (WHERE r.status = 'complete') AS complete,
+               count(*) FILTER (WHERE r.status = 'running') AS running,
+               count(*) FILTER (WHERE r.status = 'failed') AS failed,
+               count(DISTINCT r.task_id) AS tasks
+        FROM runs r JOIN models m USING (model_id) GROUP BY ALL ORDER BY ALL""") + rows(engine, """
+        SELECT model, dtype, method, 0 AS runs, 0 AS complete, 0 AS running, 0 AS failed,
+               count(*) AS tasks
+        FROM task_sets WHERE run_id IS NULL GROUP BY ALL ORDER BY ALL""")
+
+
+def layer_profile(engine: Engine, model: str, method: str = "cgvst") -> list[dict[str, Any]]:
+    """Per current set of ``model``'s ``method`` and layer: neurons, relative depth, share of the
+    set and the task's short label."""
+    data = rows(engine, "SELECT task, layer, n, rel_depth, fraction FROM layer_counts "
+                        "WHERE model_id = :mid AND method = :method ORDER BY task, layer",
+                mid=resolve_model(engine, model)["model_id"], method=method)
+    names = sorted({r["task"] for r in data})
+    labels = dict(zip(names, task_labels(names)))
+    for r in data:
+        r["task_label"] = labels[r["task"]]
+    return data
+
+
+def set_versions(engine: Engine, model_id: int, method: str) -> tuple[tuple[int, str], ...]:
+    """The (id, creation time) of each current set of a model's method: sets never change in
+    place (a new set gets a new id; the time tells a replaced file's sets apart), so this keys
+    anything computed from them."""
+    return tuple((r["set_id"], str(r["created_at"])) for r in rows(
+        engine, "SELECT t.set_id, s.created_at FROM task_sets t JOIN neuron_sets s USING (set_id) "
+                "WHERE t.model_id = :mid AND t.method = :method ORDER BY set_id",
+        mid=model_id, method=method))
