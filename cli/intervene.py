@@ -28,25 +28,32 @@ class SpinnerReporter(Reporter):
         self.progress.remove_task(self.task_id)
 
 
-def _experiment(tasks: list[str], model: str, set_name: str | None, method: str, factor: float,
-                eval_task: list[str], examples: int, metric: str, shots: int, seed: int,
-                control_seed: int, batch_size: int, device: str, dtype: str, sni_dir: str | None,
-                db: str | None, control: bool = True, preset: str | None = None,
-                split: str = "stratified", demos: str = "fixed", controls: int = 3,
-                controls_on: str = "all") -> None:
-    from atlas.intervene.experiment import AblateOptions, Experiment, find_set, set_owner
+def _options(args: dict):
+    """The experiment's options from a command's arguments: every argument named like an
+    :class:`AblateOptions` field is that field (one mapping, no list of parameters to keep in
+    step)."""
+    from dataclasses import fields
+
+    from atlas.intervene.experiment import AblateOptions
+
+    given = {**args, "eval_tasks": args["eval_tasks"] or ["all"],
+             "sni_dir": sni_path(args["sni_dir"])}
+    options = AblateOptions(**{f.name: given[f.name] for f in fields(AblateOptions)
+                               if f.name in given})
+    if options.preset:
+        console.print(f"preset {options.preset}: metric {options.metric}, shots {options.shots}, "
+                      f"split {options.split}, whole evaluation half, released prompts")
+    return options
+
+
+def _experiment(args: dict) -> None:
+    from atlas.intervene.experiment import Experiment, find_set, set_owner
     from atlas.models.loading import display_name, load_model, resolve_device, resolve_dtype
     from atlas.store import open_db
 
-    options = AblateOptions(factor=factor, metric=metric, examples=examples, shots=shots, seed=seed,
-                            control_seed=control_seed, batch_size=batch_size, control=control,
-                            eval_tasks=eval_task or ["all"],
-                            sni_dir=sni_path(sni_dir), split=split,
-                            demos=demos, preset=preset, controls=controls,
-                            controls_on=controls_on)
-    if preset:
-        console.print(f"preset {preset}: metric {options.metric}, shots {options.shots}, split "
-                      f"{options.split}, whole evaluation half, released prompts")
+    options = _options(args)
+    model, device, dtype, method = args["model"], args["device"], args["dtype"], args["method"]
+    tasks, set_name, db = args["task"], args["set_name"], args["db"]
     engine = open_db(db, create=False)
     try:
         stored = set_owner(engine, display_name(model), resolve_dtype(dtype, resolve_device(device)))
@@ -55,13 +62,14 @@ def _experiment(tasks: list[str], model: str, set_name: str | None, method: str,
         with console.status(f"loading {model}"):
             loaded = load_model(model, device=device, dtype=dtype)
         columns = [SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn()]
+        experiment = Experiment(engine, loaded, options)  # each task prepared once for all sets
         for target in targets:
             if not target["size"]:  # LAPE assigns some tasks no neuron
                 err_console.print(f"[yellow]warning:[/] set {escape(target['name'])} is empty: "
                                   "nothing to intervene on, skipped")
                 continue
             with Progress(*columns, console=console, transient=True) as progress:
-                results = Experiment(engine, loaded, options, SpinnerReporter(progress)).run(target)
+                results = experiment.run(target, SpinnerReporter(progress))
             console.print(rich_table(results, title=f"{target['name']} × {options.factor} · "
                                                     f"{options.metric}"))
     finally:
@@ -77,7 +85,7 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                 set_name: str = typer.Option(None, "--set", help="A stored set by name."),
                 method: str = typer.Option("cgvst", "--method", help="Method of the task's set."),
                 factor: float = typer.Option(default_factor, help="0 inhibits, > 1 amplifies."),
-                eval_task: list[str] = typer.Option(
+                eval_tasks: list[str] = typer.Option(
                     ["all"], "--eval-task", help="Tasks to evaluate ('all': every task with a set)."),
                 examples: int = typer.Option(None, help="Held-out examples per evaluation task "
                                                         "(default: the whole held-out half)."),
@@ -105,9 +113,7 @@ def _intervention_command(name: str, default_factor: float, doc: str):
                 db: str = DbOption) -> None:
         if not task and not set_name:
             raise AtlasError("give --task TASK (its stored set) or --set NAME")
-        _experiment(task, model, set_name, method, factor, eval_task, examples, metric, shots, seed,
-                    control_seed, batch_size, device, dtype, sni_dir, db, control, preset, split,
-                    demos, controls, controls_on)
+        _experiment(dict(locals()))
 
     command.__name__, command.__doc__ = name, doc
     return command

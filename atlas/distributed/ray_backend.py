@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from atlas.errors import AtlasError, first_line
 from atlas.ingest import IngestOptions, Ingestor, IngestResult
 from atlas.scoring.selection import select
-from atlas.store.runs import DatabaseRuns
+from atlas.store.runs import DatabaseRuns, StoredModel
 from atlas.tasks.sni import Task
 
 
@@ -81,10 +81,11 @@ def import_shards(engine: Engine, folders: list[Path], *, force: bool = False) -
         shape = (model["n_layers"], model["d_mlp"])
         scores = read_shard_scores(folder, shape)
         runs = DatabaseRuns(engine)
-        runs.register_model_info(model["name"], model["family"], *shape, model["revision"],
-                                 model["dtype"])
+        runs.register_model(StoredModel(model["name"], model["family"], *shape,
+                                        model["revision"], model["dtype"]))
         # A stand-in for the task: the store needs its name, source, size and data hash only.
-        task = Task(info["name"], "", [None] * info["n_instances"], info["source"], info["data_hash"])
+        task = Task(info["name"], "", [None] * info["n_instances"], info["source"],
+                    info["data_hash"], info.get("stored_hash", ""))
         status = "imported"
         if runs.find_complete(task, meta["method"], meta["params_key"]) and not force:
             status = "reused"

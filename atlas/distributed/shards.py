@@ -103,7 +103,8 @@ class ShardRuns:
         _atomic_write(folder / "scores.parquet", lambda tmp: pq.write_table(table, tmp))
         meta = {"model": self.model,
                 "task": {"name": task.name, "source": task.source,
-                         "n_instances": len(task.instances), "data_hash": task.data_hash},
+                         "n_instances": len(task.instances), "data_hash": task.data_hash,
+                         "stored_hash": task.stored_hash},
                 "method": method, "params": params, "params_key": key, "rule": rule,
                 "n_examples": n_examples, "n_tokens": n_tokens, "n_skipped": n_skipped,
                 "n_selected": int(mask.sum()), "finished_at": time.time()}

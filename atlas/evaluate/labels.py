@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas.errors import AtlasError
-from atlas.models.adapters import context_length
+from atlas.models.batching import check_context, length_groups
 from atlas.models.heads import logits_at
 
 
@@ -104,11 +104,8 @@ def score_sequences(model, sequences: list[Scored], *, cache_prefix: bool = True
                     batch_size: int = 16) -> torch.Tensor:
     """Σ log p(label tokens | everything before them) for each sequence: float64 [n]."""
     device = next(model.parameters()).device
-    limit = context_length(model.config)
-    longest = max(len(s.ids) for s in sequences)
-    if limit and longest > limit:
-        raise AtlasError(f"an evaluation prompt of {longest} tokens exceeds the model's context of "
-                         f"{limit}; use fewer --shots")
+    check_context(model.config, max(len(s.ids) for s in sequences), "an evaluation prompt",
+                  "use fewer --shots")
     out = torch.zeros(len(sequences), dtype=torch.float64)
     if not cache_prefix:
         for k, s in enumerate(sequences):
@@ -132,7 +129,7 @@ def score_sequences(model, sequences: list[Scored], *, cache_prefix: bool = True
         else:
             multi.append(k)
     context_list = list(contexts)
-    for batch in _batches([len(c) for c in context_list], batch_size):
+    for batch in length_groups([len(c) for c in context_list], batch_size):
         suffixes = [list(context_list[c][n_prefix:]) for c in batch]
         picks = [(row, len(suffix) - 1) for row, suffix in enumerate(suffixes)]
         logp = F.log_softmax(_suffix_logits(model, prefix_cache, n_prefix, suffixes, picks, device)
@@ -140,7 +137,7 @@ def score_sequences(model, sequences: list[Scored], *, cache_prefix: bool = True
         for row, c in enumerate(batch):
             for k in contexts[context_list[c]]:
                 out[k] = float(logp[row, sequences[k].ids[-1]].double())
-    for batch in _batches([len(sequences[k].ids) for k in multi], batch_size):
+    for batch in length_groups([len(sequences[k].ids) for k in multi], batch_size):
         group = [multi[i] for i in batch]
         suffixes = [sequences[k].ids[n_prefix:] for k in group]
         picks = [(row, p) for row, k in enumerate(group)
@@ -150,12 +147,6 @@ def score_sequences(model, sequences: list[Scored], *, cache_prefix: bool = True
         for k, value in zip(group, _sum_logprobs(logits, spans)):
             out[k] = value
     return out
-
-
-def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped by length (little padding), ``batch_size`` at most per group."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _suffix_logits(model, prefix_cache, n_prefix: int, suffixes: list[list[int]],

@@ -16,7 +16,7 @@ import torch
 
 from atlas.errors import AtlasError
 from atlas.evaluate.labels import label_sequences, score_sequences
-from atlas.models.adapters import context_length
+from atlas.models.batching import check_context, length_groups, padded
 from atlas.models.loading import LoadedModel
 from atlas.tasks.prompts import PromptFormat, build_messages, pick_demos, pick_fixed_demos
 from atlas.tasks.sni import Instance, Task
@@ -118,27 +118,17 @@ def greedy_answers(loaded: LoadedModel, prompts: list[list[int]], max_new: int,
     with left padding."""
     tok = loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: dict[int, list[int]] = {}
-    limit = context_length(loaded.model.config)
-    longest = max(len(p) for p in prompts) + max_new
-    if limit and longest > limit:
-        raise AtlasError(f"an evaluation prompt plus answer of {longest} tokens exceeds the model's "
-                         f"context of {limit}; use fewer --shots")
-    for start in range(0, len(order), batch_size):
-        group = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in group)
-        ids = torch.full((len(group), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, i in enumerate(group):  # left padding for generation
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
+    check_context(loaded.model.config, max(len(p) for p in prompts) + max_new,
+                  "an evaluation prompt plus answer", "use fewer --shots")
+    for group in length_groups([len(p) for p in prompts], batch_size):
+        ids, mask = padded([prompts[i] for i in group], pad, side="left")  # for generation
         with torch.no_grad():
             out = loaded.model.generate(input_ids=ids.to(loaded.device),
                                         attention_mask=mask.to(loaded.device),
                                         max_new_tokens=max_new, do_sample=False, pad_token_id=pad)
         for row, i in enumerate(group):
-            answers[i] = out[row, width:].tolist()
+            answers[i] = out[row, ids.shape[1]:].tolist()
     return [answers[i] for i in range(len(prompts))]
 
 

@@ -25,8 +25,9 @@ from atlas.store import arrays
 from atlas.store import evaluations as stored
 from atlas.store import repository as repo
 from atlas.store.evaluations import EvaluationKey
+from atlas.store.runs import register_model
 from atlas.tasks.prompts import PromptFormat
-from atlas.tasks.sni import Task, load_task
+from atlas.tasks.sni import Instance, Task, load_task
 from atlas.tasks.split import split_task, subsample
 
 
@@ -131,6 +132,19 @@ def _task_file(task: dict) -> str:
     return task["source"]
 
 
+@dataclass(frozen=True)
+class EvalTask:
+    """A task prepared once for evaluation: its stored id, the evaluation's params and their
+    key, the seeded queries from the held-out half and the pool demonstrations come from."""
+
+    task: Task
+    task_id: int
+    params: dict
+    params_key: str
+    queries: list[Instance]
+    pool: list[Instance]
+
+
 class Experiment:
     """Evaluations of one loaded model, cached in the store."""
 
@@ -140,13 +154,19 @@ class Experiment:
             raise AtlasError(f"unknown metric '{options.metric}'; choose one of {', '.join(METRICS)}")
         self.engine, self.loaded, self.options = engine, loaded, options
         self.reporter = reporter or Reporter()
+        self._prepared: dict[str, EvalTask] = {}
         self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer, options.released_data)
-        with engine.begin() as conn:
-            self.model_id = repo.ensure_model(conn, loaded.name, loaded.adapter.family,
-                                              loaded.n_layers, loaded.d_mlp, loaded.revision,
-                                              loaded.dtype)
+        self.model_id = register_model(engine, loaded)
 
-    def _params(self, task: Task) -> tuple[dict, str]:
+    def prepare(self, name: str) -> EvalTask:
+        """The evaluation task ``name`` (an SNI name or a file), loaded, registered, split and
+        subsampled once per experiment."""
+        if name not in self._prepared:
+            self._prepared[name] = self._prepare(
+                load_task(name, self.options.sni_dir, self.options.released_data))
+        return self._prepared[name]
+
+    def _prepare(self, task: Task) -> EvalTask:
         o = self.options
         params = {"metric": o.metric, "shots": o.shots, "seed": o.seed, "split_seed": o.split_seed,
                   "examples": o.examples, "data_hash": task.data_hash, "prompt": self.fmt.describe(),
@@ -154,44 +174,44 @@ class Experiment:
                   "label_tokens": "in context"}
         if o.max_instances is not None:  # only then: other evaluations keep their keys
             params["max_instances"] = o.max_instances
-        return params, params_key(params)
-
-    def measure(self, task: Task, spec: Intervention | None, set_id: int | None,
-                control_seed: int | None = None) -> tuple[float, int, bool]:
-        """(value, n, reused) for ``task`` under ``spec`` (None: unmodified)."""
-        params, params_key = self._params(task)
+        split = split_task(_capped(task, o.max_instances), o.split_seed, rule=o.split)
+        if o.examples is not None and o.examples > len(split.evaluate):
+            raise AtlasError(
+                f"task '{task.name}' has {len(split.evaluate)} held-out examples, fewer than "
+                f"--examples {o.examples}; ask for at most {len(split.evaluate)} or "
+                "leave --examples out for the whole half")
         with self.engine.begin() as conn:
             task_id = repo.ensure_task(conn, task.name, task.source, len(task.instances),
-                                       task.data_hash)
-            key = EvaluationKey(self.model_id, task_id, set_id, spec.factor if spec else 1.0,
-                                control_seed is not None, control_seed,
-                                self.options.metric, params_key)
+                                       task.stored_hash, also=(task.data_hash,))
+        return EvalTask(task, task_id, params, params_key(params),
+                        subsample(split.evaluate, o.examples, o.seed),
+                        split.score if o.demos == "fixed" else split.evaluate)
+
+    def measure(self, prepared: EvalTask, spec: Intervention | None, set_id: int | None,
+                control_seed: int | None = None) -> tuple[float, int, bool]:
+        """(value, n, reused) for a prepared task under ``spec`` (None: unmodified)."""
+        o, task = self.options, prepared.task
+        key = EvaluationKey(self.model_id, prepared.task_id, set_id, spec.factor if spec else 1.0,
+                            control_seed is not None, control_seed, o.metric, prepared.params_key)
+        with self.engine.begin() as conn:
             hit = stored.find(conn, key)
         if hit:
             return hit[0], hit[1], True
-        split = split_task(_capped(task, self.options.max_instances), self.options.split_seed,
-                           rule=self.options.split)
-        if self.options.examples is not None and self.options.examples > len(split.evaluate):
-            raise AtlasError(
-                f"task '{task.name}' has {len(split.evaluate)} held-out examples, fewer than "
-                f"--examples {self.options.examples}; ask for at most {len(split.evaluate)} or "
-                "leave --examples out for the whole half")
-        queries = subsample(split.evaluate, self.options.examples, self.options.seed)
-        pool = split.score if self.options.demos == "fixed" else split.evaluate
-        label = f"{task.short_name} · {spec.label if spec else 'unmodified'}"
-        self.reporter.start(label, 1)
+        self.reporter.start(f"{task.short_name} · {spec.label if spec else 'unmodified'}", 1)
         with apply(self.loaded.model, spec) if spec else nullcontext():
-            score = evaluate(self.options.metric, self.loaded, self.fmt, task, queries,
-                             pool, self.options.shots, self.options.seed,
-                             batch_size=self.options.batch_size, **self.options.recipe)
+            score = evaluate(o.metric, self.loaded, self.fmt, task, prepared.queries,
+                             prepared.pool, o.shots, o.seed, batch_size=o.batch_size, **o.recipe)
         self.reporter.advance(1, 0)
         self.reporter.finish()
         with self.engine.begin() as conn:
-            stored.add(conn, key, score.value, score.n, self.options.seed, params, score.examples)
+            stored.add(conn, key, score.value, score.n, o.seed, prepared.params, score.examples)
         return score.value, score.n, False
 
-    def run(self, target: dict) -> list[dict]:
-        """Baseline, intervened and random-control accuracy on every evaluation task."""
+    def run(self, target: dict, reporter: Reporter | None = None) -> list[dict]:
+        """Baseline, intervened and random-control accuracy on every evaluation task (progress
+        to ``reporter`` when given)."""
+        if reporter is not None:
+            self.reporter = reporter
         mask = set_mask(self.engine, target["set_id"], self.loaded.n_layers, self.loaded.d_mlp)
         if not mask.any():
             raise AtlasError(f"set '{target['name']}' is empty")
@@ -202,16 +222,15 @@ class Experiment:
                                                  label=f"random control {seed}") for seed in seeds}
         names = _eval_task_names(self.engine, target["model_id"], target["method"],
                                  self.options.eval_tasks)
-        tasks = [load_task(name, self.options.sni_dir, self.options.released_data)
-                 for name in names]
         out = []
-        for task in tasks:
-            base, n, _ = self.measure(task, None, None)
-            value, _, reused = self.measure(task, spec, target["set_id"])
+        for prepared in [self.prepare(name) for name in names]:
+            task = prepared.task
+            base, n, _ = self.measure(prepared, None, None)
+            value, _, reused = self.measure(prepared, spec, target["set_id"])
             row = {"eval_task": task.short_name, "n": n, "baseline": base, "intervened": value,
                    "delta": value - base}
             if controls and (self.options.controls_on == "all" or task.name == target.get("task")):
-                values = [self.measure(task, ctrl, target["set_id"], seed)[0]
+                values = [self.measure(prepared, ctrl, target["set_id"], seed)[0]
                           for seed, ctrl in controls.items()]
                 row.update({"control": float(np.mean(values)), "control_sd": float(np.std(values)),
                             "control_delta": float(np.mean(values)) - base})

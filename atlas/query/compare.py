@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
 from atlas.query.core import check_method, resolve_model, rows
+from atlas.query.overlap import overlap_matrix, pair_measures
 
 
 def depth_profile(engine: Engine, model: str, method: str) -> dict[str, np.ndarray]:
@@ -48,21 +49,21 @@ def compare_models(engine: Engine, model_a: str, model_b: str, method: str = "cg
 
 
 def _index_agreement(engine: Engine, model_a: int, model_b: int, method: str, task: str) -> dict:
-    stats = rows(engine, """
+    stats = rows(engine, f"""
         WITH a AS (SELECT set_id, size, run_id FROM task_sets
                    WHERE model_id = :ma AND method = :method AND task = :task),
              b AS (SELECT set_id, size, run_id FROM task_sets
-                   WHERE model_id = :mb AND method = :method AND task = :task)
-        SELECT (SELECT count(*) FROM neuron_set_members x JOIN neuron_set_members y
-                  ON x.layer = y.layer AND x.neuron = y.neuron
-                WHERE x.set_id = (SELECT set_id FROM a) AND y.set_id = (SELECT set_id FROM b))
-                   AS n_shared,
-               (SELECT size FROM a) AS size_a, (SELECT size FROM b) AS size_b,
-               (SELECT run_id FROM a) AS run_a, (SELECT run_id FROM b) AS run_b""",
+                   WHERE model_id = :mb AND method = :method AND task = :task),
+             pair AS (
+                 SELECT (SELECT count(*) FROM neuron_set_members x JOIN neuron_set_members y
+                           ON x.layer = y.layer AND x.neuron = y.neuron
+                         WHERE x.set_id = (SELECT set_id FROM a)
+                           AND y.set_id = (SELECT set_id FROM b)) AS shared,
+                        (SELECT size FROM a) AS size_a, (SELECT size FROM b) AS size_b,
+                        (SELECT run_id FROM a) AS run_a, (SELECT run_id FROM b) AS run_b)
+        SELECT {pair_measures("shared", "size_a", "size_b")}, run_a, run_b FROM pair""",
                  ma=model_a, mb=model_b, method=method, task=task)[0]
-    shared = stats["n_shared"]
-    result = {"n_shared": shared,
-              "jaccard": shared / max(stats["size_a"] + stats["size_b"] - shared, 1)}
+    result = {"n_shared": stats["n_shared"], "jaccard": stats["jaccard"]}
     if stats["run_a"] is not None and stats["run_b"] is not None:
         scores = rows(engine, """
             SELECT a.score AS sa, b.score AS sb FROM neuron_scores a JOIN neuron_scores b
@@ -103,8 +104,6 @@ def task_similarity_agreement(engine: Engine, model_a: str, model_b: str,
                               method: str = "cgvst") -> dict:
     """Do two models find the same tasks similar? The Mantel test of their task × task Jaccard
     matrices over the tasks both have sets for."""
-    from atlas.query.overlap import overlap_matrix
-
     ma, mb = overlap_matrix(engine, model_a, method), overlap_matrix(engine, model_b, method)
     shared = sorted(set(ma.tasks) & set(mb.tasks))
     ia = [ma.tasks.index(t) for t in shared]

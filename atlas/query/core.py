@@ -1,4 +1,5 @@
-"""Small helpers shared by the queries: rows as dicts, model and task lookup by id."""
+"""Small helpers shared by the queries: rows as dicts, a model's methods; model and task lookup
+(:mod:`atlas.store.identity`, re-exported)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
-from atlas.store import identity
+from atlas.store.identity import resolve_model, resolve_task
+
+__all__ = ["check_method", "resolve_model", "resolve_task", "rows", "set_methods"]
 
 
 def rows(engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         result = conn.execute(text(sql), params)
         return [dict(r._mapping) for r in result]
-
-
-def resolve_model(engine: Engine, spec: str) -> dict[str, Any]:
-    """The one stored model ``spec`` names (NAME, NAME@DTYPE, NAME@REVISION or #ID); an
-    ambiguous name is an error listing the candidates."""
-    with engine.connect() as conn:
-        return identity.resolve_model(conn, spec)
-
-
-def resolve_task(engine: Engine, spec: str) -> dict[str, Any]:
-    """The one stored task ``spec`` names (full name, unique SNI id or #ID)."""
-    with engine.connect() as conn:
-        return identity.resolve_task(conn, spec)
 
 
 def set_methods(engine: Engine, model: dict) -> list[str]:

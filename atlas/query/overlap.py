@@ -36,6 +36,15 @@ def _check_measure(measure: str) -> None:
         raise AtlasError(f"unknown overlap measure '{measure}'; choose one of {', '.join(MEASURES)}")
 
 
+def pair_measures(n_shared: str, size_a: str, size_b: str) -> str:
+    """The SQL of a set pair's ``n_shared``, ``jaccard`` (|A ∩ B| / |A ∪ B|) and
+    ``overlap_coef`` (|A ∩ B| / min(|A|, |B|)) from the columns named: NULL where undefined (two
+    empty sets), as the ``set_overlaps`` view defines them (a test holds the two equal)."""
+    n = f"coalesce({n_shared}, 0)"
+    return (f"{n} AS n_shared, {n} / nullif({size_a} + {size_b} - {n}, 0) AS jaccard, "
+            f"{n} / nullif(least({size_a}, {size_b}), 0) AS overlap_coef")
+
+
 def _set_pairs(engine: Engine, model_id: int, methods: list[str], *, same_task: bool
                ) -> list[dict]:
     """Ordered pairs of the current sets of ``model_id`` scored by ``methods``, with their
@@ -54,10 +63,7 @@ def _set_pairs(engine: Engine, model_id: int, methods: list[str], *, same_task: 
                         FROM members a JOIN members b USING ({key}, layer, neuron) GROUP BY ALL)
         SELECT a.task_id AS task_id_a, a.task AS task_a, a.method AS method_a,
                b.task_id AS task_id_b, b.task AS task_b, b.method AS method_b,
-               coalesce(sh.n_shared, 0) AS n_shared,
-               coalesce(sh.n_shared, 0) / nullif(a.size + b.size - coalesce(sh.n_shared, 0), 0)
-                   AS jaccard,
-               coalesce(sh.n_shared, 0) / nullif(least(a.size, b.size), 0) AS overlap_coef
+               {pair_measures("sh.n_shared", "a.size", "b.size")}
         FROM sets a JOIN sets b ON a.{key} = b.{key} AND {pair}
         LEFT JOIN shared sh ON sh.set_a = a.set_id AND sh.set_b = b.set_id""",
         mid=model_id, **params)

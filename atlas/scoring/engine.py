@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from atlas.errors import AtlasError
-from atlas.models.adapters import Adapter, adapter_for, context_length
+from atlas.models.adapters import Adapter, adapter_for
+from atlas.models.batching import check_context, length_groups, padded
 from atlas.models.heads import logits_at
 
 REDUCTIONS = ("up_weight_grad", "grad_x_act", "act_abs_sum", "act_pos_count", "gate_pos_count")
@@ -63,25 +64,9 @@ def make_batches(
     max_batch_tokens: int | None = None,
 ) -> list[Batch]:
     """Right-padded batches; examples are sorted by length so padding stays small."""
-    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
-    groups: list[list[int]] = []
-    for i in order:
-        if groups:
-            group = groups[-1]
-            width = max(len(input_ids[j]) for j in [*group, i])
-            fits_tokens = max_batch_tokens is None or width * (len(group) + 1) <= max_batch_tokens
-            if len(group) < batch_size and fits_tokens:
-                group.append(i)
-                continue
-        groups.append([i])
     batches = []
-    for group in groups:
-        width = max(len(input_ids[i]) for i in group)
-        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, i in enumerate(group):
-            ids[row, : len(input_ids[i])] = torch.tensor(list(input_ids[i]), dtype=torch.long)
-            mask[row, : len(input_ids[i])] = 1
+    for group in length_groups([len(ids) for ids in input_ids], batch_size, max_batch_tokens):
+        ids, mask = padded([input_ids[i] for i in group], pad_id)
         batches.append(
             Batch(ids, mask, [as_groups(targets[i]) for i in group],
                   sum(len(input_ids[i]) for i in group), group)
@@ -102,13 +87,8 @@ def _check_targets(input_ids: Sequence[Sequence[int]], targets: Sequence[Targets
 
 
 def _check_context(model: nn.Module, input_ids: Sequence[Sequence[int]]) -> None:
-    limit = context_length(model.config)
-    longest = max((len(ids) for ids in input_ids), default=0)
-    if limit and longest > limit:
-        raise AtlasError(
-            f"a prompt of {longest} tokens exceeds the model's context of {limit}; "
-            "use fewer shots or skip long examples (--max-tokens)"
-        )
+    check_context(model.config, max((len(ids) for ids in input_ids), default=0), "a prompt",
+                  "use fewer shots or skip long examples (--max-tokens)")
 
 
 def example_losses(model: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:

@@ -8,10 +8,12 @@ task has it, or ``#task_id``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from atlas.errors import Ambiguous, AtlasError, NotFound
 from atlas.naming import SNI_ID, sni_id
@@ -31,8 +33,31 @@ def matching_models(conn: Connection, spec: str) -> list[dict[str, Any]]:
         not qualifier or m["dtype"] == qualifier or str(m["revision"]).startswith(qualifier))]
 
 
-def resolve_model(conn: Connection, spec: str) -> dict[str, Any]:
-    """The one stored model that ``spec`` names (a row of ``models`` as a dict)."""
+@contextmanager
+def _connected(bind: Connection | Engine) -> Iterator[Connection]:
+    """``bind`` itself when it is a connection, else one of its connections for the lookup."""
+    if isinstance(bind, Connection):
+        yield bind
+    else:
+        with bind.connect() as conn:
+            yield conn
+
+
+def resolve_model(bind: Connection | Engine, spec: str) -> dict[str, Any]:
+    """The one stored model that ``spec`` names (a row of ``models`` as a dict).
+
+    Args:
+        bind: a connection, or an engine to take one from.
+        spec: NAME, NAME@DTYPE, NAME@REVISION (or a revision prefix) or #ID.
+
+    Returns:
+        The model's row; a NotFound or an Ambiguous error listing the candidates otherwise.
+    """
+    with _connected(bind) as conn:
+        return _resolve_model(conn, spec)
+
+
+def _resolve_model(conn: Connection, spec: str) -> dict[str, Any]:
     found = matching_models(conn, spec)
     if len(found) == 1:
         return found[0]
@@ -43,9 +68,17 @@ def resolve_model(conn: Connection, spec: str) -> dict[str, Any]:
                      "NAME@DTYPE, NAME@REVISION or #ID")
 
 
-def resolve_task(conn: Connection, spec: str) -> dict[str, Any]:
-    """The one stored task that ``spec`` names (a row of ``tasks`` as a dict)."""
-    tasks = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM tasks ORDER BY task_id"))]
+def resolve_task(bind: Connection | Engine, spec: str) -> dict[str, Any]:
+    """The one stored task that ``spec`` names (a row of ``tasks`` as a dict).
+
+    Args:
+        bind: a connection, or an engine to take one from.
+        spec: the full name, a Super-NaturalInstructions id (``task195``) that exactly one
+            stored task has, or #ID.
+    """
+    with _connected(bind) as conn:
+        tasks = [dict(r._mapping) for r in conn.execute(
+            text("SELECT * FROM tasks ORDER BY task_id"))]
     if spec.startswith("#") and spec[1:].isdigit():
         found = [t for t in tasks if t["task_id"] == int(spec[1:])]
     else:

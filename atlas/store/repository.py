@@ -79,24 +79,32 @@ def ensure_model(conn: Connection, name: str, family: str | None, n_layers: int,
 IMPORTED = "imported"  # the data hash of a task known only from imported sets
 
 
-def ensure_task(conn: Connection, name: str, source: str, n_instances: int, data_hash: str) -> int:
-    """The task called ``name`` (a task is its full name), created if new. Its row describes the
-    newest data ingested under that name; each run's params keep the exact data hash it used."""
+def ensure_task(conn: Connection, name: str, source: str, n_instances: int, data_hash: str,
+                also: tuple[str, ...] = ()) -> int:
+    """The task called ``name`` (a task is its full name), created if new. A task known only
+    from imported sets takes the data's description; a stored task whose data hash is neither
+    ``data_hash`` nor one of ``also`` (the same file read by other rules) is refused: its file
+    changed since the atlas stored it."""
     row = conn.execute(
         text("SELECT task_id, data_hash FROM tasks WHERE name = :name ORDER BY task_id LIMIT 1"),
         {"name": name},
     ).first()
-    if row:
-        if data_hash != IMPORTED and row.data_hash != data_hash:
-            conn.execute(text("UPDATE tasks SET source = :source, n_instances = :n, data_hash = :hash "
-                              "WHERE task_id = :t"),
-                         {"source": source, "n": n_instances, "hash": data_hash, "t": row.task_id})
-        return int(row.task_id)
-    return int(conn.execute(
-        text("INSERT INTO tasks (name, source, n_instances, data_hash) "
-             "VALUES (:name, :source, :n, :hash) RETURNING task_id"),
-        {"name": name, "source": source, "n": n_instances, "hash": data_hash},
-    ).scalar_one())
+    if row is None:
+        return int(conn.execute(
+            text("INSERT INTO tasks (name, source, n_instances, data_hash) "
+                 "VALUES (:name, :source, :n, :hash) RETURNING task_id"),
+            {"name": name, "source": source, "n": n_instances, "hash": data_hash},
+        ).scalar_one())
+    if data_hash != IMPORTED and row.data_hash == IMPORTED:
+        conn.execute(text("UPDATE tasks SET source = :source, n_instances = :n, data_hash = :hash "
+                          "WHERE task_id = :t"),
+                     {"source": source, "n": n_instances, "hash": data_hash, "t": row.task_id})
+    elif data_hash != IMPORTED and row.data_hash not in (data_hash, *also):
+        raise AtlasError(
+            f"task '{name}' changed since the atlas stored it: {source} holds data {data_hash}, "
+            f"the atlas data {row.data_hash}; put the original file back, or store the changed "
+            "data under a new task name (rename the file) or in another atlas (--db)")
+    return int(row.task_id)
 
 
 @dataclass

@@ -27,15 +27,36 @@ class ModelInfo(Protocol):
     dtype: str
 
 
-class Task(Protocol):
-    """What the store keeps of a task (a loaded task provides it)."""
+class TaskInfo(Protocol):
+    """What the store keeps of a task (a loaded :class:`atlas.tasks.sni.Task` provides it)."""
 
     name: str
     source: str
     data_hash: str
+    stored_hash: str
 
     @property
     def n_instances(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A model as a shard or a snapshot describes it (no weights loaded)."""
+
+    name: str
+    family: str | None
+    n_layers: int
+    d_mlp: int
+    revision: str
+    dtype: str
+
+
+def register_model(engine: Engine, model: ModelInfo) -> int:
+    """The id of ``model`` in the atlas (one model per name, revision and dtype), added if
+    new; every job that writes for a model registers it here."""
+    with engine.begin() as conn:
+        return repo.ensure_model(conn, model.name, model.family, model.n_layers, model.d_mlp,
+                                 model.revision, model.dtype)
 
 
 @dataclass
@@ -49,11 +70,11 @@ class Completed:
 
 class RunStore(Protocol):
     def register_model(self, model: ModelInfo) -> None: ...
-    def find_complete(self, task: Task, method: str, key: str) -> Completed | None: ...
-    def open_run(self, task: Task, method: str, params: dict, key: str) -> int | str: ...
+    def find_complete(self, task: TaskInfo, method: str, key: str) -> Completed | None: ...
+    def open_run(self, task: TaskInfo, method: str, params: dict, key: str) -> int | str: ...
     def load_checkpoint(self, handle, shape: tuple[int, int]) -> repo.Checkpoint | None: ...
     def save_checkpoint(self, handle, ckpt: repo.Checkpoint) -> None: ...
-    def complete(self, handle, task: Task, method: str, scores: torch.Tensor, mask: torch.Tensor,
+    def complete(self, handle, task: TaskInfo, method: str, scores: torch.Tensor, mask: torch.Tensor,
                  rule: str, n_examples: int, n_tokens: int, n_skipped: int) -> Completed: ...
     def ensure_set(self, done: Completed, rule: str, select: repo.Selector) -> int: ...
     def check_replaceable(self, done: Completed) -> None: ...
@@ -73,23 +94,17 @@ class DatabaseRuns:
         self._task_ids: dict[str, int] = {}
 
     def register_model(self, model: ModelInfo) -> None:
-        self.register_model_info(model.name, model.family, model.n_layers, model.d_mlp,
-                                 model.revision, model.dtype)
+        self.model_id, self.model_name = register_model(self.engine, model), model.name
 
-    def register_model_info(self, name: str, family: str | None, n_layers: int, d_mlp: int,
-                            revision: str, dtype: str) -> None:
-        with self.engine.begin() as conn:
-            self.model_id = repo.ensure_model(conn, name, family, n_layers, d_mlp, revision, dtype)
-        self.model_name = name
-
-    def task_id(self, task: Task) -> int:
+    def task_id(self, task: TaskInfo) -> int:
         if task.data_hash not in self._task_ids:
             with self.engine.begin() as conn:
                 self._task_ids[task.data_hash] = repo.ensure_task(
-                    conn, task.name, task.source, task.n_instances, task.data_hash)
+                    conn, task.name, task.source, task.n_instances, task.stored_hash,
+                    also=(task.data_hash,))
         return self._task_ids[task.data_hash]
 
-    def find_complete(self, task: Task, method: str, key: str) -> Completed | None:
+    def find_complete(self, task: TaskInfo, method: str, key: str) -> Completed | None:
         task_id = self.task_id(task)
         with self.engine.begin() as conn:
             done = repo.find_run(conn, self.model_id, task_id, method, key, ("complete",))
@@ -104,7 +119,7 @@ class DatabaseRuns:
         return Completed(done.run_id, done.n_examples, done.n_tokens, int(size),
                          done.n_skipped or 0)
 
-    def open_run(self, task: Task, method: str, params: dict, key: str) -> int:
+    def open_run(self, task: TaskInfo, method: str, params: dict, key: str) -> int:
         task_id = self.task_id(task)
         with self.engine.begin() as conn:
             found = repo.find_run(conn, self.model_id, task_id, method, key, ("running", "failed"))
@@ -122,7 +137,7 @@ class DatabaseRuns:
         with self.engine.begin() as conn:
             repo.save_checkpoint(conn, run_id, ckpt)
 
-    def complete(self, run_id: int, task: Task, method: str, scores: torch.Tensor,
+    def complete(self, run_id: int, task: TaskInfo, method: str, scores: torch.Tensor,
                  mask: torch.Tensor, rule: str, n_examples: int, n_tokens: int,
                  n_skipped: int) -> Completed:
         task_id = self.task_id(task)

@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from atlas.errors import AtlasError, first_line
@@ -58,7 +58,14 @@ class Task:
     definition: str
     instances: list[Instance]
     source: str
-    data_hash: str = field(default="")
+    data_hash: str = field(default="")  # of the instances as read (what a run's params keep)
+    # of the file's default reading, which the atlas's tasks table keeps: the same file read by
+    # the released rules is still the same task
+    stored_hash: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.stored_hash:
+            self.stored_hash = self.data_hash
 
     @property
     def n_instances(self) -> int:
@@ -97,14 +104,8 @@ def load_sni_file(path: Path, released: bool = False) -> Task:
     kept (an empty output list answers "")."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        parts = data["Definition"]
-        parts = [str(p) for p in parts] if isinstance(parts, list) else [str(parts)]
-        definition = "".join(parts) if released else (parts[0] if parts else "")
-        instances = [
-            Instance(str(x["id"]), str(x["input"]), tuple(str(o) for o in x["output"]))
-            for x in data["Instances"]
-            if released or x.get("output")
-        ]
+        definition, instances = _read_sni(data, released)
+        stored = _hash_instances(*_read_sni(data, False)) if released else ""
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AtlasError(f"task file {path} is not valid JSON ({err}); fix or replace it") from err
     except (KeyError, TypeError) as err:
@@ -112,7 +113,18 @@ def load_sni_file(path: Path, released: bool = False) -> Task:
             f"task file {path} lacks the SNI field {err}; it needs Definition and Instances "
             "with id, input and output"
         ) from err
-    return _make_task(path.stem, definition, instances, str(path))
+    task = _make_task(path.stem, definition, instances, str(path))
+    return replace(task, stored_hash=stored) if stored else task
+
+
+def _read_sni(data: dict, released: bool) -> tuple[str, list[Instance]]:
+    """(definition, instances) of a parsed SNI file by the default or the released rules."""
+    parts = data["Definition"]
+    parts = [str(p) for p in parts] if isinstance(parts, list) else [str(parts)]
+    definition = "".join(parts) if released else (parts[0] if parts else "")
+    instances = [Instance(str(x["id"]), str(x["input"]), tuple(str(o) for o in x["output"]))
+                 for x in data["Instances"] if released or x.get("output")]
+    return definition, instances
 
 
 def load_table_file(path: Path, definition: str = "") -> Task:

@@ -11,7 +11,7 @@ import torch
 from atlas.models import load_model
 from atlas.scoring import cgvst
 from atlas.tasks import PromptFormat, load_task, scoring_examples, split_task
-from tests.conftest import SNI_DIR
+from tests.helpers import SNI_DIR
 
 
 def _installed() -> bool:

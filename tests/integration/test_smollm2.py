@@ -12,7 +12,7 @@ from atlas.models import load_model
 from atlas.scoring import cgvst
 from atlas.tasks import PromptFormat, load_task, scoring_examples, split_task
 from cli.main import app
-from tests.conftest import SNI_DIR
+from tests.helpers import SNI_DIR
 
 pytestmark = [
     pytest.mark.integration,

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import atlas
 from cli.main import app
-from tests.conftest import ROOT_DIR, SNI_DIR, save_tiny
+from tests.helpers import ROOT_DIR, SNI_DIR, save_tiny
 
 runner = CliRunner()
 TASKS = ("task195", "task379", "task391")
@@ -139,6 +139,7 @@ def test_open_writes_nothing_and_never_holds_the_file(tiny_atlas, tmp_path):
     assert not (tmp_path / "missing.duckdb").exists()
 
 
+@pytest.mark.system
 def test_opening_and_asking_loads_no_torch(tiny_atlas):
     db, _ = tiny_atlas
     code = ("import sys, atlas, atlas.query\n"

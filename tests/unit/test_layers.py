@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ATLAS = Path(__file__).resolve().parents[2] / "atlas"
 LAYERS = [
     {"errors"},
@@ -78,6 +80,7 @@ def test_no_forbidden_edge():
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.system
 def test_reading_tasks_and_the_atlas_loads_no_torch():
     import subprocess
     import sys

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import SNI_DIR, save_tiny
+from tests.helpers import SNI_DIR, save_tiny
 
 runner = CliRunner()
 

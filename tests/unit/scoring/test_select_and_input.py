@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 import atlas.ingest
 from cli.main import app
-from tests.conftest import SNI_DIR, query, save_tiny
+from tests.helpers import SNI_DIR, query, save_tiny
 
 runner = CliRunner()
 
@@ -139,7 +139,7 @@ def test_interrupted_force_run_is_cleaned_by_the_next_ingest(llama_dir, tmp_path
 
 def test_scoring_restores_training_mode_on_error(monkeypatch):
     import atlas.scoring.engine as engine
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
 
     model = tiny_model("llama").train()
 
@@ -180,7 +180,7 @@ def test_gguf_conversion_runs_once_for_concurrent_callers(tmp_path, monkeypatch)
 
 
 def test_tasks_are_found_across_several_folders(llama_dir, tmp_path):
-    from tests.conftest import SHARED
+    from tests.helpers import SHARED
 
     db = tmp_path / "a.duckdb"
     res = runner.invoke(app, ["ingest", "--model", str(llama_dir), "--sni-dir", str(SNI_DIR),
@@ -195,7 +195,7 @@ def test_tasks_are_found_across_several_folders(llama_dir, tmp_path):
 def test_evaluation_bad_input_is_refused(llama_dir, tmp_path):
     from atlas.errors import AtlasError
     from atlas.evaluate.labels import Scored, label_sequences, score_sequences
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
 
     db = tmp_path / "a.duckdb"
     assert ingest(llama_dir, db, "--task", "task195").exit_code == 0

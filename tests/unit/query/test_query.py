@@ -13,8 +13,8 @@ from atlas.query import compare_models, overlap_matrix, specificity
 from atlas.query.core import rows
 from atlas.store import open_db
 from cli.main import app
-from tests.conftest import PUBLISHED_DIR, SNI_DIR, save_tiny
-from tests.conftest import ROOT_DIR as ROOT
+from tests.helpers import PUBLISHED_DIR, SNI_DIR, save_tiny
+from tests.helpers import ROOT_DIR as ROOT
 
 runner = CliRunner()
 PAPER = ["task075", "task1645", "task195", "task274", "task379", "task391", "task512", "task566"]
@@ -352,3 +352,29 @@ def test_method_overlap_matches_set_arithmetic(tmp_path):
                                                for k, r in enumerate(got["n_shared"][:2])]
     bad = client.get("/method-overlaps", params={"model": "a", "versus": "lape"})
     assert bad.status_code == 422 and "has no 'lape' sets" in bad.json()["error"]
+
+
+def test_one_definition_of_the_set_pair_measures(tiny_db):
+    """The set_overlaps view, overlap and compare compute a pair's measures by one definition:
+    the view's SQL holds pair_measures' text, and compare's Jaccard equals the view's."""
+    import re
+    import runpy
+
+    from atlas.query.overlap import pair_measures
+
+    migrations = sorted((ROOT / "migrations" / "versions").glob("0*.py"))
+    defined = [runpy.run_path(str(m)).get("VIEW_SQL", {}).get("set_overlaps") for m in migrations]
+    view = [sql for sql in defined if sql][-1]  # the newest definition of the view
+    squeeze = lambda sql: re.sub(r"\s+", "", sql).lower()  # noqa: E731
+    assert squeeze(pair_measures("sh.n_shared", "a.size", "b.size")) in squeeze(view)
+    engine = open_db(tiny_db, read_only=True)
+    a, b = _models(tiny_db)
+
+    def members(model: str, task: str) -> set:
+        return {(r["layer"], r["neuron"]) for r in rows(
+            engine, "SELECT layer, neuron FROM neuron_set_members JOIN task_sets USING (set_id) "
+                    "WHERE model = :m AND task = :t AND method = 'cgvst'", m=model, t=task)}
+    for row in compare_models(engine, a, b, "cgvst"):  # brute force over the members
+        x, y = members(a, row["task"]), members(b, row["task"])
+        assert row["n_shared"] == len(x & y) and row["jaccard"] == len(x & y) / len(x | y)
+    engine.dispose()

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from atlas.errors import AtlasError
 from atlas.models.loading import QWEN_CODER_05B, ChunkedGGUF, convert_gguf
 from cli.main import app
-from tests.conftest import ROOT_DIR, SNI_DIR, query, save_tiny
+from tests.helpers import ROOT_DIR, SNI_DIR, query, save_tiny
 
 
 def fake(tmp_path, monkeypatch, parts: list[bytes], name: str = "fake-model") -> ChunkedGGUF:
@@ -90,6 +90,7 @@ def test_bfloat16_on_cpu_end_to_end(tmp_path):
     assert params["device"] == "cpu"
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("given", [None, "ACTIVE"])
 def test_cli_sets_a_passive_openmp_wait_policy_unless_told(given):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

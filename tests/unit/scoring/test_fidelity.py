@@ -24,7 +24,7 @@ from atlas.scoring import cgvst
 from atlas.tasks import render_reference, special_token_targets
 from atlas.tasks.prompts import format_for
 from cli.main import app
-from tests.conftest import CHATML, LLAMA2, SHARED, SNI_DIR, build_tokenizer, save_tiny, tiny_config
+from tests.helpers import CHATML, LLAMA2, SHARED, SNI_DIR, build_tokenizer, save_tiny, tiny_config
 
 TOKENIZERS = SHARED / "tokenizers"
 RELEASED_SPECIAL_IDS = [[518, 25580, 29962], [518, 29914, 25580, 29962]]  # " [INST]", " [/INST]"

@@ -13,7 +13,9 @@ import pytest
 from atlas.serve.lease import SharedOpen
 from atlas.store import open_db
 from atlas.store.db import connect, writer_waiting
-from tests.conftest import ROOT_DIR
+from tests.helpers import ROOT_DIR
+
+pytestmark = pytest.mark.system  # a server, a browser or subprocesses
 
 WRITE = """
 import sys, time

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from atlas.errors import AtlasError
 from atlas.models import adapter_for
 from atlas.scoring import cgvst, reduce_neurons
-from tests.conftest import FAMILIES, tiny_model
+from tests.helpers import FAMILIES, tiny_model
 
 
 def _examples(seed: int = 1, n: int = 5, vocab: int = 600):
@@ -125,7 +125,7 @@ def test_hooks_removed_and_bad_targets_rejected():
 
 def test_device_map_loading_scores_like_a_plain_load(tmp_path):
     from atlas.models import load_model
-    from tests.conftest import save_tiny
+    from tests.helpers import save_tiny
 
     folder = save_tiny("qwen2", tmp_path / "tiny")
     plain = load_model(str(folder), device="cpu")

@@ -9,7 +9,7 @@ from atlas.intervene.experiment import find_set
 from atlas.store import open_db
 from atlas.store import repository as repo
 from cli.main import app
-from tests.conftest import query
+from tests.helpers import query
 
 runner = CliRunner()
 N_LAYERS, D_MLP = 3, 8

@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import ROOT_DIR, ingested_tiny, query
+from tests.helpers import ROOT_DIR, ingested_tiny, query
 
 runner = CliRunner()
 
@@ -73,6 +73,7 @@ def test_snapshot_refreshes_its_own_folder_but_not_strangers_in_it(atlas, tmp_pa
     refused(["db", "snapshot", str(copy), "--db", str(db)], "which a snapshot did not write", copy)
 
 
+@pytest.mark.system
 def test_two_restores_onto_one_name_one_wins_whole(atlas, tmp_path):
     _, _, _, snap = atlas
     target = tmp_path / "new.duckdb"
@@ -223,3 +224,34 @@ def test_a_newer_schema_is_refused_in_one_line(atlas, tmp_path):
     refused(["select", "--model", "x", "--task", "t", "--rule", "layer:2", "--db", str(newer)],
             "", newer)
     assert json.dumps(query(newer, "SELECT version_num FROM alembic_version")) == '[["9999"]]'
+
+
+def test_a_changed_task_file_is_refused_not_restamped(atlas, tmp_path):
+    from tests.helpers import SNI_DIR
+
+    folder, db, _, _ = atlas
+    source = json.loads((SNI_DIR / "task379_agnews_topic_classification.json").read_text())
+    path = tmp_path / "task9379_news.json"
+    source["Instances"] = source["Instances"][:40]
+    path.write_text(json.dumps(source))
+    common = ["--model", str(folder), "--db", str(db), "--shots", "1", "--task", str(path)]
+    assert runner.invoke(app, ["ingest", *common, "--examples", "4"]).exit_code == 0
+    stored = query(db, "SELECT data_hash FROM tasks WHERE name = 'task9379_news'")
+    source["Instances"][0]["input"] += " (edited)"
+    path.write_text(json.dumps(source))
+    refused(["ingest", *common, "--examples", "4"], "changed since the atlas stored it", db)
+    refused(["ablate", "--model", str(folder), "--db", str(db), "--shots", "1", "--task",
+             "task379", "--eval-task", str(path), "--examples", "4", "--controls", "1"],
+            "put the original file back", db)
+    assert query(db, "SELECT data_hash FROM tasks WHERE name = 'task9379_news'") == stored
+
+
+def test_a_file_read_by_the_released_rules_is_the_same_task(tmp_path):
+    from atlas.tasks.sni import load_task
+
+    path = tmp_path / "task9001_two.json"
+    path.write_text(json.dumps({"Definition": ["One. ", "Two."], "Instances": [
+        {"id": "a", "input": "x", "output": ["yes"]}, {"id": "b", "input": "y", "output": []}]}))
+    default, released = load_task(str(path)), load_task(str(path), released=True)
+    assert released.data_hash != default.data_hash  # runs keep what they read
+    assert released.stored_hash == default.stored_hash == default.data_hash  # one task row

@@ -8,7 +8,7 @@ from atlas.errors import AtlasError
 from atlas.models import ARCHITECTURES, adapter_for
 from atlas.tasks import PromptFormat, load_task, pick_demos, scoring_examples, split_task
 from atlas.tasks.sni import expand_task_names
-from tests.conftest import LLAMA2, SNI_DIR, build_tokenizer
+from tests.helpers import LLAMA2, SNI_DIR, build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -16,6 +17,8 @@ from atlas.serve.app import create_app
 from atlas.serve.cache import LRU, array_bytes
 from atlas.store import open_db
 from atlas.store import repository as repo
+
+pytestmark = pytest.mark.system  # a server, a browser or subprocesses
 
 
 def test_lru_keeps_to_its_byte_bound():

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import SNI_DIR, save_tiny
+from tests.helpers import SNI_DIR, save_tiny
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed")
 runner = CliRunner()

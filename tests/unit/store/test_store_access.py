@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -17,10 +16,12 @@ from typer.testing import CliRunner
 
 from atlas.store.db import connect, migrate
 from cli.main import app
-from tests.conftest import SNI_DIR, save_tiny
+from tests.helpers import ROOT_DIR, SNI_DIR, save_tiny
+
+pytestmark = pytest.mark.system  # a server, a browser or subprocesses
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = ROOT_DIR
 
 
 @pytest.fixture(scope="module")

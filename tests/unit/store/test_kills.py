@@ -18,9 +18,11 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import ingested_tiny
+from tests.helpers import ROOT_DIR, ingested_tiny
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.system  # a server, a browser or subprocesses
+
+ROOT = ROOT_DIR
 runner = CliRunner()
 
 # Runs `atlas ARGS...` with MODULE:FUNCTION wrapped so that the process SIGKILLs itself right

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from atlas.intervene import Intervention, apply, random_control
 from atlas.models import adapter_for
 from cli.main import app
-from tests.conftest import SNI_DIR, ingested_tiny, save_tiny, tiny_model
+from tests.helpers import SNI_DIR, ingested_tiny, save_tiny, tiny_model
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import duckdb
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import ingested_tiny
+from tests.helpers import ingested_tiny
 
 runner = CliRunner()
 ORDER = {"models": "model_id", "tasks": "task_id", "runs": "run_id",

@@ -14,7 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import PUBLISHED_DIR, ROOT_DIR, SNI_DIR, save_tiny
+from tests.helpers import PUBLISHED_DIR, ROOT_DIR, SNI_DIR, save_tiny
+
+pytestmark = pytest.mark.system  # a server, a browser or subprocesses
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import torch
 
 from atlas.models.adapters import adapter_for
 from atlas.scoring import lape_sets, reduce_neurons
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 
 def released_identify(over_zero: torch.Tensor, n: torch.Tensor) -> list[list[torch.Tensor]]:

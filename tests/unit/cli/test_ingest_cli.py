@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 import atlas.ingest
 from atlas.store.db import connect, current_revision, migrate
 from cli.main import app
-from tests.conftest import SNI_DIR, query, save_tiny
+from tests.helpers import SNI_DIR, query, save_tiny
 
 runner = CliRunner()
 
@@ -110,6 +110,7 @@ def test_failure_marks_run_failed_and_keeps_other_runs(llama_dir, tmp_path, monk
     assert query(db, "SELECT count(DISTINCT run_id) FROM neuron_scores") == [(1,)]
 
 
+@pytest.mark.system
 def test_second_writer_gets_clear_message(llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ATLAS_LOCK_WAIT", "1")
     db = tmp_path / "a.duckdb"
