@@ -4,6 +4,8 @@ locally trained tokenizer, a tiny ingested atlas, and a read-only query of a dat
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -164,3 +166,34 @@ def ingested_tiny(tmp_path: Path, tasks=("task379", "task195"), family: str = "l
     res = CliRunner().invoke(app, ["ingest", *common, "--examples", "4", *task_args])
     assert res.exit_code == 0, res.output
     return folder, db, common
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(app) -> Iterator[str]:
+    """``app`` on a real uvicorn server on 127.0.0.1 in a thread: its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(5)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from atlas.errors import AtlasError
+from atlas.errors import NotFound
 from atlas.store.identity import resolve_model, resolve_task
 
 __all__ = ["check_method", "resolve_model", "resolve_task", "rows", "set_methods"]
@@ -30,5 +30,5 @@ def set_methods(engine: Engine, model: dict) -> list[str]:
 def check_method(engine: Engine, model: dict, method: str) -> None:
     have = set_methods(engine, model)
     if method not in have:
-        raise AtlasError(f"model '{model['name']}' has no '{method}' sets; it has: "
+        raise NotFound(f"model '{model['name']}' has no '{method}' sets; it has: "
                          f"{', '.join(have) or 'none'} (run atlas ingest --method {method})")

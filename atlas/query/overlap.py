@@ -90,12 +90,12 @@ def method_overlap(engine: Engine, model: str, method: str, versus: list[str],
     different scorers find the same neurons for the same task. A task without a ``versus`` set
     gets None there."""
     _check_measure(measure)
-    if not versus or method in versus:
-        raise AtlasError(f"give --versus one or more methods other than '{method}'")
     info = resolve_model(engine, model)
     methods = list(dict.fromkeys((method, *versus)))
     for m in methods:
         check_method(engine, info, m)
+    if not versus or method in versus:
+        raise AtlasError(f"give --versus one or more methods other than '{method}'")
     value = {(r["task_id_a"], r["method_b"]): r[measure]
              for r in _set_pairs(engine, info["model_id"], methods, same_task=True)
              if r["method_a"] == method}

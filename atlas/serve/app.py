@@ -13,15 +13,21 @@ The app is the routers of :mod:`atlas.serve.views` over one :class:`~atlas.serve
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atlas.errors import AtlasError
+from atlas.serve.http import ConditionalGet, GZipUnlessRanged, HeadAsGet
 from atlas.serve.responses import error, status_of
 from atlas.serve.state import AtlasState
+
+log = logging.getLogger("atlas.serve")
 
 
 def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int = 10_000,
@@ -47,17 +53,48 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                                  threads=threads)
     _swagger_assets(app)
 
+    _error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(ConditionalGet)
+    app.add_middleware(GZipUnlessRanged, minimum_size=1024)
+    app.add_middleware(HeadAsGet)  # outermost: headers as the GET (compressed) would have them
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """One error shape for everything: ``{"error": "..."}`` (see ``contract.ErrorBody``)."""
+
     @app.exception_handler(AtlasError)
     async def atlas_error(request: Request, err: AtlasError) -> JSONResponse:
         return error(str(err), status_of(err))
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, err: RequestValidationError) -> JSONResponse:
+        return error(validation_message(err.errors()), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = {404: f"no such path {request.url.path}; the paths are listed at /docs",
+                   405: f"{request.method} is not allowed on {request.url.path}"}
+        return error(message.get(err.status_code, str(err.detail)), err.status_code,
+                     getattr(err, "headers", None))
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception) -> JSONResponse:
-        return error(f"{type(err).__name__}: {err}", 500)
+        log.exception("unexpected error answering %s", request.url)
+        return error("internal error; nothing was changed (the server's log has the details)",
+                     500)
 
-    for router in ROUTERS:
-        app.include_router(router)
-    return app
+
+def validation_message(errors: list[dict]) -> str:
+    """The framework's validation errors as one line: which parameter, and what it must be."""
+    parts = []
+    for e in errors:
+        where, *path = e.get("loc", ("request",))
+        name = ".".join(str(p) for p in path) or str(where)
+        parts.append(f"bad {where} parameter '{name}': {e.get('msg', 'invalid')}")
+    return "; ".join(parts) + "; see /docs for what each parameter takes"
 
 
 def _swagger_assets(app: FastAPI) -> None:

@@ -66,7 +66,7 @@ class AtlasState:
         self._catalogs = LRU(64, counted)
         self._models = LRU(256, counted)
         self._computed = LRU(256, counted)
-        self._answers = LRU(ANSWER_CACHE_BYTES, len)
+        self._answers = LRU(ANSWER_CACHE_BYTES, lambda answer: len(answer[0]))
 
     @contextmanager
     def request(self) -> Iterator[Pinned]:
@@ -119,8 +119,9 @@ class AtlasState:
         """A value computed from stored rows that never change under ``key`` (e.g. set ids)."""
         return self._computed.get(key, make)
 
-    def answer(self, key: Hashable, stamp: tuple, make: Callable[[], bytes]) -> bytes:
-        """An encoded answer, made once per atlas ``stamp``."""
+    def answer(self, key: Hashable, stamp: tuple, make: Callable[[], tuple[bytes, str]]
+               ) -> tuple[bytes, str]:
+        """An encoded answer (body, media type), made once per atlas ``stamp``."""
         return self._answers.get((*key, stamp), make)
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 
 from atlas.query.neurons import neuron_profile
+from atlas.serve.contract import MODEL_SPEC, NeuronAnswer, json_answer
 from atlas.serve.state import AtlasState, state
 
-router = APIRouter()
+router = APIRouter(tags=["neurons"])
 
 
-@router.get("/models/{model}/neurons/{layer}/{neuron}")
-def neuron(model: str, layer: int, neuron: int, st: AtlasState = Depends(state)):
+@router.get("/models/{model}/neurons/{layer}/{neuron}",
+            responses=json_answer(NeuronAnswer, "The neuron's sets and scores."))
+def neuron(model: str = Path(..., description=MODEL_SPEC),
+           layer: int = Path(..., ge=0, le=2**15), neuron: int = Path(..., ge=0, le=2**31 - 1),
+           st: AtlasState = Depends(state)):
+    """A neuron's score and rank in every complete run of its model, and the sets it is in."""
     with st.request() as eng:
         stamp = st.stamp(eng)
         info = st.model(eng, model, stamp)

@@ -351,7 +351,7 @@ def test_method_overlap_matches_set_arithmetic(tmp_path):
     assert csv_rows.text.splitlines()[1:3] == [f'"task{k + 1}",{r["size"]},{r["gv"]}'
                                                for k, r in enumerate(got["n_shared"][:2])]
     bad = client.get("/method-overlaps", params={"model": "a", "versus": "lape"})
-    assert bad.status_code == 422 and "has no 'lape' sets" in bad.json()["error"]
+    assert bad.status_code == 404 and "has no 'lape' sets" in bad.json()["error"]
 
 
 def test_one_definition_of_the_set_pair_measures(tiny_db):

@@ -1,0 +1,357 @@
+"""The served contract: every answer's shape as a pydantic model, the parameters' enums, and the
+one error shape. The OpenAPI schema at ``/openapi.json`` is generated from these; answers are
+written directly (not re-validated per request) and a test holds every answer to its model.
+
+Timestamps are text in JSON (``YYYY-MM-DD HH:MM:SS[.ffffff]``, UTC) and timestamps in Parquet.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+Score = float | None  # a statistic that can be undefined (NaN in the computation): null
+
+
+class Format(str, Enum):
+    """How a table is written: a JSON page, CSV (with its header even when empty) or Parquet
+    (the database's types)."""
+
+    json = "json"
+    csv = "csv"
+    parquet = "parquet"
+
+
+class Measure(str, Enum):
+    """A set-pair measure: |A ∩ B| / |A ∪ B|, |A ∩ B| / min(|A|, |B|), or |A ∩ B|."""
+
+    jaccard = "jaccard"
+    overlap_coef = "overlap_coef"
+    n_shared = "n_shared"
+
+
+MODEL_SPEC = ("A stored model: NAME, NAME@DTYPE, NAME@REVISION (or a revision prefix) or #ID, "
+              "as on the command line; a name that fits several models is a 409 listing them.")
+TASK_SPEC = ("A stored task: its full name, its Super-NaturalInstructions id (task195) when one "
+             "task has it, or #ID.")
+METHOD_SPEC = ("A method its sets were made by (cgvst, cgvst_marker, gv, grad_x_act, lape, act_prob, "
+               "gate_prob, random; cgvst-shared and cgvst-specific for split sets).")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Strict):
+    """Every error: 404 unknown, 405 method not allowed, 409 ambiguous, 422 bad parameters, 503
+    database unavailable, 500 never expected (no internals in the message)."""
+
+    error: str = Field(description="What is wrong and how to fix it, in one line.")
+
+
+class Page(Strict, Generic[T]):
+    total: int = Field(description="Rows in the whole answer.")
+    offset: int = Field(description="Rows skipped before this page.")
+    limit: int = Field(description="Rows a page holds at most.")
+    rows: list[T]
+
+
+class OverviewRow(Strict):
+    model: str
+    dtype: str
+    method: str
+    runs: int = Field(description="Runs of this model and method (0: imported sets).")
+    complete: int
+    running: int
+    failed: int
+    tasks: int = Field(description="Distinct tasks.")
+
+
+class ModelRow(Strict):
+    model_id: int
+    name: str
+    family: str | None = Field(description="Architecture (llama, qwen2, ...).")
+    n_layers: int
+    d_mlp: int = Field(description="Neurons per layer (the MLP's intermediate width).")
+    revision: str = Field(description="The weights' hash or revision.")
+    dtype: str
+    created_at: str
+
+
+class TaskRow(Strict):
+    task_id: int
+    name: str
+    source: str | None = Field(description="The file or dataset the task was read from.")
+    n_instances: int | None
+    data_hash: str | None = Field(description="Hash of the data as the atlas stored it.")
+
+
+class RunRow(Strict):
+    run_id: int
+    model_id: int
+    task_id: int
+    method: str
+    status: str = Field(description="running, complete or failed; only complete runs count.")
+    params: dict[str, Any] | None = Field(description="Everything the run depends on (seeds, "
+                                                       "data hash, prompt rule, versions).")
+    params_key: str
+    n_examples: int | None
+    n_tokens: int | None
+    n_skipped: int | None
+    error: str | None
+    started_at: str
+    finished_at: str | None
+
+
+class SetRow(Strict):
+    set_id: int
+    name: str
+    model_id: int
+    model: str
+    task_id: int | None
+    task: str | None
+    method: str
+    rule: str = Field(description="The selection rule (top:0.05: the global top 5%).")
+    size: int
+    fraction: float = Field(description="Share of the model's neurons.")
+
+
+class MemberRow(Strict):
+    layer: int
+    neuron: int
+
+
+class EvaluationRow(Strict):
+    eval_id: int
+    model_id: int
+    model: str
+    set_id: int | None
+    set_name: str | None
+    set_task_id: int | None
+    set_task: str | None
+    method: str | None
+    factor: float = Field(description="0 inhibits, > 1 amplifies, 1: unmodified.")
+    is_control: bool
+    control_seed: int | None
+    eval_task_id: int
+    eval_task: str
+    metric: str
+    n: int
+    seed: int
+    params_key: str
+    baseline: Score
+    value: Score
+    delta: Score
+    rel_change: Score
+
+
+class LayerRow(Strict):
+    task: str
+    layer: int
+    n: int = Field(description="Neurons of the set in this layer.")
+    rel_depth: float = Field(description="(layer + 0.5) / n_layers.")
+    fraction: float = Field(description="Share of the set in this layer.")
+    task_label: str
+
+
+class SpecificityRow(Strict):
+    task: str
+    task_id: int
+    size: int
+    n_unique: int = Field(description="Neurons in no other task's set of this method.")
+    specificity: Score = Field(description="n_unique / size.")
+    mean_jaccard: Score = Field(description="Mean Jaccard with the other tasks' sets.")
+
+
+class MethodOverlapRow(BaseModel):
+    """One task; besides ``task`` and ``size``, one column per compared method."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "additionalProperties": {"type": "number", "nullable": True}})
+    task: str
+    size: int
+
+
+class OverlapMatrix(Strict):
+    model: str
+    model_id: int
+    method: str
+    measure: Measure
+    tasks: list[str]
+    labels: list[str] = Field(description="Short task labels, in the order of tasks.")
+    values: list[list[float | None]] = Field(description="[task_i][task_j].")
+
+
+class CompareRow(Strict):
+    task: str
+    depth_a: float = Field(description="Mean relative depth of model A's set.")
+    depth_b: float
+    depth_distance: float = Field(description="Wasserstein distance of the depth distributions.")
+    n_shared: int | None = Field(None, description="Shared neurons (models of one shape).")
+    jaccard: Score = None
+    spearman: Score = Field(None, description="Spearman correlation of the two runs' scores.")
+
+
+class Agreement(Strict):
+    model_a: str
+    model_b: str
+    method: str
+    n_tasks: int
+    r: Score = Field(description="Mantel r of the task × task Jaccard matrices.")
+    p: Score
+    n_permutations: int
+    exact: bool
+
+
+class AgreementError(Strict):
+    error: str
+
+
+class Comparison(Strict):
+    tasks: list[CompareRow]
+    task_similarity_agreement: Agreement | AgreementError
+
+
+class NeuronSet(Strict):
+    set_id: int
+    name: str
+    method: str
+    rule: str
+    task: str | None
+    current: bool = Field(description="The current set of its (task, method).")
+
+
+class NeuronScore(Strict):
+    run_id: int
+    method: str
+    task: str
+    score: float
+    rank: int = Field(description="1: the highest score of the run.")
+
+
+class NeuronAnswer(Strict):
+    model: str
+    model_id: int
+    layer: int
+    neuron: int
+    sets: list[NeuronSet]
+    scores: list[NeuronScore]
+    current_sets_per_method: dict[str, int]
+    specific_to_one_task: dict[str, bool]
+
+
+class DisplayRow(Strict):
+    name: str
+    values: list[float | None]
+    intervals: list[list[float] | None]
+
+
+class ColumnInfo(Strict):
+    task: str
+    task_id: int | None = None
+    accuracy: Score = None
+    n: int | None = None
+    chance: Score = None
+    p: Score = None
+    above: bool | None = None
+
+
+class Paired(Strict):
+    statistic: str | None = None
+    mean_diff: Score = None
+    p: Score = None
+    n: int | None = None
+
+
+class SetLevel(Strict):
+    own_mean: Score = None
+    controls_mean: Score = None
+    controls_sd: Score = None
+    n_controls: int | None = None
+    diff: Score = None
+    t_p: Score = None
+    rank: int | None = None
+    rank_p: Score = None
+
+
+class VersusOtherSets(Strict):
+    statistic: str | None = None
+    own_mean: Score = None
+    others_mean: Score = None
+    rank: int | None = None
+    n_sets: int | None = None
+    mean_diff: Score = None
+    p: Score = None
+    n: int | None = None
+
+
+class SetSummary(Strict):
+    set: str
+    set_task_id: int | None = None
+    target_change: Score = None
+    others_mean_change: Score = None
+    specificity_index: Score = None
+    control_target_change: Score = None
+    control_target_sd: Score = None
+    mean_abs_change: Score = None
+    control_mean_abs_change: Score = None
+    paired: Paired | None = None
+    paired_accuracy: Paired | None = None
+    set_level: SetLevel | None = None
+    vs_other_sets: VersusOtherSets | None = None
+    own_task_above_chance: bool | None = None
+
+
+class ReportTests(BaseModel):
+    """The summary tests over the included sets (counts, means and p-values)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "additionalProperties": {"nullable": True, "oneOf": [{"type": "number"},
+                                                             {"type": "string"}]}})
+
+
+class Report(Strict):
+    rows: list[str] = Field(description="Intervened sets.")
+    columns: list[str] = Field(description="Evaluated tasks.")
+    rel_change: list[list[float | None]] = Field(description="[set][task] relative change.")
+    intervals: list[list[list[float] | None]] = Field(description="95% intervals of rel_change.")
+    row_seeds: list[int | None]
+    display_rows: list[DisplayRow]
+    columns_info: list[ColumnInfo]
+    summary: list[SetSummary]
+    tests: ReportTests
+    excluded: list[str] = Field(description="Sets left out of the tests, with why.")
+
+
+class SqlQuery(Strict):
+    sql: str = Field(min_length=1, description="One read-only SQL statement.",
+                     examples=["SELECT * FROM set_overlaps LIMIT 5"])
+
+
+class SqlAnswer(Strict):
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    truncated: bool = Field(description="The answer was cut at the server's row limit.")
+
+
+TABLE_MEDIA = {"text/csv": {"schema": {"type": "string"}},
+               "application/vnd.apache.parquet": {"schema": {"type": "string",
+                                                             "format": "binary"}}}
+ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
+    (404, "Unknown model, task, set or path."), (409, "An ambiguous name; the error lists "
+                                                      "the candidates."),
+    (422, "A bad parameter."), (503, "The database is unavailable or being replaced; retry."))}
+
+
+def table_answer(model: type) -> dict:
+    """The OpenAPI ``responses`` of a tabular answer: a JSON page of ``model`` rows, CSV or
+    Parquet, and the errors."""
+    return {200: {"model": Page[model], "content": TABLE_MEDIA,  # type: ignore[valid-type]
+                  "description": "A page of rows (format=json), or CSV or Parquet."}, **ERRORS}
+
+
+def json_answer(model: type, description: str = "The answer.") -> dict:
+    return {200: {"model": model, "description": description}, **ERRORS}

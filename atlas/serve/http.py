@@ -1,0 +1,108 @@
+"""HTTP around the answers, as ASGI middleware: ``HEAD`` answered as ``GET`` without the body,
+and conditional ``GET``: every 200 answer carries an ``ETag`` (a hash of its bytes, which change
+only with the atlas's state) and ``Cache-Control: no-cache``, and a request whose
+``If-None-Match`` names it gets 304 with no body; a single byte range is answered with 206.
+gzip for large answers, except to a ranged request."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+Scope = dict[str, Any]
+
+
+class HeadAsGet:
+    """Answer ``HEAD`` as the ``GET`` of the same URL would be, headers only."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: dict) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
+class ConditionalGet:
+    """ETag and Cache-Control on every 200 answer to a GET; 304 when the client has it."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def buffered(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                await self._answer(scope, start, b"".join(chunks), send)
+        await self.app(scope, receive, buffered)
+
+    @staticmethod
+    async def _answer(scope: Scope, start: dict, body: bytes, send: Any) -> None:
+        headers = list(start.get("headers", []))
+        if start.get("status") == 200:
+            etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'.encode()
+            headers += [(b"etag", etag), (b"cache-control", b"no-cache")]
+            asked = dict(scope.get("headers", [])).get(b"if-none-match", b"")
+            if etag in [tag.strip().removeprefix(b"W/") for tag in asked.split(b",")]:
+                kept = [(k, v) for k, v in headers if k in (b"etag", b"cache-control")]
+                await send({"type": "http.response.start", "status": 304, "headers": kept})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            headers.append((b"accept-ranges", b"bytes"))
+            span = byte_range(dict(scope.get("headers", [])).get(b"range", b""), len(body))
+            if span is not None:  # readers of remote files (polars, DuckDB) fetch in parts
+                first, last = span
+                headers = [(k, v) for k, v in headers if k != b"content-length"]
+                headers += [(b"content-range", f"bytes {first}-{last}/{len(body)}".encode()),
+                            (b"content-length", str(last - first + 1).encode())]
+                await send({**start, "status": 206, "headers": headers})
+                await send({"type": "http.response.body", "body": body[first:last + 1]})
+                return
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def byte_range(header: bytes, size: int) -> tuple[int, int] | None:
+    """The (first, last) byte of a single ``Range: bytes=...`` request within ``size`` bytes;
+    None for no range, several ranges or one outside the answer (then the whole answer)."""
+    unit, _, spec = header.decode("latin-1").partition("=")
+    if unit.strip() != "bytes" or "," in spec or "-" not in spec or not size:
+        return None
+    first, _, last = (part.strip() for part in spec.partition("-"))
+    try:
+        if not first:  # the last N bytes
+            return max(size - int(last), 0), size - 1
+        start, end = int(first), min(int(last) if last else size - 1, size - 1)
+    except ValueError:
+        return None
+    return (start, end) if start <= end else None
+
+
+class GZipUnlessRanged:
+    """gzip for large answers, except to a request for a byte range (its offsets name the
+    uncompressed answer)."""
+
+    def __init__(self, app: Any, minimum_size: int = 1024):
+        from starlette.middleware.gzip import GZipMiddleware
+
+        self.app, self.gzip = app, GZipMiddleware(app, minimum_size=minimum_size)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        ranged = scope["type"] == "http" and b"range" in dict(scope.get("headers", []))
+        await (self.app if ranged else self.gzip)(scope, receive, send)
