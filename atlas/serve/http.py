@@ -101,7 +101,8 @@ class GZipUnlessRanged:
     def __init__(self, app: Any, minimum_size: int = 1024):
         from starlette.middleware.gzip import GZipMiddleware
 
-        self.app, self.gzip = app, GZipMiddleware(app, minimum_size=minimum_size)
+        self.app, self.gzip = app, GZipMiddleware(app, minimum_size=minimum_size,
+                                                    compresslevel=5)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         ranged = scope["type"] == "http" and b"range" in dict(scope.get("headers", []))

@@ -53,7 +53,8 @@ def models(request: Request, limit: int = Limit, offset: int = Offset, fmt: Form
            st: AtlasState = Depends(state)):
     """The stored models (one per name, revision and dtype)."""
     with st.request() as eng:
-        return paged(eng, catalog.models(), request, fmt, limit, offset)
+        return cached(st, eng, request, fmt, lambda: paged(
+            eng, catalog.models(), request, fmt, limit, offset))
 
 
 @router.get("/tasks", responses=table_answer(TaskRow))
@@ -61,7 +62,8 @@ def tasks(request: Request, limit: int = Limit, offset: int = Offset, fmt: Forma
           st: AtlasState = Depends(state)):
     """The stored tasks."""
     with st.request() as eng:
-        return paged(eng, catalog.tasks(), request, fmt, limit, offset)
+        return cached(st, eng, request, fmt, lambda: paged(
+            eng, catalog.tasks(), request, fmt, limit, offset))
 
 
 @router.get("/runs", responses=table_answer(RunRow))
@@ -70,7 +72,8 @@ def runs(request: Request, model: str | None = ModelFilter, task: str | None = T
          fmt: Format | None = Fmt, st: AtlasState = Depends(state)):
     """Scoring runs, with everything each depends on."""
     with st.request() as eng:
-        return paged(eng, catalog.runs(eng, model, task, method), request, fmt, limit, offset)
+        return cached(st, eng, request, fmt, lambda: paged(
+            eng, catalog.runs(eng, model, task, method), request, fmt, limit, offset))
 
 
 @router.get("/sets", responses=table_answer(SetRow))
@@ -79,7 +82,8 @@ def sets(request: Request, model: str | None = ModelFilter, task: str | None = T
          fmt: Format | None = Fmt, st: AtlasState = Depends(state)):
     """Stored neuron sets with their sizes."""
     with st.request() as eng:
-        return paged(eng, catalog.sets(eng, model, task, method), request, fmt, limit, offset)
+        return cached(st, eng, request, fmt, lambda: paged(
+            eng, catalog.sets(eng, model, task, method), request, fmt, limit, offset))
 
 
 @router.get("/sets/{set_id}/members", responses=table_answer(MemberRow))
@@ -88,7 +92,8 @@ def members(request: Request, set_id: int = Path(..., ge=0, le=2**31 - 1),
             offset: int = Offset, fmt: Format | None = Fmt, st: AtlasState = Depends(state)):
     """A set's neurons by (layer, neuron)."""
     with st.request() as eng:
-        return paged(eng, catalog.members(eng, set_id), request, fmt, limit, offset)
+        return cached(st, eng, request, fmt, lambda: paged(
+            eng, catalog.members(eng, set_id), request, fmt, limit, offset))
 
 
 @router.get("/evaluations", responses=table_answer(EvaluationRow))
@@ -99,4 +104,5 @@ def evaluations(request: Request, model: str | None = ModelFilter,
     """Stored evaluations with their effects (task: the evaluated task)."""
     with st.request() as eng:
         listing = catalog.evaluations(eng, model, task, method)
-        return paged(eng, listing, request, fmt, limit, offset)
+        return cached(st, eng, request, fmt, lambda: paged(
+            eng, listing, request, fmt, limit, offset))

@@ -227,31 +227,67 @@ def _browser():
 
 
 def test_page_in_a_real_browser(server, atlas_db, tmp_path):
+    """The page as a browser: state in the URL (permalinks, Back, deep links), both sets of a
+    heatmap cell, keyboard use, panels that follow the model, and a narrow window."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser = _browser()
+    text = lambda css: browser.find_element(By.CSS_SELECTOR, css).text  # noqa: E731
     try:
         browser.get(str(server.base_url))
         wait = WebDriverWait(browser, 30)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#models li")))
-        names = [li.text.split()[0] for li in browser.find_elements(By.CSS_SELECTOR, "#models li")]
-        assert set(names) == {atlas_db[1].name, "llama-2-7b-chat"}
-        assert "llama-2-7b-chat" in browser.find_element(By.ID, "overview").text
-        llama = next(li for li in browser.find_elements(By.CSS_SELECTOR, "#models li")
-                     if li.text.startswith("llama-2-7b-chat"))
-        llama.click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "button.model")))
+        models = browser.find_elements(By.CSS_SELECTOR, "button.model")
+        assert {b.text.split()[0] for b in models} == {atlas_db[1].name, "llama-2-7b-chat"}
+        assert "llama-2-7b-chat" in text("#overview")
+        next(b for b in models if b.text.startswith("llama-2-7b-chat")).click()
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "rect.cell")) == 9)
-        browser.find_elements(By.CSS_SELECTOR, "rect.cell")[1].click()
-        title = wait.until(ec.presence_of_element_located((By.ID, "set-title")))
-        assert "17612 neurons" in title.text
+        assert "model=%23" in browser.current_url  # the state is in the URL, the model by id
+        assert "cgvst" in text("#heatmap-title") and "llama-2-7b-chat" in text("#heatmap-title")
+        assert "diagonal grey" in text("#heatmap")  # the colour scale, off-diagonal values
+        cells = browser.find_elements(By.CSS_SELECTOR, "rect.cell")
+        cells[1].click()  # row 0, column 1: both tasks' sets
+        wait.until(ec.presence_of_element_located((By.ID, "set-title-b")))
+        first = (text("#set-title"), text("#set-title-b"))
+        assert "task195" in first[0] and "task379" in first[1] and "17612 neurons" in first[0]
+        assert "neurons in both sets" in text("#set-pair")
+        cells = browser.find_elements(By.CSS_SELECTOR, "rect.cell")
+        cells[5].send_keys(Keys.ENTER)  # by keyboard: row 1, column 2
+        wait.until(lambda b: "task391" in text("#set-title-b"))
+        assert "task379" in text("#set-title")
+        browser.back()  # Back returns to the previous cell, not out of the page
+        wait.until(lambda b: "task379" in text("#set-title-b"))
         browser.find_element(By.CSS_SELECTOR, "a.member").click()
-        wait.until(lambda b: "in " in b.find_element(By.ID, "neuron").text)
+        wait.until(lambda b: "in " in text("#neuron"))
+        link = browser.current_url
+        assert "neuron=" in link and "row=" in link and "col=" in link
+        browser.get("about:blank")
+        browser.get(link)  # a deep link opens where it points
+        wait.until(lambda b: b.find_elements(By.ID, "neuron-title")
+                   and b.find_elements(By.ID, "set-title-b"))
+        assert text("#set-title-b") == first[1]
+        legend = browser.find_elements(By.CSS_SELECTOR, "#layers-legend button")
+        assert len(legend) == 3 and "relative depth" in text("#layers")
         shot = tmp_path / "atlas-serve.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
         print(f"screenshot: {shot}")
+        tiny = next(b for b in browser.find_elements(By.CSS_SELECTOR, "button.model")
+                    if b.text.startswith(atlas_db[1].name))
+        tiny.click()  # another model: the previous model's set and neuron are gone
+        wait.until(lambda b: text("#set") == "" and text("#neuron") == ""
+                   and atlas_db[1].name in text("#heatmap-title"))
+        browser.find_element(By.ID, "sql-go").click()
+        wait.until(lambda b: b.find_elements(By.ID, "sql-count"))
+        browser.set_window_size(420, 900)  # usable narrow: nothing wider than the window
+        wide = browser.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= 420, (wide, browser.execute_script(
+            "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect()"
+            ".right > 421).slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className)"))
+        browser.save_screenshot(str(tmp_path / "atlas-serve-420.png"))
         browser.get(str(server.base_url) + "/docs")  # the API docs render without a CDN
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".opblock")) >= 10)
     finally:
