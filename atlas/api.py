@@ -15,7 +15,6 @@ functions. Importing this module loads no torch.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -194,9 +193,8 @@ class Atlas:
         return self._relation(pa.Table.from_pylist(data))
 
     def _listing(self, listing: catalog.Listing) -> duckdb.DuckDBPyRelation:
-        sql = re.sub(r"(?<!:):(\w+)", r"$\1", listing.sql)  # DuckDB's named parameters
         with self._engine.connect() as conn:  # DuckDB's Arrow path: the stored types kept
-            return self._relation(arrays._duck(conn).sql(sql, params=listing.params).to_arrow_table())
+            return self._relation(listing.arrow(conn))
 
     def _one(self, sql: str, missing: str, **params) -> tuple:
         with self._engine.connect() as conn:

@@ -6,13 +6,16 @@ A listing is a statement and its parameters; the server pages it, the Python API
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.engine import Engine
+import pyarrow as pa
+from sqlalchemy.engine import Connection, Engine
 
 from atlas.errors import NotFound
 from atlas.query.core import resolve_model, resolve_task, rows
+from atlas.store.arrays import _duck
 from atlas.store.identity import task_labels
 
 
@@ -22,6 +25,13 @@ class Listing:
 
     sql: str
     params: dict[str, Any] = field(default_factory=dict)
+
+    def arrow(self, conn: Connection, limit: int | None = None, offset: int = 0) -> pa.Table:
+        """The rows (one page of them with ``limit``) as Arrow through DuckDB's own connection
+        under ``conn``, so that the stored types are kept."""
+        sql = self.sql if limit is None else f"{self.sql} LIMIT {int(limit)} OFFSET {int(offset)}"
+        native = re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"$\1", sql)  # DuckDB's named parameters
+        return _duck(conn).sql(native, params=self.params).to_arrow_table()
 
 
 def filters(engine: Engine, model: str | None = None, task: str | None = None,

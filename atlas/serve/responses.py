@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -63,19 +62,16 @@ def chosen(fmt: Format | None, request: Request) -> Format:
 
 
 def table(data: list[dict], request: Request, fmt: Format | None, limit: int, offset: int,
-          total: int | None = None, *, row: type | None = None,
-          arrow: pa.Table | None = None) -> Response:
-    """Rows as a JSON page (``total``, ``offset``, ``limit``, ``rows``), CSV or Parquet. CSV and
-    Parquet are written from ``arrow`` when given (the database's types), else from ``data``,
-    with ``row``'s fields as the columns of an empty answer."""
+          total: int | None = None, *, row: type | None = None) -> Response:
+    """Rows as a JSON page (``total``, ``offset``, ``limit``, ``rows``), CSV or Parquet, with
+    ``row``'s fields as the columns of an empty answer."""
     fmt = chosen(fmt, request)
     if fmt == Format.json:
         body = {"total": len(data) if total is None else total, "offset": offset,
                 "limit": limit, "rows": data}
         return Response(json_bytes(body), media_type=MEDIA[fmt])
-    if arrow is None:
-        arrow = (pa.Table.from_pylist([{k: plain(v) for k, v in r.items()} for r in data])
-                 if data or row is None else empty_table(row))
+    arrow = (pa.Table.from_pylist([{k: plain(v) for k, v in r.items()} for r in data])
+             if data or row is None else empty_table(row))
     return tabular(arrow, fmt)
 
 
@@ -113,13 +109,11 @@ def paged(eng: Any, listing: Listing, request: Request, fmt: Format | None, limi
           offset: int) -> Response:
     """One page of a listing's rows, with the total count; CSV and Parquet straight from the
     database's Arrow answer."""
-    sql, params = listing.sql, listing.params
-    page = f"{sql} LIMIT {int(limit)} OFFSET {int(offset)}"
     if chosen(fmt, request) != Format.json:
-        native = re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"$\1", page)  # DuckDB's named parameters
-        arrow = eng.conn.connection.driver_connection.sql(native, params=params).to_arrow_table()
-        return table([], request, fmt, limit, offset, arrow=arrow)
+        return tabular(listing.arrow(eng.conn, limit, offset), chosen(fmt, request))
+    sql, params = listing.sql, listing.params
     total = rows(eng, f"SELECT count(*) AS n FROM ({sql})", **params)[0]["n"]
+    page = f"{sql} LIMIT {int(limit)} OFFSET {int(offset)}"
     return table(rows(eng, page, **params), request, fmt, limit, offset, total)
 
 

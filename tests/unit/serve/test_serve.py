@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,17 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.helpers import PUBLISHED_DIR, ROOT_DIR, SNI_DIR, save_tiny
+from tests.helpers import PUBLISHED_DIR, ROOT_DIR, SNI_DIR, save_tiny, served
 
 pytestmark = pytest.mark.system  # a server, a browser or subprocesses
 
 runner = CliRunner()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,24 +39,11 @@ def atlas_db(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(atlas_db):
-    import uvicorn
-
     from atlas.serve.app import create_app
 
-    port = _free_port()
-    config = uvicorn.Config(create_app(atlas_db[0], sql_timeout_s=5, sql_max_rows=50),
-                            host="127.0.0.1", port=port, log_level="error")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    app = create_app(atlas_db[0], sql_timeout_s=5, sql_max_rows=50)
+    with served(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield client
-    srv.should_exit = True
-    thread.join(5)
 
 
 def test_endpoints_answer_from_the_database(server, atlas_db):
