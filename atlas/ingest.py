@@ -64,7 +64,7 @@ class IngestOptions:
     max_batch_tokens: int | None = None
     max_tokens: int | None = None
     checkpoint_every: int = 16
-    rule: str = "top:0.05"
+    selection_rule: str = "top:0.05"
     force: bool = False
     skip_missing: bool = False
     sni_dir: str | None = None
@@ -112,12 +112,12 @@ class Prepared:
     fmt: PromptFormat
     _encoded: dict[str, tuple[list[Example], int]] = field(default_factory=dict)
 
-    def examples(self, rule: str) -> tuple[list[Example], int]:
+    def examples(self, prompt_rule: str) -> tuple[list[Example], int]:
         """(kept examples, number skipped as too long) under a prompt rule."""
-        if rule not in self._encoded:
+        if prompt_rule not in self._encoded:
             o = self.options
             examples = scoring_examples(self.task, self.queries, self.fmt, o.shots, o.seed,
-                                        rule=rule, pool=self.pool,
+                                        prompt_rule=prompt_rule, pool=self.pool,
                                         demos_include_query=o.demos_include_query,
                                         join_outputs=o.join_outputs)
             kept = [ex for ex in examples if ex.encoded.targets
@@ -126,8 +126,8 @@ class Prepared:
                 raise AtlasError(
                     f"every example of task '{self.task.name}' is longer than {self.limit} "
                     "tokens; use fewer --shots or a larger --max-tokens")
-            self._encoded[rule] = (kept, len(examples) - len(kept))
-        return self._encoded[rule]
+            self._encoded[prompt_rule] = (kept, len(examples) - len(kept))
+        return self._encoded[prompt_rule]
 
 
 def task_seed(seed: int, task_name: str) -> int:
@@ -157,7 +157,7 @@ def _prepare(loaded: LoadedModel, fmt: PromptFormat, task: Task, options: Ingest
             f"task '{task.name}' has {len(split.score)} scoring instances, too few for "
             f"{options.shots} demonstrations per prompt; use --shots {max(available, 0)} or fewer")
     queries = subsample(split.score, options.examples, options.seed)
-    split_info = {"rule": split.rule, "seed": split.seed, "fraction": options.score_fraction,
+    split_info = {"rule": split.split_rule, "seed": split.seed, "fraction": options.score_fraction,
                   "stratified": split.stratified, "n_score": len(split.score),
                   "n_evaluate": len(split.evaluate)}
     limit = options.max_tokens or loaded.max_positions
@@ -168,7 +168,7 @@ def _identity(loaded: LoadedModel, method: Method, prep: Prepared, fmt: PromptFo
               options: IngestOptions) -> dict:
     if method.name == "random":
         return {"method": "random", "seed": options.seed, "seed_rule": "sha256(seed:task name)"}
-    rule = TARGET_RULES[method.rule]
+    target = TARGET_RULES[method.prompt_rule]
     return {
         "method": method.name,
         "targets": method.targets,
@@ -181,9 +181,9 @@ def _identity(loaded: LoadedModel, method: Method, prep: Prepared, fmt: PromptFo
         "demos": {"pool": "whole scoring half", "include_query": options.demos_include_query},
         "answer": "all outputs joined" if options.join_outputs else "first output",
         "data_hash": prep.task.data_hash,
-        "prompt": {**fmt.describe(), "rule": method.rule, "rendering": rule["rendering"]},
-        "special_tokens": "every token" if method.targets == "all" else rule["special_tokens"],
-        "loss": rule["loss"],
+        "prompt": {**fmt.describe(), "rule": method.prompt_rule, "rendering": target["rendering"]},
+        "special_tokens": "every token" if method.targets == "all" else target["special_tokens"],
+        "loss": target["loss"],
         "preset": options.preset,
     }
 
@@ -193,7 +193,7 @@ class Ingestor:
 
     def __init__(self, loaded: LoadedModel, options: IngestOptions, runs: RunStore,
                  reporter: Reporter | None = None):
-        select(torch.zeros(loaded.n_layers, loaded.d_mlp), options.rule)  # a rule that selects
+        select(torch.zeros(loaded.n_layers, loaded.d_mlp), options.selection_rule)  # a rule that selects
         for name in options.methods:
             get_method(name)
         self.loaded = loaded
@@ -238,11 +238,12 @@ class Ingestor:
                                 lambda handle: self._compute(prep, method, handle))
 
     def _run_scored(self, prep: Prepared, method: Method, identity: dict,
-                    compute: Callable, rule: str | None = None,
+                    compute: Callable, selection_rule: str | None = None,
                     mask_of: Callable | None = None) -> IngestResult:
-        """Reuse, resume or compute one run. Its set is ``rule`` (default: the options' rule)
-        applied to its scores, or ``mask_of(scores)`` for a method with its own selection."""
-        rule = rule or self.options.rule
+        """Reuse, resume or compute one run. Its set is ``selection_rule`` (default: the
+        options') applied to its scores, or ``mask_of(scores)`` for a method with its own
+        selection."""
+        selection_rule = selection_rule or self.options.selection_rule
         key = params_key(identity)
         label = f"{prep.task.short_name} · {method.name}"
         done = self.runs.find_complete(prep.task, method.name, key)
@@ -250,18 +251,18 @@ class Ingestor:
             self.runs.check_replaceable(done)  # before hours of compute, not after
         if done and not self.options.force:
             self.reporter.message(f"{label}: reusing complete run {done.ref} (--force recomputes)")
-            n_selected = self.runs.ensure_set(done, rule, select)
+            n_selected = self.runs.ensure_set(done, selection_rule, select)
             return IngestResult(prep.task.name, method.name, done.ref, "reused", done.n_examples,
                                 done.n_tokens, done.n_skipped, 0.0, n_selected)
-        params = {**identity, "rule": rule, "batch_size": self.options.batch_size,
+        params = {**identity, "rule": selection_rule, "batch_size": self.options.batch_size,
                   "device": str(self.loaded.device), "versions": library_versions()}
         handle = self.runs.open_run(prep.task, method.name, params, key)
         started = time.perf_counter()
         try:
             scores, n_examples, n_tokens, n_skipped, resumed = compute(handle)
             require_finite(scores, f"run {handle} ({label})")
-            mask = mask_of(scores) if mask_of else select(scores, rule)
-            done = self.runs.complete(handle, prep.task, method.name, scores, mask, rule,
+            mask = mask_of(scores) if mask_of else select(scores, selection_rule)
+            done = self.runs.complete(handle, prep.task, method.name, scores, mask, selection_rule,
                                       n_examples, n_tokens, n_skipped)
         except KeyboardInterrupt:
             raise
@@ -280,8 +281,8 @@ class Ingestor:
         found = []
         for other in (get_method(m) for m in self.options.methods):
             if (other.name == method.name or other.reduction not in GRADIENT_REDUCTIONS
-                    or (other.rule, other.targets, other.per_token)
-                    != (method.rule, method.targets, method.per_token)
+                    or (other.prompt_rule, other.targets, other.per_token)
+                    != (method.prompt_rule, method.targets, method.per_token)
                     or (prep.task.name, other.name) in self._shared):
                 continue
             identity = _identity(self.loaded, other, prep, self.fmt, self.options)
@@ -297,7 +298,7 @@ class Ingestor:
         shared = self._shared.pop((prep.task.name, method.name), None)
         if shared is not None:  # computed in another method's pass over the same examples
             return (*shared, False)
-        examples, n_skipped = prep.examples(method.rule)
+        examples, n_skipped = prep.examples(method.prompt_rule)
         ckpt = self.runs.load_checkpoint(handle, self.shape)
         resumed = ckpt is not None
         # a fresh pass also computes the companions' reductions (kept in memory until their turn)
@@ -361,5 +362,5 @@ class Ingestor:
                 prep, method, identity,
                 lambda handle, k=k, run=run: (scores[k], run.n_examples, run.n_tokens,
                                               run.n_skipped, False),
-                rule=LAPE_RULE, mask_of=lambda _, k=k: masks[k]))
+                selection_rule=LAPE_RULE, mask_of=lambda _, k=k: masks[k]))
         return results

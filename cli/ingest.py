@@ -70,7 +70,8 @@ def ingest(
     max_batch_tokens: int = typer.Option(None, help="Token budget per padded batch."),
     max_tokens: int = typer.Option(None, help="Skip examples longer than this (default: context)."),
     checkpoint_every: int = typer.Option(16, help="Examples between checkpoints."),
-    rule: str = typer.Option("top:0.05", help="Default set: top:RATE (global) or layer:K."),
+    selection_rule: str = typer.Option("top:0.05", "--rule",
+                                       help="Default set: top:RATE (global) or layer:K."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("auto", help="float32, bfloat16, float16 or auto."),
     device_map: str = typer.Option(None, help="'auto' splits the model across GPUs (accelerate)."),
@@ -98,7 +99,8 @@ def ingest(
     options = IngestOptions(
         methods=method, shots=shots, examples=examples, seed=seed, split_seed=split_seed,
         batch_size=batch_size, max_batch_tokens=max_batch_tokens, max_tokens=max_tokens,
-        checkpoint_every=checkpoint_every, rule=rule, force=force, skip_missing=skip_missing,
+        checkpoint_every=checkpoint_every, selection_rule=selection_rule, force=force,
+        skip_missing=skip_missing,
         sni_dir=sni_path(sni_dir), split=split, demos_include_query=demos_include_query,
         join_outputs=join_outputs, preset=preset,
     )
@@ -185,7 +187,7 @@ def select_cmd(
                               help="Stored model: NAME, NAME@DTYPE, NAME@REVISION or #ID."),
     task: list[str] = typer.Option(..., "--task", "-t", help="Stored task(s): full name or SNI id."),
     method: str = typer.Option("cgvst", "--method", help="Scoring method of the run."),
-    rule: str = typer.Option(..., help="top:RATE (global) or layer:K (per layer)."),
+    selection_rule: str = typer.Option(..., "--rule", help="top:RATE (global) or layer:K (per layer)."),
     db: str = DbOption,
 ) -> None:
     """Make a neuron set from a complete run's stored scores (nothing is recomputed)."""
@@ -202,10 +204,10 @@ def select_cmd(
             runs = [latest_complete_run(conn, found["model_id"],
                                              resolve_task(conn, spec)["task_id"], method)
                     for spec in task]
-            parse_rule(rule)
+            parse_rule(selection_rule)
             for run_id in runs:
-                name, size, created = repo.set_from_run(conn, run_id, rule, select)
-                rows.append({"set": name, "run": run_id, "rule": rule, "size": size,
+                name, size, created = repo.set_from_run(conn, run_id, selection_rule, select)
+                rows.append({"set": name, "run": run_id, "rule": selection_rule, "size": size,
                              "status": "created" if created else "exists"})
     finally:
         engine.dispose()

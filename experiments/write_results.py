@@ -19,7 +19,8 @@ import numpy as np
 from atlas.errors import AtlasError
 from atlas.intervene import report as intervention_report
 from atlas.intervene.report_data import report_matrix
-from atlas.intervene.stats import describe_tests, report_tests, sign_flip_p, significant
+from atlas.intervene.stats import describe_tests, report_tests, sign_flip_p
+from atlas.intervene.summary import significant
 from atlas.query import (
     compare_models,
     depth_profile,
@@ -123,7 +124,7 @@ def above_chance_tasks(engine, name: str) -> dict[str, int] | None:
         rep = intervention_report.build_report(engine, name, "cgvst", 0.0, "label_likelihood")
     except AtlasError:
         return None
-    return {c["task"]: c["task_id"] for c in rep.columns_info if c.get("above")}
+    return {c.task: c.task_id for c in rep.columns_info if c.chance and c.chance.above}
 
 
 def progress_lines(engine, n_tasks: int, factors: list[float], set_controls: int = 20
@@ -245,18 +246,18 @@ def method_effect_lines(engine) -> list[str]:
             except AtlasError:
                 continue
             for e in rep.summary:
-                if e.get("own_task_above_chance") and "paired" in e:
-                    pr = e["paired"]
-                    task_ids[e["set"]] = e["set_task_id"]
-                    cells.setdefault(e["set"], {})[method] = (
-                        f"{pr['mean_diff']:+.3f} ({pr['p']:.2g}); "
-                        f"{e['target_change'] * 100:+.0f}%")
-                    if (v := e.get("set_level")) is not None:
+                if e.own_task_above_chance and e.paired is not None:
+                    pr = e.paired
+                    task_ids[e.set] = e.set_task_id
+                    cells.setdefault(e.set, {})[method] = (
+                        f"{pr.mean_diff:+.3f} ({pr.p:.2g}); "
+                        f"{e.target_change * 100:+.0f}%")
+                    if (v := e.set_level) is not None:
                         levels.append(
-                            f"| {e['set']} | {method} | {v['own_mean']:.3f} | "
-                            f"{v['controls_mean']:.3f} ± {v['controls_sd']:.3f} | "
-                            f"{v['n_controls']} | {v['diff']:+.3f} | {v['t_p']:.2g} | "
-                            f"{v['rank']} / {v['n_controls'] + 1} |")
+                            f"| {e.set} | {method} | {v.own_mean:.3f} | "
+                            f"{v.controls_mean:.3f} ± {v.controls_sd:.3f} | "
+                            f"{v.n_controls} | {v.diff:+.3f} | {v.t_p:.2g} | "
+                            f"{v.rank} / {v.n_controls + 1} |")
                     if method not in present:
                         present.append(method)
         if not cells:
@@ -493,21 +494,21 @@ def main() -> None:
                 except AtlasError:
                     continue
                 included = rep.included
-                paired = [e["paired"] for e in included if "paired" in e]
-                acc = [e["paired_accuracy"]["mean_diff"] for e in included
-                       if "paired_accuracy" in e]
+                paired = [e.paired for e in included if e.paired is not None]
+                acc = [e.paired_accuracy.mean_diff for e in included
+                       if e.paired_accuracy is not None]
                 down = sum(significant(p, -1) for p in paired)
                 up = sum(significant(p, +1) for p in paired)
                 tests = rep.tests
-                index = ("" if tests["mean_specificity_index"] is None else
-                         f"{tests['mean_specificity_index']:+.3f}")
-                p_index = "" if tests["specificity_p"] is None else f"{tests['specificity_p']:.3f}"
-                gold = "" if not paired else f"{np.mean([p['mean_diff'] for p in paired]):+.4f}"
-                versus = [e["vs_other_sets"] for e in included if "vs_other_sets" in e]
+                index = ("" if tests.mean_specificity_index is None else
+                         f"{tests.mean_specificity_index:+.3f}")
+                p_index = "" if tests.specificity_p is None else f"{tests.specificity_p:.3f}"
+                gold = "" if not paired else f"{np.mean([p.mean_diff for p in paired]):+.4f}"
+                versus = [e.vs_other_sets for e in included if e.vs_other_sets is not None]
                 below = sum(significant(v, -1) for v in versus)
-                vs_p = tests["vs_other_sets_p"]
+                vs_p = tests.vs_other_sets_p
                 vs = ("| | | |" if not versus else
-                      f"| {tests['mean_vs_other_sets']:+.4f} | "
+                      f"| {tests.mean_vs_other_sets:+.4f} | "
                       f"{'' if vs_p is None else f'{vs_p:.3f}'} | {below} / {len(versus)} |")
                 lines.append(f"| {name} | {method} | {factor:g} | {len(included)} / "
                              f"{len(rep.summary)} | {gold} | {down} / {up} | "
@@ -527,10 +528,10 @@ def main() -> None:
                 tests = intervention_report.build_report(engine, name, "cgvst", factor, metric).tests
             except AtlasError:
                 continue
-            if tests["control_mean_abs_change"] is not None:
-                table.append(f"| {name} | {metric} | {factor:g} | {tests['mean_abs_change']:.3f} | "
-                             f"{tests['control_mean_abs_change']:.3f} | "
-                             f"{tests['abs_change_minus_control_p']:.3f} |")
+            if tests.control_mean_abs_change is not None:
+                table.append(f"| {name} | {metric} | {factor:g} | {tests.mean_abs_change:.3f} | "
+                             f"{tests.control_mean_abs_change:.3f} | "
+                             f"{tests.abs_change_minus_control_p:.3f} |")
     lines += (["| model | metric | factor | CGVST sets | random controls | p |",
                "|---|---|---|---|---|---|", *table] if table else
               ["Not computed in this run: its controls were evaluated on each set's own task only."])

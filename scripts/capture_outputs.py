@@ -28,6 +28,8 @@ for m in MODELS:
             ["specificity", "-m", m, "-f", "json"], ["specificity", "-m", m],
             ["report", "-m", m, "-f", "json"], ["report", "-m", m],
             ["report", "-m", m, "-f", "csv", "--method", "grad_x_act"]]
+QWEN = "qwen2.5-coder-0.5b-instruct@float32"  # set-level tests (20 controls) and amplification
+CLI += [["report", "-m", QWEN, "-f", "json"], ["report", "-m", QWEN, "--factor", "2"]]
 HTTP = ["/overview", "/models", "/tasks", "/runs?model=gemma-3-270m&limit=500",
         "/sets?limit=500", "/sets/3/members?limit=50", "/sets/99999/members",
         "/evaluations?model=smollm2-135m-instruct&limit=200", "/models/nope/neurons/0/0",

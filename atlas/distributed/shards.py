@@ -62,7 +62,7 @@ class ShardRuns:
     def check_replaceable(self, done: Completed) -> None:
         """A shard has no evaluations; the driver checks the database on import."""
 
-    def ensure_set(self, done: Completed, rule: str, select: Selector) -> int:
+    def ensure_set(self, done: Completed, selection_rule: str, select: Selector) -> int:
         """Shards carry scores only; the driver makes sets on import (`atlas select` after)."""
         return done.n_selected
 
@@ -90,7 +90,7 @@ class ShardRuns:
         _atomic_write(Path(handle) / "checkpoint.npz", write)
 
     def complete(self, handle: str, task: Task, method: str, scores: torch.Tensor,
-                 mask: torch.Tensor, rule: str, n_examples: int, n_tokens: int,
+                 mask: torch.Tensor, selection_rule: str, n_examples: int, n_tokens: int,
                  n_skipped: int) -> Completed:
         folder = Path(handle)
         params, key = self._params[handle]
@@ -105,7 +105,7 @@ class ShardRuns:
                 "task": {"name": task.name, "source": task.source,
                          "n_instances": len(task.instances), "data_hash": task.data_hash,
                          "stored_hash": task.stored_hash},
-                "method": method, "params": params, "params_key": key, "rule": rule,
+                "method": method, "params": params, "params_key": key, "rule": selection_rule,
                 "n_examples": n_examples, "n_tokens": n_tokens, "n_skipped": n_skipped,
                 "n_selected": int(mask.sum()), "finished_at": time.time()}
         _atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta)))

@@ -33,13 +33,13 @@ class Scored:
     n_label: int
 
 
-def label_sequences(fmt, prompt_text: str, labels: list[str], rule: str) -> list[Scored]:
+def label_sequences(fmt, prompt_text: str, labels: list[str], prompt_rule: str) -> list[Scored]:
     """One sequence per label: ``prompt_text + label`` tokenized whole; the label's tokens are
     those after the prompt's own tokenization."""
-    context = fmt.tokenize(prompt_text, rule)["input_ids"]
+    context = fmt.tokenize(prompt_text, prompt_rule)["input_ids"]
     out = []
     for label in labels:
-        whole = fmt.tokenize(prompt_text + label, rule)["input_ids"]
+        whole = fmt.tokenize(prompt_text + label, prompt_rule)["input_ids"]
         n_label = len(whole) - len(context)
         if n_label < 1:
             raise AtlasError(f"label '{label}' adds no token after the prompt; labels must be "

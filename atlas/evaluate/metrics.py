@@ -1,7 +1,7 @@
 """Task accuracy on held-out examples: label likelihood (accuracy and gold-label probability),
 exact match (greedy generation) and the released code's exact match (``reference_em``).
 
-Every scorer takes the prompt recipe as keywords: ``rule`` (``marker``: real BOS/EOS, as atlas's
+Every scorer takes the prompt recipe as keywords: ``prompt_rule`` (``marker``: real BOS/EOS, as atlas's
 evaluation always did; ``reference``: empty BOS/EOS and the tokenizer's special tokens),
 ``fixed_demos`` (the same demonstrations for every query, from ``pool``), ``demos_include_query``
 and ``join_outputs`` (see :func:`atlas.tasks.build_messages`)."""
@@ -51,7 +51,7 @@ def _label_outcomes(task: Task, queries: list[Instance], scores: torch.Tensor,
 
 
 def prompt_text(fmt: PromptFormat, task: Task, query: Instance, pool: list[Instance], shots: int,
-                seed: int, rule: str = "marker", demos_include_query: bool = False,
+                seed: int, prompt_rule: str = "marker", demos_include_query: bool = False,
                 join_outputs: bool = False, fixed_demos: bool = False) -> str:
     """The evaluation prompt of ``query``, up to where the answer starts. Demonstrations come
     from ``pool``: the same seeded ones for every query (``fixed_demos``, a shared prefix) or
@@ -59,18 +59,18 @@ def prompt_text(fmt: PromptFormat, task: Task, query: Instance, pool: list[Insta
     demos = (pick_fixed_demos(pool, shots, seed) if fixed_demos
              else pick_demos(pool, query, shots, seed, demos_include_query))
     messages = build_messages(task.definition, demos, query, False, join_outputs)
-    return fmt.render_text(messages, rule, add_generation_prompt=True)
+    return fmt.render_text(messages, prompt_rule, add_generation_prompt=True)
 
 
 def prompt_ids(fmt: PromptFormat, task: Task, query: Instance, pool: list[Instance], shots: int,
-               seed: int, rule: str = "marker", **recipe) -> list[int]:
-    return fmt.tokenize(prompt_text(fmt, task, query, pool, shots, seed, rule, **recipe),
-                        rule)["input_ids"]
+               seed: int, prompt_rule: str = "marker", **recipe) -> list[int]:
+    return fmt.tokenize(prompt_text(fmt, task, query, pool, shots, seed, prompt_rule, **recipe),
+                        prompt_rule)["input_ids"]
 
 
 def label_scores(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: list[Instance],
                  pool: list[Instance], shots: int, seed: int, batch_size: int = 8,
-                 rule: str = "marker", **recipe) -> tuple[torch.Tensor, torch.Tensor]:
+                 prompt_rule: str = "marker", **recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ log p(label | prompt) of every label for every query: [n_queries, n_labels], and the
     gold label's index: [n_queries]. Labels are tokenized in context; the prompts' shared prefix
     is encoded once (see :mod:`atlas.evaluate.labels`)."""
@@ -79,8 +79,8 @@ def label_scores(loaded: LoadedModel, fmt: PromptFormat, task: Task, queries: li
         raise AtlasError(f"task '{task.name}' is not a classification task; use --metric exact_match")
     sequences = []
     for query in queries:
-        text = prompt_text(fmt, task, query, pool, shots, seed, rule, **recipe)
-        sequences += label_sequences(fmt, text, labels, rule)
+        text = prompt_text(fmt, task, query, pool, shots, seed, prompt_rule, **recipe)
+        sequences += label_sequences(fmt, text, labels, prompt_rule)
     scores = score_sequences(loaded.model, sequences, batch_size=batch_size)
     gold = torch.tensor([labels.index(q.output) for q in queries])
     return scores.view(len(queries), len(labels)), gold

@@ -77,8 +77,14 @@ class AblateOptions:
 
     @property
     def recipe(self) -> dict:
-        return {"rule": self.prompt_rule, "demos_include_query": self.demos_include_query,
+        """The prompt recipe as the scorers' keywords."""
+        return {"prompt_rule": self.prompt_rule, "demos_include_query": self.demos_include_query,
                 "join_outputs": self.join_outputs, "fixed_demos": self.demos == "fixed"}
+
+
+def stored_recipe(recipe: dict) -> dict:
+    """The recipe as stored in an evaluation's params (its key ``rule``: params keys unchanged)."""
+    return {("rule" if k == "prompt_rule" else k): v for k, v in recipe.items()}
 
 
 def find_set(engine: Engine, model: str, *, task: str | None = None, method: str = "cgvst",
@@ -170,11 +176,11 @@ class Experiment:
         o = self.options
         params = {"metric": o.metric, "shots": o.shots, "seed": o.seed, "split_seed": o.split_seed,
                   "examples": o.examples, "data_hash": task.data_hash, "prompt": self.fmt.describe(),
-                  "split": f"evaluation half ({o.split})", **o.recipe, "preset": o.preset,
+                  "split": f"evaluation half ({o.split})", **stored_recipe(o.recipe), "preset": o.preset,
                   "label_tokens": "in context"}
         if o.max_instances is not None:  # only then: other evaluations keep their keys
             params["max_instances"] = o.max_instances
-        split = split_task(_capped(task, o.max_instances), o.split_seed, rule=o.split)
+        split = split_task(_capped(task, o.max_instances), o.split_seed, split_rule=o.split)
         if o.examples is not None and o.examples > len(split.evaluate):
             raise AtlasError(
                 f"task '{task.name}' has {len(split.evaluate)} held-out examples, fewer than "

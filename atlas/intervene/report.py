@@ -15,7 +15,6 @@ from sqlalchemy.engine import Engine
 from atlas.errors import AtlasError
 from atlas.intervene.report_data import ReportData, matrix_of, report_data
 from atlas.intervene.stats import (
-    ALPHA,
     above_chance,
     describe_tests,
     paired_difference,
@@ -23,6 +22,13 @@ from atlas.intervene.stats import (
     report_tests,
     set_level_test,
     sign_flip_p,
+)
+from atlas.intervene.summary import (
+    ColumnInfo,
+    ReportTests,
+    SetSummary,
+    VersusOtherSets,
+    included_sets,
     significant,
 )
 from atlas.query.core import rows as query_rows
@@ -39,15 +45,15 @@ class Report:
     rows: list[str]  # intervened sets and their random controls
     columns: list[str]  # evaluated tasks
     rel_change: list[list[float | None]]  # [rows, columns]
-    summary: list[dict]  # per set
-    tests: dict  # across the sets whose own task the unmodified model does above chance
+    summary: list[SetSummary]  # per set
+    tests: ReportTests  # across the sets whose own task the unmodified model does above chance
     intervals: list[list[tuple[float, float] | None]]  # 95% paired bootstrap, per cell
-    columns_info: list[dict]  # per evaluated task: unmodified accuracy, chance, binomial test
+    columns_info: list[ColumnInfo]  # per evaluated task: unmodified accuracy, chance, binomial test
     excluded: list[str]  # why sets were left out of the summary tests
     row_seeds: list[int | None]  # per row: its control seed, None for the set itself
 
     @property
-    def included(self) -> list[dict]:
+    def included(self) -> list[SetSummary]:
         """The sets the summary tests count: those whose own task the unmodified model does
         above chance (or whose chance status is unknown)."""
         return included_sets(self.summary)
@@ -58,12 +64,6 @@ class Report:
 
 
 LABEL_METRICS = ("label_likelihood", "label_prob")
-
-
-def included_sets(summary: list[dict]) -> list[dict]:
-    """The rule of which sets the summary tests count: every set except those whose own task
-    the unmodified model does at chance."""
-    return [e for e in summary if e.get("own_task_above_chance") is not False]
 
 
 def _example_values(engine: Engine, d: ReportData, method: str, factor: float, metric: str
@@ -106,10 +106,8 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
     columns_info = []
     for c in d.cols:
         base = examples.get((None, False, -1, c))
-        info = {"task": d.labels[c], "task_id": c}
-        if base is not None:
-            info.update(above_chance(base["correct"], base["gold"]))
-        columns_info.append(info)
+        columns_info.append(ColumnInfo(d.labels[c], c, None if base is None else
+                                       above_chance(base["correct"], base["gold"])))
     intervals, row_seeds = [], []
     for s, control, seed_ in d.row_keys():
         row = []
@@ -121,51 +119,50 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
                        if ok else None)
         intervals.append(row)
         row_seeds.append(seed_ if control else None)
-    chance_by_task = {c: info for c, info in zip(d.cols, columns_info)}
+    chance_by_task = {c: info.chance for c, info in zip(d.cols, columns_info)}
     excluded = []
     primary = "gold_prob" if metric in LABEL_METRICS else "correct"  # the paired statistic
     for entry in summary:
-        s = entry["set_task_id"]
+        s = entry.set_task_id
         own = examples.get((s, False, -1, s))
         controls = [examples[k] for k in [(s, True, seed_, s) for seed_ in d.seeds] if k in examples]
         if own is not None and controls:
-            entry["paired"] = {"statistic": primary, **paired_difference(
-                own[primary], [c[primary] for c in controls])}
+            entry.paired = paired_difference(own[primary], [c[primary] for c in controls], primary)
             if metric in LABEL_METRICS:
-                entry["paired_accuracy"] = paired_difference(own["correct"],
-                                                             [c["correct"] for c in controls])
-            entry["set_level"] = set_level_test(float(np.nanmean(own[primary])),
-                                                [float(np.nanmean(c[primary])) for c in controls])
+                entry.paired_accuracy = paired_difference(own["correct"],
+                                                          [c["correct"] for c in controls])
+            entry.set_level = set_level_test(float(np.nanmean(own[primary])),
+                                             [float(np.nanmean(c[primary])) for c in controls])
         other_sets = [examples[k] for k in [(o, False, -1, s) for o in d.sets if o != s]
                       if k in examples]
-        if own is not None and (versus := _against_other_sets(own, other_sets, primary)):
-            entry["vs_other_sets"] = versus
-        status = chance_by_task.get(s, {})
-        entry["own_task_above_chance"] = status.get("above")
-        if status.get("above") is False:
-            excluded.append(f"{entry['set']}: the unmodified model is at chance on its task "
-                            f"(accuracy {status['accuracy']:.2f}, chance {status['chance']:.2f}, "
-                            f"binomial p = {status['p']:.2g})")
+        if own is not None:
+            entry.vs_other_sets = _against_other_sets(own, other_sets, primary)
+        status = chance_by_task.get(s)
+        entry.own_task_above_chance = None if status is None else status.above
+        if status is not None and not status.above:
+            excluded.append(f"{entry.set}: the unmodified model is at chance on its task "
+                            f"(accuracy {status.accuracy:.2f}, chance {status.chance:.2f}, "
+                            f"binomial p = {status.p:.2g})")
     included = included_sets(summary)
     tests = report_tests(included)
-    paired = [e["paired"] for e in included if "paired" in e]
-    tests["n_paired"] = len(paired)
-    tests["paired_statistic"] = paired[0]["statistic"] if paired else None
-    tests["mean_paired_diff"] = float(np.mean([p["mean_diff"] for p in paired])) if paired else None
-    tests["n_paired_significant"] = sum(significant(p) for p in paired)
-    set_level = [e["set_level"] for e in included if e.get("set_level")]
-    tests["n_set_level"] = len(set_level)
-    tests["n_set_level_significant"] = sum(v["t_p"] < ALPHA for v in set_level)
-    versus = [e["vs_other_sets"] for e in included if "vs_other_sets" in e]
-    tests["n_vs_other_sets"] = len(versus)
-    tests["mean_vs_other_sets"] = float(np.mean([v["mean_diff"] for v in versus])) if versus else None
-    tests["vs_other_sets_p"] = sign_flip_p([v["mean_diff"] for v in versus])
-    tests["n_vs_other_sets_significant"] = sum(significant(v) for v in versus)
+    paired = [e.paired for e in included if e.paired is not None]
+    tests.n_paired = len(paired)
+    tests.paired_statistic = paired[0].statistic if paired else None
+    tests.mean_paired_diff = float(np.mean([p.mean_diff for p in paired])) if paired else None
+    tests.n_paired_significant = sum(significant(p) for p in paired)
+    set_level = [e.set_level for e in included if e.set_level is not None]
+    tests.n_set_level = len(set_level)
+    tests.n_set_level_significant = sum(v.significant for v in set_level)
+    versus = [e.vs_other_sets for e in included if e.vs_other_sets is not None]
+    tests.n_vs_other_sets = len(versus)
+    tests.mean_vs_other_sets = float(np.mean([v.mean_diff for v in versus])) if versus else None
+    tests.vs_other_sets_p = sign_flip_p([v.mean_diff for v in versus])
+    tests.n_vs_other_sets_significant = sum(significant(v) for v in versus)
     return Report(model, method, factor, metric, names, cols, matrix, summary, tests, intervals,
                   columns_info, excluded, row_seeds)
 
 
-def _against_other_sets(own: dict, others: list[dict], primary: str) -> dict:
+def _against_other_sets(own: dict, others: list[dict], primary: str) -> VersusOtherSets | None:
     """Is a task hurt (or helped) most by its own set? Per example of the task, the own set's
     value minus the mean of the other tasks' sets (same method and factor) on the same examples,
     with its sign-flip p-value, and the own set's rank among all of them by mean value
@@ -173,12 +170,13 @@ def _against_other_sets(own: dict, others: list[dict], primary: str) -> dict:
     n = len(own[primary])
     others = [o for o in others if len(o[primary]) == n]  # the same examples only
     if not others:
-        return {}
+        return None
     means = [float(np.nanmean(o[primary])) for o in others]
     own_mean = float(np.nanmean(own[primary]))
-    return {"statistic": primary, "own_mean": own_mean, "others_mean": float(np.mean(means)),
-            "rank": 1 + sum(m < own_mean for m in means), "n_sets": 1 + len(others),
-            **paired_difference(own[primary], [o[primary] for o in others])}
+    test = paired_difference(own[primary], [o[primary] for o in others])
+    return VersusOtherSets(primary, own_mean, float(np.mean(means)),
+                           1 + sum(m < own_mean for m in means), 1 + len(others), test.mean_diff,
+                           test.p, test.n)
 
 
 def _signed(value: float | None) -> str:
@@ -193,8 +191,10 @@ def render(report: Report, fmt: str = "markdown") -> str:
                            "row_seeds": report.row_seeds,
                            "display_rows": [{"name": n, "values": v, "intervals": ci}
                                             for n, v, ci in display_rows(report)],
-                           "columns_info": report.columns_info, "summary": report.summary,
-                           "tests": report.tests, "excluded": report.excluded}, indent=1) + "\n"
+                           "columns_info": [c.to_dict() for c in report.columns_info],
+                           "summary": [s.to_dict() for s in report.summary],
+                           "tests": report.tests.to_dict(), "excluded": report.excluded},
+                          indent=1) + "\n"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -207,7 +207,7 @@ def render(report: Report, fmt: str = "markdown") -> str:
         return out.getvalue()
     if fmt != "markdown":
         raise AtlasError(f"unknown report format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    cols = [f"{c} ✓" if info.get("above") else c
+    cols = [f"{c} ✓" if info.chance and info.chance.above else c
             for c, info in zip(report.columns, report.columns_info)]
     lines = [f"### {report.title}", "",
              f"Relative change of {report.metric} against the unmodified model (rows: intervened "
@@ -217,27 +217,27 @@ def render(report: Report, fmt: str = "markdown") -> str:
                                          for name, row, ci_row in display_rows(report)])]
     lines += ["", *_md_table(
         ["task", "unmodified accuracy", "n", "chance", "binomial p"],
-        [[i["task"], f"{i['accuracy']:.3f}", i["n"], f"{i['chance']:.2f}", f"{i['p']:.2g}"]
-         for i in report.columns_info if "accuracy" in i])]
+        [[i.task, f"{c.accuracy:.3f}", c.n, f"{c.chance:.2f}", f"{c.p:.2g}"]
+         for i in report.columns_info if (c := i.chance)])]
     summary_rows = []
     for s in report.summary:
-        sd = "" if s.get("control_target_sd") is None else f" ± {s['control_target_sd']:.3f}"
-        paired, acc = s.get("paired", {}), s.get("paired_accuracy", {})
-        summary_rows.append([s["set"], _signed(s["target_change"]),
-                             f"{_signed(s['control_target_change'])}{sd}",
-                             _signed(s["specificity_index"]), _signed(paired.get("mean_diff")),
-                             _p(paired.get("p")), _signed(acc.get("mean_diff")),
-                             _p(acc.get("p"))])
+        sd = "" if s.control_target_sd is None else f" ± {s.control_target_sd:.3f}"
+        paired, acc = s.paired, s.paired_accuracy
+        summary_rows.append([s.set, _signed(s.target_change),
+                             f"{_signed(s.control_target_change)}{sd}",
+                             _signed(s.specificity_index), _signed(paired and paired.mean_diff),
+                             _p(paired and paired.p), _signed(acc and acc.mean_diff),
+                             _p(acc and acc.p)])
     lines += ["", *_md_table(["set", "own-task change", "control (mean of seeds ± sd)",
                               "specificity index", "paired vs controls: mean difference", "p",
                               "accuracy difference", "p"], summary_rows)]
-    if report.summary and "paired" in report.summary[0]:
-        lines += ["", f"Paired statistic: per example, the set's {report.summary[0]['paired']['statistic']} "
+    if report.summary and report.summary[0].paired is not None:
+        lines += ["", f"Paired statistic: per example, the set's {report.summary[0].paired.statistic} "
                   "minus the mean of its random controls' on the same examples (two-sided "
                   "sign-flip test)."]
-    level = [s for s in report.summary if s.get("set_level")]
+    level = [s for s in report.summary if s.set_level is not None]
     if level:
-        stat = level[0]["paired"]["statistic"]
+        stat = level[0].paired.statistic
         lines += ["", f"Set-level test: the set's mean {stat} on its own task against the spread "
                   "of its random controls' means (each control is one draw of a random set of "
                   "the same size): two-sided prediction-interval t test, and the set's rank "
@@ -245,13 +245,13 @@ def render(report: Report, fmt: str = "markdown") -> str:
                   *_md_table(
                       ["set", f"{stat}, own set", "random controls: mean ± sd", "n", "difference",
                        "t p", "rank", "rank p"],
-                      [[s["set"], f"{v['own_mean']:.3f}",
-                        f"{v['controls_mean']:.3f} ± {v['controls_sd']:.3f}", v["n_controls"],
-                        _signed(v["diff"]), _p(v["t_p"]), f"{v['rank']} / {v['n_controls'] + 1}",
-                        _p(v["rank_p"])] for s in level if (v := s["set_level"])])]
-    versus = [s for s in report.summary if s.get("vs_other_sets")]
+                      [[s.set, f"{v.own_mean:.3f}",
+                        f"{v.controls_mean:.3f} ± {v.controls_sd:.3f}", v.n_controls,
+                        _signed(v.diff), _p(v.t_p), f"{v.rank} / {v.n_controls + 1}",
+                        _p(v.rank_p)] for s in level if (v := s.set_level)])]
+    versus = [s for s in report.summary if s.vs_other_sets is not None]
     if versus:
-        stat = versus[0]["vs_other_sets"]["statistic"]
+        stat = versus[0].vs_other_sets.statistic
         lines += ["", f"Does a task respond most to its own set? Per example of the set's own task, "
                   f"its {stat} under the set minus the mean under the other tasks' sets (same "
                   "method and factor) on the same examples (two-sided sign-flip test); rank of "
@@ -259,9 +259,9 @@ def render(report: Report, fmt: str = "markdown") -> str:
                   *_md_table(
                       ["set", f"{stat}, own set", "other tasks' sets (mean)", "mean difference",
                        "p", "rank"],
-                      [[s["set"], f"{v['own_mean']:.3f}", f"{v['others_mean']:.3f}",
-                        _signed(v["mean_diff"]), _p(v["p"]), f"{v['rank']} / {v['n_sets']}"]
-                       for s in versus if (v := s["vs_other_sets"])])]
+                      [[s.set, f"{v.own_mean:.3f}", f"{v.others_mean:.3f}",
+                        _signed(v.mean_diff), _p(v.p), f"{v.rank} / {v.n_sets}"]
+                       for s in versus if (v := s.vs_other_sets)])]
     if report.excluded:
         lines += ["", "Left out of the summary tests: " + "; ".join(report.excluded) + "."]
     lines += ["", describe_tests(report.tests)]

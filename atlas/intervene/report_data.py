@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
+from atlas.intervene.summary import SetSummary
 from atlas.naming import config_id
 from atlas.query.core import resolve_model, rows
 from atlas.store.identity import task_labels
@@ -110,7 +111,7 @@ def report_data(engine: Engine, model: str, method: str, factor: float, metric: 
 
 def report_matrix(engine: Engine, model: str, method: str, factor: float, metric: str,
                   config: str | None = None
-                  ) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
+                  ) -> tuple[list[str], list[str], list[list[float | None]], list[SetSummary]]:
     """Rows = intervened sets (and their random controls, one row per control seed), columns =
     evaluated tasks, values = relative change against the unmodified model in the same
     evaluation configuration (``config``: a prefix of its hash; required when several exist).
@@ -120,7 +121,8 @@ def report_matrix(engine: Engine, model: str, method: str, factor: float, metric
     return matrix_of(report_data(engine, model, method, factor, metric, config))
 
 
-def matrix_of(d: ReportData) -> tuple[list[str], list[str], list[list[float | None]], list[dict]]:
+def matrix_of(d: ReportData
+              ) -> tuple[list[str], list[str], list[list[float | None]], list[SetSummary]]:
     """The rows, columns, matrix and per-set summary of :func:`report_matrix` from its data."""
     keys = d.row_keys()
     row_names = [f"{d.labels[s]} (random, seed {seed})" if control else d.labels[s]
@@ -137,18 +139,18 @@ def matrix_of(d: ReportData) -> tuple[list[str], list[str], list[list[float | No
         target = own.get(s)
         others = [v for c, v in own.items() if c != s]
         ctrl_targets = [p[s] for p in per_seed if s in p]
-        summary.append({
-            "set": d.labels[s],
-            "set_task_id": s,
-            "target_change": target,
-            "others_mean_change": float(np.mean(others)) if others else None,
-            "specificity_index": float(np.mean(others)) - target
+        summary.append(SetSummary(
+            set=d.labels[s],
+            set_task_id=s,
+            target_change=target,
+            others_mean_change=float(np.mean(others)) if others else None,
+            specificity_index=float(np.mean(others)) - target
             if target is not None and others else None,
-            "control_target_change": ctrl.get(s),
-            "control_target_sd": float(np.std(ctrl_targets)) if len(ctrl_targets) > 1 else None,
-            "mean_abs_change": float(np.mean(np.abs(list(own.values())))) if own else None,
+            control_target_change=ctrl.get(s),
+            control_target_sd=float(np.std(ctrl_targets)) if len(ctrl_targets) > 1 else None,
+            mean_abs_change=float(np.mean(np.abs(list(own.values())))) if own else None,
             # over the same tasks as the set's; None when controls were evaluated on fewer
-            "control_mean_abs_change": float(np.mean(np.abs([ctrl[c] for c in own])))
+            control_mean_abs_change=float(np.mean(np.abs([ctrl[c] for c in own])))
             if own and all(c in ctrl for c in own) else None,
-        })
+        ))
     return row_names, [d.labels[c] for c in d.cols], matrix, summary

@@ -12,15 +12,14 @@ import numpy as np
 from scipy.stats import DegenerateDataWarning, binomtest, bootstrap, permutation_test
 from scipy.stats import t as student_t
 
-ALPHA = 0.05  # every test's level: above chance, a set's paired test, the counts of significant sets
-
-
-def significant(test: dict | None, sign: int = 0) -> bool:
-    """Whether a test's ``p`` is below :data:`ALPHA` (and, with ``sign`` ±1, its ``mean_diff``
-    has that sign)."""
-    if not test or test.get("p") is None or test["p"] >= ALPHA:
-        return False
-    return sign == 0 or (test["mean_diff"] > 0) == (sign > 0)
+from atlas.intervene.summary import (
+    ALPHA,
+    ChanceTest,
+    PairedTest,
+    ReportTests,
+    SetLevelTest,
+    SetSummary,
+)
 
 
 def sign_flip_p(values: list[float]) -> float | None:
@@ -35,29 +34,29 @@ def sign_flip_p(values: list[float]) -> float | None:
     return float(result.pvalue)
 
 
-def report_tests(summary: list[dict]) -> dict:
+def report_tests(summary: list[SetSummary]) -> ReportTests:
     """Across sets, each with its sign-flip p-value: the mean specificity index; the own-task
     change of a set minus its control's; the mean |change| over all tasks of a set against its
     control's (does the set matter more than random neurons, on any task?)."""
-    index = [s["specificity_index"] for s in summary if s["specificity_index"] is not None]
-    vs_control = [s["target_change"] - s["control_target_change"] for s in summary
-                  if s["target_change"] is not None and s["control_target_change"] is not None]
-    paired = [(s["mean_abs_change"], s["control_mean_abs_change"]) for s in summary
-              if s.get("mean_abs_change") is not None and s.get("control_mean_abs_change") is not None]
-    return {
-        "n_sets": len(index),
-        "mean_specificity_index": float(np.mean(index)) if index else None,
-        "specificity_p": sign_flip_p(index),
-        "n_controlled": len(vs_control),
-        "mean_target_minus_control": float(np.mean(vs_control)) if vs_control else None,
-        "target_minus_control_p": sign_flip_p(vs_control),
-        "mean_abs_change": float(np.mean([a for a, _ in paired])) if paired else None,
-        "control_mean_abs_change": float(np.mean([c for _, c in paired])) if paired else None,
-        "abs_change_minus_control_p": sign_flip_p([a - c for a, c in paired]),
-    }
+    index = [s.specificity_index for s in summary if s.specificity_index is not None]
+    vs_control = [s.target_change - s.control_target_change for s in summary
+                  if s.target_change is not None and s.control_target_change is not None]
+    paired = [(s.mean_abs_change, s.control_mean_abs_change) for s in summary
+              if s.mean_abs_change is not None and s.control_mean_abs_change is not None]
+    return ReportTests(
+        n_sets=len(index),
+        mean_specificity_index=float(np.mean(index)) if index else None,
+        specificity_p=sign_flip_p(index),
+        n_controlled=len(vs_control),
+        mean_target_minus_control=float(np.mean(vs_control)) if vs_control else None,
+        target_minus_control_p=sign_flip_p(vs_control),
+        mean_abs_change=float(np.mean([a for a, _ in paired])) if paired else None,
+        control_mean_abs_change=float(np.mean([c for _, c in paired])) if paired else None,
+        abs_change_minus_control_p=sign_flip_p([a - c for a, c in paired]),
+    )
 
 
-def describe_tests(tests: dict) -> str:
+def describe_tests(tests: ReportTests) -> str:
     """One sentence for reports."""
 
     def fmt(mean: float | None, p: float | None, n: int) -> str:
@@ -65,22 +64,22 @@ def describe_tests(tests: dict) -> str:
             return "n/a"
         return f"{mean:+.3f} over {n} sets" + ("" if p is None else f" (sign-flip p = {p:.3g})")
 
-    index = fmt(tests["mean_specificity_index"], tests["specificity_p"], tests["n_sets"])
-    control = fmt(tests["mean_target_minus_control"], tests["target_minus_control_p"],
-                  tests["n_controlled"])
+    index = fmt(tests.mean_specificity_index, tests.specificity_p, tests.n_sets)
+    control = fmt(tests.mean_target_minus_control, tests.target_minus_control_p,
+                  tests.n_controlled)
     text = f"Mean specificity index {index}; own-task change minus its random control's {control}."
-    if tests["mean_abs_change"] is not None:
-        p = tests["abs_change_minus_control_p"]
-        text += (f" Mean |change| over all tasks {tests['mean_abs_change']:.3f}, random controls "
-                 f"{tests['control_mean_abs_change']:.3f}")
+    if tests.mean_abs_change is not None:
+        p = tests.abs_change_minus_control_p
+        text += (f" Mean |change| over all tasks {tests.mean_abs_change:.3f}, random controls "
+                 f"{tests.control_mean_abs_change:.3f}")
         text += ("" if p is None else f" (sign-flip p = {p:.3g})") + "."
-    if tests.get("n_set_level"):
-        text += (f" Set level: {tests['n_set_level_significant']} of {tests['n_set_level']} sets "
+    if tests.n_set_level:
+        text += (f" Set level: {tests.n_set_level_significant} of {tests.n_set_level} sets "
                  "outside their random controls' spread (prediction t p < 0.05).")
-    if tests.get("mean_vs_other_sets") is not None:
+    if tests.mean_vs_other_sets is not None:
         text += (" Own set minus the other tasks' sets on the own task: "
-                 + fmt(tests["mean_vs_other_sets"], tests["vs_other_sets_p"],
-                       tests["n_vs_other_sets"]) + ".")
+                 + fmt(tests.mean_vs_other_sets, tests.vs_other_sets_p, tests.n_vs_other_sets)
+                 + ".")
     return text
 
 
@@ -115,14 +114,15 @@ def paired_rel_change_interval(base: np.ndarray, treated: np.ndarray, seed: int 
     return float(lo), float(hi)
 
 
-def paired_difference(treated: np.ndarray, controls: list[np.ndarray]) -> dict:
+def paired_difference(treated: np.ndarray, controls: list[np.ndarray],
+                      statistic: str | None = None) -> PairedTest:
     """Per example, ``treated`` minus the mean of the ``controls`` (same examples): the mean
     difference and its two-sided sign-flip p-value."""
     diff = np.asarray(treated, float) - np.mean([np.asarray(c, float) for c in controls], axis=0)
-    return {"mean_diff": float(diff.mean()), "p": sign_flip_p(list(diff)), "n": int(len(diff))}
+    return PairedTest(float(diff.mean()), sign_flip_p(list(diff)), int(len(diff)), statistic)
 
 
-def set_level_test(own_mean: float, control_means: list[float]) -> dict | None:
+def set_level_test(own_mean: float, control_means: list[float]) -> SetLevelTest | None:
     """Does the set do something random sets of its size do not? Each random control's mean
     over the task's examples is one draw of a random set's effect, so the per-example paired
     test (which treats the controls' mean as fixed) is not a test of the set. Here the set is
@@ -142,16 +142,15 @@ def set_level_test(own_mean: float, control_means: list[float]) -> dict | None:
     else:
         t_value = (own_mean - mean) / (sd * math.sqrt(1 + 1 / n))
         t_p = float(2 * student_t.sf(abs(t_value), n - 1))
-    return {"own_mean": float(own_mean), "controls_mean": mean, "controls_sd": sd,
-            "n_controls": n, "diff": float(own_mean) - mean, "t_p": t_p,
-            "rank": 1 + int(np.sum(controls < own_mean)), "rank_p": rank_p}
+    return SetLevelTest(float(own_mean), mean, sd, n, float(own_mean) - mean, t_p,
+                        1 + int(np.sum(controls < own_mean)), rank_p)
 
 
-def above_chance(correct: np.ndarray, golds: list[str], alpha: float = ALPHA) -> dict:
+def above_chance(correct: np.ndarray, golds: list[str], alpha: float = ALPHA) -> ChanceTest:
     """One-sided binomial test of accuracy against chance: the larger of 1 / labels seen and
     the share of the most common gold label among the examples."""
     counts = np.unique(np.asarray(golds), return_counts=True)[1]
     chance = float(max(1 / len(counts), counts.max() / len(golds)))
     k, n = int(np.sum(correct)), len(correct)
     p = float(binomtest(k, n, chance, alternative="greater").pvalue)
-    return {"accuracy": k / n, "n": n, "chance": chance, "p": p, "above": p < alpha}
+    return ChanceTest(k / n, n, chance, p, p < alpha)

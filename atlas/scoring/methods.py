@@ -38,7 +38,7 @@ class Method:
         return self.targets is not None
 
     @property
-    def rule(self) -> str:
+    def prompt_rule(self) -> str:
         """The prompt rule (rendering and special tokens) of the method's examples."""
         return "marker" if self.targets == "marker" else "reference"
 

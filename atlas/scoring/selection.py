@@ -44,9 +44,9 @@ def require_finite(scores, what: str) -> None:
                          "dtype (try --dtype float32) and the examples")
 
 
-def parse_rule(rule: str) -> tuple[str, float]:
+def parse_rule(selection_rule: str) -> tuple[str, float]:
     """``top:0.05`` (global rate) or ``layer:64`` (per-layer k)."""
-    kind, _, value = rule.partition(":")
+    kind, _, value = selection_rule.partition(":")
     try:
         if kind == "top":
             return kind, float(value or 0.05)
@@ -54,9 +54,9 @@ def parse_rule(rule: str) -> tuple[str, float]:
             return kind, int(value)
     except ValueError:
         pass
-    raise AtlasError(f"selection rule '{rule}' not understood; use top:RATE or layer:K")
+    raise AtlasError(f"selection rule '{selection_rule}' not understood; use top:RATE or layer:K")
 
 
-def select(scores: torch.Tensor, rule: str = "top:0.05") -> torch.Tensor:
-    kind, value = parse_rule(rule)
+def select(scores: torch.Tensor, selection_rule: str = "top:0.05") -> torch.Tensor:
+    kind, value = parse_rule(selection_rule)
     return top_rate(scores, value) if kind == "top" else per_layer_top_k(scores, int(value))

@@ -41,31 +41,31 @@ def split_shared(conn: Connection, model_id: int, method: str, min_sets: int | N
              for s in sources}  # each [n_layers, d_mlp]
     in_sets = np.sum(list(masks.values()), axis=0)  # [n_layers, d_mlp]: sets holding the neuron
     shared = in_sets >= min_sets
-    rule = f"shared-in:{min_sets}/{n_sets}"
+    selection_rule = f"shared-in:{min_sets}/{n_sets}"
     out = []
     for s in sources:
         for part, mask in zip(PARTS, (masks[s.set_id] & shared, masks[s.set_id] & ~shared)):
-            name, status = _store(conn, model, model_id, s, f"{method}-{part}", rule, mask)
-            out.append({"set": name, "task": s.task, "rule": rule, "size": int(mask.sum()),
+            name, status = _store(conn, model, model_id, s, f"{method}-{part}", selection_rule, mask)
+            out.append({"set": name, "task": s.task, "rule": selection_rule, "size": int(mask.sum()),
                         "status": status})
     return out
 
 
-def _store(conn: Connection, model, model_id: int, source, method: str, rule: str,
+def _store(conn: Connection, model, model_id: int, source, method: str, selection_rule: str,
            mask: np.ndarray) -> tuple[str, str]:
     """Store ``mask`` as the current (model, task, method) set unless that set already has these
     members under this rule; never replaces a stored set (evaluations refer to it)."""
     current = conn.execute(text(
         "SELECT set_id, name, rule FROM task_sets WHERE model_id = :m AND task_id = :t AND "
         "method = :method"), {"m": model_id, "t": source.task_id, "method": method}).first()
-    if current is not None and current.rule == rule and np.array_equal(
+    if current is not None and current.rule == selection_rule and np.array_equal(
             arrays.read_set_mask(conn, current.set_id, model.n_layers, model.d_mlp), mask):
         return current.name, "exists"
-    base = f"{model.name}/{short_task_id(source.task)}/{method}@{rule}"
+    base = f"{model.name}/{short_task_id(source.task)}/{method}@{selection_rule}"
     name, k = base, 1
     while conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"), {"n": name}).first():
         k += 1
         name = f"{base}#{k}"
-    repo.write_set(conn, name, model_id, source.task_id, source.run_id, rule,
+    repo.write_set(conn, name, model_id, source.task_id, source.run_id, selection_rule,
                    torch.from_numpy(mask), method)
     return name, "created"

@@ -17,7 +17,7 @@ from atlas.errors import AtlasError
 from atlas.naming import short_task_id
 from atlas.store import arrays
 
-Selector = Callable[[torch.Tensor, str], torch.Tensor]  # (scores, rule) -> bool mask
+Selector = Callable[[torch.Tensor, str], torch.Tensor]  # (scores, selection_rule) -> bool mask
 _duck = arrays._duck
 
 
@@ -193,7 +193,7 @@ def delete_evaluations(conn: Connection, set_ids: list[int]) -> None:
 
 
 def write_set(conn: Connection, name: str, model_id: int, task_id: int | None,
-              run_id: int | None, rule: str, mask: torch.Tensor, method: str,
+              run_id: int | None, selection_rule: str, mask: torch.Tensor, method: str,
               drop_evaluations: bool = False) -> int:
     """Store a neuron set (bool mask [n_layers, d_mlp]); replaces a set of the same name, which
     is refused while evaluations refer to it unless ``drop_evaluations`` deletes them too."""
@@ -206,7 +206,7 @@ def write_set(conn: Connection, name: str, model_id: int, task_id: int | None,
     set_id = int(conn.execute(
         text("INSERT INTO neuron_sets (name, model_id, task_id, run_id, rule, size, method) "
              "VALUES (:name, :m, :t, :r, :rule, :size, :method) RETURNING set_id"),
-        {"name": name, "m": model_id, "t": task_id, "r": run_id, "rule": rule,
+        {"name": name, "m": model_id, "t": task_id, "r": run_id, "rule": selection_rule,
          "size": int(mask.sum()), "method": method},
     ).scalar_one())
     layers, neurons = np.nonzero(mask.numpy())
@@ -219,21 +219,21 @@ def write_set(conn: Connection, name: str, model_id: int, task_id: int | None,
 
 
 def set_name(conn: Connection, model: str, task: str, method: str, run_id: int,
-             rule: str | None = None) -> str:
-    """``model/task id/method`` (``@rule`` for a set beyond the run's first); runs with other
+             selection_rule: str | None = None) -> str:
+    """``model/task id/method`` (``@selection_rule`` for a set beyond the run's first); runs with other
     params get ``#run_id`` when the name is taken."""
-    base = f"{model}/{short_task_id(task)}/{method}" + (f"@{rule}" if rule else "")
+    base = f"{model}/{short_task_id(task)}/{method}" + (f"@{selection_rule}" if selection_rule else "")
     taken = conn.execute(text("SELECT 1 FROM neuron_sets WHERE name = :n"), {"n": base}).first()
     return f"{base}#{run_id}" if taken else base
 
 
-def set_from_run(conn: Connection, run_id: int, rule: str, select: Selector
+def set_from_run(conn: Connection, run_id: int, selection_rule: str, select: Selector
                  ) -> tuple[str, int, bool]:
-    """The set of complete run ``run_id`` under ``rule``, made from its stored scores (no
-    recomputation) by ``select(scores, rule)`` when it does not exist yet: (name, size,
+    """The set of complete run ``run_id`` under ``selection_rule``, made from its stored scores (no
+    recomputation) by ``select(scores, selection_rule)`` when it does not exist yet: (name, size,
     created). (The selection comes from the caller: the store knows no scoring.)"""
     found = conn.execute(text("SELECT name, size FROM neuron_sets WHERE run_id = :r AND rule = :rule"),
-                         {"r": run_id, "rule": rule}).first()
+                         {"r": run_id, "rule": selection_rule}).first()
     if found:
         return found.name, int(found.size), False
     run = conn.execute(text(
@@ -242,9 +242,9 @@ def set_from_run(conn: Connection, run_id: int, rule: str, select: Selector
         "WHERE r.run_id = :r"), {"r": run_id}).first()
     if run is None or run.status != "complete":
         raise AtlasError(f"run {run_id} is not a complete run; sets are made from complete runs")
-    mask = select(read_scores(conn, run_id, run.n_layers, run.d_mlp), rule)
-    name = set_name(conn, run.model, run.task, run.method, run_id, rule)
-    write_set(conn, name, run.model_id, run.task_id, run_id, rule, mask, run.method)
+    mask = select(read_scores(conn, run_id, run.n_layers, run.d_mlp), selection_rule)
+    name = set_name(conn, run.model, run.task, run.method, run_id, selection_rule)
+    write_set(conn, name, run.model_id, run.task_id, run_id, selection_rule, mask, run.method)
     return name, int(mask.sum()), True
 
 

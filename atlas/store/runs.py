@@ -75,8 +75,8 @@ class RunStore(Protocol):
     def load_checkpoint(self, handle, shape: tuple[int, int]) -> repo.Checkpoint | None: ...
     def save_checkpoint(self, handle, ckpt: repo.Checkpoint) -> None: ...
     def complete(self, handle, task: TaskInfo, method: str, scores: torch.Tensor, mask: torch.Tensor,
-                 rule: str, n_examples: int, n_tokens: int, n_skipped: int) -> Completed: ...
-    def ensure_set(self, done: Completed, rule: str, select: repo.Selector) -> int: ...
+                 selection_rule: str, n_examples: int, n_tokens: int, n_skipped: int) -> Completed: ...
+    def ensure_set(self, done: Completed, selection_rule: str, select: repo.Selector) -> int: ...
     def check_replaceable(self, done: Completed) -> None: ...
     def fail(self, handle, error: str) -> None: ...
     def read_scores(self, ref, shape: tuple[int, int]) -> torch.Tensor: ...
@@ -138,7 +138,7 @@ class DatabaseRuns:
             repo.save_checkpoint(conn, run_id, ckpt)
 
     def complete(self, run_id: int, task: TaskInfo, method: str, scores: torch.Tensor,
-                 mask: torch.Tensor, rule: str, n_examples: int, n_tokens: int,
+                 mask: torch.Tensor, selection_rule: str, n_examples: int, n_tokens: int,
                  n_skipped: int) -> Completed:
         task_id = self.task_id(task)
         with self.engine.begin() as conn:
@@ -152,7 +152,7 @@ class DatabaseRuns:
                 repo.delete_run(conn, old, self.drop_evaluations)
             repo.write_scores(conn, run_id, scores)
             name = repo.set_name(conn, self.model_name, task.name, method, run_id)
-            repo.write_set(conn, name, self.model_id, task_id, run_id, rule, mask, method)
+            repo.write_set(conn, name, self.model_id, task_id, run_id, selection_rule, mask, method)
             repo.complete_run(conn, run_id, n_examples=n_examples, n_tokens=n_tokens,
                               n_skipped=n_skipped)
         return Completed(run_id, n_examples, n_tokens, int(mask.sum()), n_skipped)
@@ -165,11 +165,11 @@ class DatabaseRuns:
             repo.refuse_orphaning(conn, repo.run_sets(conn, int(done.ref)),
                                   f"--force on run {done.ref}")
 
-    def ensure_set(self, done: Completed, rule: str, select: repo.Selector) -> int:
-        """The size of the complete run's set under ``rule``, made from stored scores by
+    def ensure_set(self, done: Completed, selection_rule: str, select: repo.Selector) -> int:
+        """The size of the complete run's set under ``selection_rule``, made from stored scores by
         ``select`` if new."""
         with self.engine.begin() as conn:
-            return repo.set_from_run(conn, int(done.ref), rule, select)[1]
+            return repo.set_from_run(conn, int(done.ref), selection_rule, select)[1]
 
     def fail(self, run_id: int, error: str) -> None:
         with self.engine.begin() as conn:

@@ -157,17 +157,17 @@ class PromptFormat:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **variables
         )
 
-    def render_text(self, messages: list[dict[str, str]], rule: str = "reference",
+    def render_text(self, messages: list[dict[str, str]], prompt_rule: str = "reference",
                     add_generation_prompt: bool = False) -> str:
         """The prompt text: empty BOS/EOS strings for the reference rule, the real ones else."""
-        _check_rule(rule)
-        empty = {"bos_token": "", "eos_token": ""} if rule == "reference" else {}
+        _check_rule(prompt_rule)
+        empty = {"bos_token": "", "eos_token": ""} if prompt_rule == "reference" else {}
         return self.render(messages, add_generation_prompt, **empty)
 
-    def tokenize(self, text: str, rule: str = "reference") -> dict:
+    def tokenize(self, text: str, prompt_rule: str = "reference") -> dict:
         """Ids and offsets; the reference rule adds the tokenizer's own special tokens (one BOS),
         as ``tokenizer.encode`` does in the released code."""
-        return self.tokenizer(text, add_special_tokens=rule == "reference",
+        return self.tokenizer(text, add_special_tokens=prompt_rule == "reference",
                               return_offsets_mapping=True)
 
     def _accepts_system(self) -> bool:
@@ -215,9 +215,9 @@ class PromptFormat:
             {"role": "user" if k % 2 == 0 else "assistant", "content": c}
             for k, c in enumerate(turns)]
         found: dict[tuple[int, ...], MarkerTokens] = {}
-        for rule in ("reference",) if self.released_markers else RULES:
-            text = self.render_text(messages, rule)
-            enc = self.tokenize(text, rule)
+        for prompt_rule in ("reference",) if self.released_markers else RULES:
+            text = self.render_text(messages, prompt_rule)
+            enc = self.tokenize(text, prompt_rule)
             for start, core_end, span_end in _marker_spans(text, self.markers, _PROBE):
                 core = [p for p, (s, e) in enumerate(enc["offset_mapping"])
                         if e > s and s < core_end and e > start]
@@ -231,13 +231,13 @@ class PromptFormat:
                              "tokens; use a template whose markers are plain text or special tokens")
         return list(found.values())
 
-    def encode(self, messages: list[dict[str, str]], rule: str = "reference",
+    def encode(self, messages: list[dict[str, str]], prompt_rule: str = "reference",
                add_generation_prompt: bool = False) -> Encoded:
         """Render and tokenize a conversation and locate its special-token targets."""
-        text = self.render_text(messages, rule, add_generation_prompt)
-        enc = self.tokenize(text, rule)
+        text = self.render_text(messages, prompt_rule, add_generation_prompt)
+        enc = self.tokenize(text, prompt_rule)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        groups = special_token_targets(ids, self, rule)
+        groups = special_token_targets(ids, self, prompt_rule)
         answer_start = len(ids)
         content_spans = _content_spans(text, [m["content"] for m in messages])
         if messages and messages[-1]["role"] == "assistant" and content_spans:
@@ -246,9 +246,9 @@ class PromptFormat:
         return Encoded(ids, groups, answer_start)
 
 
-def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise AtlasError(f"unknown target rule '{rule}'; choose one of {', '.join(RULES)}")
+def _check_rule(prompt_rule: str) -> None:
+    if prompt_rule not in RULES:
+        raise AtlasError(f"unknown prompt rule '{prompt_rule}'; choose one of {', '.join(RULES)}")
 
 
 def _find_all(text: str, needle: str) -> list[int]:
@@ -316,7 +316,7 @@ def render_reference(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return fmt.tokenize(fmt.render_text(messages, "reference"), "reference")["input_ids"]
 
 
-def special_token_targets(input_ids: list[int], tokenizer, rule: str = "reference"
+def special_token_targets(input_ids: list[int], tokenizer, prompt_rule: str = "reference"
                           ) -> list[list[int]]:
     """Loss groups of target positions t (token t predicted from the logits at t − 1).
 
@@ -324,19 +324,19 @@ def special_token_targets(input_ids: list[int], tokenizer, rule: str = "referenc
     token of the message), grouped as [the first four user/assistant turns, the rest]; an empty
     group is left out. ``marker``: the marker tokens
     themselves, one group. ``tokenizer`` may also be a :class:`PromptFormat`."""
-    _check_rule(rule)
+    _check_rule(prompt_rule)
     fmt = tokenizer if isinstance(tokenizer, PromptFormat) else format_for(tokenizer)
     ids = list(input_ids)
     occurrences: dict[int, set[int]] = {}  # marker end -> target positions
     for marker in fmt.marker_tokens:
         for i in _match_all(ids, marker.ids):
-            if rule == "reference":
+            if prompt_rule == "reference":
                 end, positions = i + len(marker.ids), range(i + 1, i + len(marker.ids) + 1)
             else:
                 end, positions = i + marker.n_core, range(max(i, 1), i + marker.n_core)
             occurrences.setdefault(end, set()).update(p for p in positions if p < len(ids))
     ordered = [sorted(occurrences[end]) for end in sorted(occurrences)]
-    if rule == "marker":
+    if prompt_rule == "marker":
         groups = [[p for occ in ordered for p in occ]]
     else:
         cut = min(FIRST_GROUP_MARKERS, len(ordered))
@@ -352,7 +352,7 @@ class Example:
 
 def scoring_examples(
     task: Task, instances: list[Instance], fmt: PromptFormat, shots: int, seed: int, *,
-    rule: str = "reference", pool: list[Instance] | None = None, demos_include_query: bool = False,
+    prompt_rule: str = "reference", pool: list[Instance] | None = None, demos_include_query: bool = False,
     join_outputs: bool = False,
 ) -> list[Example]:
     """The k-shot scoring conversations (with gold answers) of ``instances``; demonstrations
@@ -362,5 +362,5 @@ def scoring_examples(
     for inst in instances:
         demos = pick_demos(pool, inst, shots, seed, demos_include_query)
         messages = build_messages(task.definition, demos, inst, True, join_outputs)
-        examples.append(Example(inst, fmt.encode(messages, rule)))
+        examples.append(Example(inst, fmt.encode(messages, prompt_rule)))
     return examples

@@ -16,20 +16,20 @@ class Split:
     evaluate: list[Instance]
     seed: int
     stratified: bool
-    rule: str = "stratified"
+    split_rule: str = "stratified"
 
 
 SPLIT_RULES = ("stratified", "file")
 
 
 def split_task(task: Task, seed: int = 0, score_fraction: float = 0.5,
-               rule: str = "stratified") -> Split:
+               split_rule: str = "stratified") -> Split:
     """``stratified``: shuffle with ``seed`` and halve; classification tasks are split per label,
     since some SNI files are sorted by label. ``file``: the released code's split, the first
     part of the file scores and the rest evaluates. Both halves keep the file's order."""
-    if rule not in SPLIT_RULES:
-        raise AtlasError(f"unknown split '{rule}'; choose one of {', '.join(SPLIT_RULES)}")
-    if rule == "file":
+    if split_rule not in SPLIT_RULES:
+        raise AtlasError(f"unknown split '{split_rule}'; choose one of {', '.join(SPLIT_RULES)}")
+    if split_rule == "file":
         cut = int(len(task.instances) * score_fraction)
         return Split(task.instances[:cut], task.instances[cut:], seed, False, "file")
     labels = task.labels

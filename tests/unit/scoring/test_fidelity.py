@@ -186,7 +186,7 @@ def test_one_shot_has_a_single_group_and_never_nan(llama_tok):
 def test_marker_rule_keeps_the_marker_tokens_in_one_group(llama_tok):
     messages = released_conversations(shot=5, n=1, seed=0)[0]
     ids = render_reference(llama_tok, messages)
-    (group,) = special_token_targets(ids, llama_tok, rule="marker")
+    (group,) = special_token_targets(ids, llama_tok, prompt_rule="marker")
     assert "".join(llama_tok.convert_ids_to_tokens([ids[p] for p in group])) == \
         "▁[INST]▁[/INST]" * 6
 
@@ -260,7 +260,7 @@ def test_preset_reference_reads_data_as_released(tmp_path):
     assert IngestOptions(preset="reference").released_data
     options = AblateOptions(preset="reference")
     assert options.released_data and options.max_instances == 6500
-    split = split_task(_capped(released, options.max_instances), rule="file")
+    split = split_task(_capped(released, options.max_instances), split_rule="file")
     # CGV_eval.py: Instances[:6500], then halves; scoring (CGV_activation.py) keeps all
     assert [i.id for i in split.evaluate] == [f"i{k}" for k in range(3250, 6500)]
-    assert len(split_task(released, rule="file").score) == 3300
+    assert len(split_task(released, split_rule="file").score) == 3300

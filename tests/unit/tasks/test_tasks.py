@@ -52,7 +52,7 @@ def test_chatml_markers_and_targets(task512):
     tok = build_tokenizer()
     fmt = PromptFormat.for_tokenizer(tok)
     assert fmt.markers == {"user": "<|im_start|>user", "assistant": "<|im_start|>assistant"}
-    ex = scoring_examples(task512, task512.instances[:4], fmt, 2, seed=0, rule="marker")[0].encoded
+    ex = scoring_examples(task512, task512.instances[:4], fmt, 2, seed=0, prompt_rule="marker")[0].encoded
     text = "".join(_decoded_targets(tok, ex))
     # 3 user + 3 assistant turns (2 demos + query), each marker fully covered
     assert text.count("<|im_start|>") == 6 and text.count("user") == 3
@@ -63,7 +63,7 @@ def test_llama2_template_gives_inst_tokens(task512):
     tok = build_tokenizer(LLAMA2)
     fmt = PromptFormat.for_tokenizer(tok)
     assert fmt.markers == {"user": "[INST]", "assistant": "[/INST]"}
-    ex = scoring_examples(task512, task512.instances[:4], fmt, 2, seed=0, rule="marker")[0].encoded
+    ex = scoring_examples(task512, task512.instances[:4], fmt, 2, seed=0, prompt_rule="marker")[0].encoded
     joined = "".join(_decoded_targets(tok, ex)).replace(" ", "")
     assert joined == "[INST][/INST]" * 3
     assert "<s>" not in joined and "SYS" not in joined
@@ -74,7 +74,7 @@ def test_builtin_template_for_models_without_one(task512):
     fmt = PromptFormat.for_tokenizer(tok)
     assert fmt.template_name == "builtin"
     assert fmt.markers == {"user": "### User:", "assistant": "### Assistant:"}
-    ex = scoring_examples(task512, task512.instances[:3], fmt, 1, seed=0, rule="marker")[0].encoded
+    ex = scoring_examples(task512, task512.instances[:3], fmt, 1, seed=0, prompt_rule="marker")[0].encoded
     assert "".join(_decoded_targets(tok, ex)).count("User") == 2
 
 
