@@ -6,6 +6,7 @@ import typer
 
 from cli.common import AtlasGroup
 from cli.db import db_app
+from cli.evidence import describe, neurons
 from cli.ingest import ingest, select_cmd, split_cmd
 from cli.intervene import ablate, amplify, report
 from cli.plot import plot_app
@@ -33,6 +34,8 @@ app.command()(ablate)
 app.command()(amplify)
 app.command()(report)
 app.command()(serve)
+app.command()(describe)
+app.command()(neurons)
 app.add_typer(db_app, name="db")
 app.add_typer(plot_app, name="plot")
 

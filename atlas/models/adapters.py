@@ -10,7 +10,11 @@ A neuron is one channel of an MLP's intermediate activation, the input of the do
   gated MLPs (where LAPE counts activations, as released) and the activation site otherwise,
 - ``up_part``: which slice of the up projection's output is ``up(x)`` (phi3 fuses gate and up),
 - ``centred_norm``: the MLP's input comes from a centring LayerNorm, so ``Σ_j x[t, j]`` depends
-  only on the norm's affine parameters (exactly 0 untrained) and CGVST is degenerate.
+  only on the norm's affine parameters (exactly 0 untrained) and CGVST is degenerate; the final
+  norm centres the residual stream too,
+- ``final_norm``: the norm before the unembedding, relative to the model,
+- ``norm_offset``: what the final norm adds to its weight to get its scale (Gemma scales by
+  ``1 + weight``).
 """
 
 from __future__ import annotations
@@ -32,23 +36,27 @@ class ArchSpec:
     act: str = "mlp.act_fn"
     up_part: Literal["all", "second_half"] = "all"
     centred_norm: bool = False
+    final_norm: str = "model.norm"
+    norm_offset: float = 0.0
 
 
 _GATED = ArchSpec(layers="model.layers", up="mlp.up_proj", down="mlp.down_proj")
+_GEMMA = ArchSpec(layers="model.layers", up="mlp.up_proj", down="mlp.down_proj", norm_offset=1.0)
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _GATED,
     "mistral": _GATED,
     "qwen2": _GATED,
     "qwen3": _GATED,
-    "gemma": _GATED,
-    "gemma2": _GATED,
-    "gemma3_text": _GATED,
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
     "phi3": ArchSpec("model.layers", "mlp.gate_up_proj", "mlp.down_proj", "mlp.activation_fn",
                      "second_half"),
-    "gpt2": ArchSpec("transformer.h", "mlp.c_fc", "mlp.c_proj", "mlp.act", centred_norm=True),
+    "gpt2": ArchSpec("transformer.h", "mlp.c_fc", "mlp.c_proj", "mlp.act", centred_norm=True,
+                     final_norm="transformer.ln_f"),
     "gpt_neox": ArchSpec("gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "mlp.act",
-                         centred_norm=True),
+                         centred_norm=True, final_norm="gpt_neox.final_layer_norm"),
 }
 
 
@@ -70,6 +78,12 @@ class Adapter:
     acts: list[nn.Module]
     n_layers: int
     d_mlp: int
+
+    def down_columns(self, layer: int) -> torch.Tensor:
+        """Each neuron's output direction in the residual stream: [d_model, d_mlp]."""
+        weight = self.downs[layer].weight
+        # nn.Linear stores [out, in] = [d_model, d_mlp]; transformers' Conv1D (gpt2) [in, out]
+        return weight if isinstance(self.downs[layer], nn.Linear) else weight.T
 
     def up_slice(self, up_out: torch.Tensor) -> torch.Tensor:
         """The ``up(x)`` part of the up projection's output: [..., d_mlp]."""

@@ -26,7 +26,7 @@ READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 # The SQL contract's views (the tables come from atlas.store.schema); a test checks both lists
 # against the migrated database, so export cannot miss one.
 VIEWS = ["task_sets", "set_sizes", "set_overlaps", "unique_neurons", "layer_counts",
-         "evaluation_effects"]
+         "evaluation_effects", "exemplar_peaks"]
 
 
 @contextmanager

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # SQLAlchemy is imported where an engine is made (quick paths
 DEFAULT_DB = "atlas.duckdb"
 # The newest migration; a test checks it against Alembic's head, so quick read-only paths can
 # check a database's schema without importing Alembic.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 SANDBOX = {
     "enable_external_access": False,
     "autoinstall_known_extensions": False,

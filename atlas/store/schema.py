@@ -4,6 +4,7 @@ checks the two agree), used by the store's reads and writes."""
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     REAL,
     TIMESTAMP,
@@ -117,4 +118,75 @@ evaluation_examples = Table(
     Column("gold_logprob", Double),
     Column("gold_prob", Double),
     Column("correct", Boolean, nullable=False),
+)
+evidence_runs = Table(
+    "evidence_runs", metadata,
+    Column("evidence_id", Integer, primary_key=True),
+    Column("model_id", Integer, nullable=False),
+    Column("status", String, nullable=False),
+    Column("params", JSON),
+    Column("params_key", String, nullable=False),
+    Column("n_sequences", Integer),
+    Column("n_tokens", BigInteger),
+    Column("started_at", TIMESTAMP),
+    Column("finished_at", TIMESTAMP),
+)
+evidence_contexts = Table(
+    "evidence_contexts", metadata,
+    Column("evidence_id", Integer, nullable=False),
+    Column("context_id", Integer, nullable=False),
+    Column("task_id", Integer, nullable=False),
+    Column("instance_id", String, nullable=False),
+    Column("token_ids", ARRAY(Integer), nullable=False),
+    Column("tokens", ARRAY(String), nullable=False),
+    Column("peak", SmallInteger, nullable=False),
+)
+neuron_exemplars = Table(
+    "neuron_exemplars", metadata,
+    Column("evidence_id", Integer, nullable=False),
+    Column("layer", SmallInteger, nullable=False),
+    Column("neuron", Integer, nullable=False),
+    Column("sign", SmallInteger, nullable=False),
+    Column("rank", SmallInteger, nullable=False),
+    Column("context_id", Integer, nullable=False),
+    Column("activation", REAL, nullable=False),
+    Column("activations", ARRAY(REAL), nullable=False),
+)
+neuron_quantiles = Table(
+    "neuron_quantiles", metadata,
+    Column("evidence_id", Integer, nullable=False),
+    Column("layer", SmallInteger, nullable=False),
+    Column("neuron", Integer, nullable=False),
+    Column("bin", SmallInteger, nullable=False),
+    Column("low", REAL, nullable=False),
+    Column("high", REAL, nullable=False),
+    Column("activation", REAL, nullable=False),
+    Column("context_id", Integer, nullable=False),
+)
+neuron_density = Table(
+    "neuron_density", metadata,
+    Column("evidence_id", Integer, nullable=False),
+    Column("task_id", Integer, nullable=False),
+    Column("layer", SmallInteger, nullable=False),
+    Column("neuron", Integer, nullable=False),
+    Column("n_tokens", Integer, nullable=False),
+    Column("n_positive", Integer, nullable=False),
+    Column("mean", REAL, nullable=False),
+    Column("hist", ARRAY(Integer), nullable=False),
+)
+neuron_logits = Table(
+    "neuron_logits", metadata,
+    Column("model_id", Integer, nullable=False),
+    Column("layer", SmallInteger, nullable=False),
+    Column("neuron", Integer, nullable=False),
+    Column("promoted_ids", ARRAY(Integer), nullable=False),
+    Column("promoted", ARRAY(REAL), nullable=False),
+    Column("suppressed_ids", ARRAY(Integer), nullable=False),
+    Column("suppressed", ARRAY(REAL), nullable=False),
+)
+vocab = Table(
+    "vocab", metadata,
+    Column("model_id", Integer, nullable=False),
+    Column("token_id", Integer, nullable=False),
+    Column("token", String, nullable=False),
 )

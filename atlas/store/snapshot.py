@@ -24,6 +24,7 @@ from atlas.store.db import SCHEMA_HEAD, db_path, sandbox_connection
 
 EVALUATION_BLOCK = 500  # evaluations per file of evaluation_examples
 _COMPLETE_RUNS = "SELECT run_id FROM runs WHERE status = 'complete'"
+_COMPLETE_EVIDENCE = "SELECT evidence_id FROM evidence_runs WHERE status = 'complete'"
 _FINISHED_SETS = f"SELECT set_id FROM neuron_sets WHERE run_id IS NULL OR run_id IN ({_COMPLETE_RUNS})"
 # table -> (rows to keep, order, partition column and its file-name rule); in restore order
 TABLES: dict[str, tuple[str, str, tuple[str, int] | None]] = {
@@ -37,14 +38,22 @@ TABLES: dict[str, tuple[str, str, tuple[str, int] | None]] = {
     "evaluation_examples": ("eval_id IN (SELECT eval_id FROM evaluations WHERE set_id IS NULL OR "
                             f"set_id IN ({_FINISHED_SETS}))", "eval_id, example",
                             ("eval_id", EVALUATION_BLOCK)),
+    "evidence_runs": ("status = 'complete'", "evidence_id", None),
+    **{name: (f"evidence_id IN ({_COMPLETE_EVIDENCE})", order, ("evidence_id", 1))
+       for name, order in [("evidence_contexts", "evidence_id, context_id"),
+                           ("neuron_exemplars", "evidence_id, layer, neuron, sign, rank"),
+                           ("neuron_quantiles", "evidence_id, layer, neuron, bin"),
+                           ("neuron_density", "evidence_id, task_id, layer, neuron")]},
+    "neuron_logits": ("TRUE", "model_id, layer, neuron", ("model_id", 1)),
+    "vocab": ("TRUE", "model_id, token_id", ("model_id", 1)),
 }
 # Tables a snapshot leaves out: what only a run in progress needs (a snapshot holds finished work).
 TRANSIENT = ("run_checkpoints",)
 # Schemas a snapshot may be at: its tables are restored at that revision, then migrated.
-RESTORABLE = ("0005", SCHEMA_HEAD)
+RESTORABLE = ("0005", "0006", SCHEMA_HEAD)
 INCOMPLETE = "incomplete"  # manifest key of a snapshot being written (or cut short)
 SEQUENCES = {"models": "model_id", "tasks": "task_id", "runs": "run_id",
-             "neuron_sets": "set_id", "evaluations": "eval_id"}
+             "neuron_sets": "set_id", "evaluations": "eval_id", "evidence_runs": "evidence_id"}
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -274,6 +283,8 @@ def restore_snapshot(folder: str | Path, db: str | Path | None = None) -> dict[s
                                          "(nothing was changed)") from err
             _check_values(conn, folder)
             for name, column in SEQUENCES.items():  # new ids continue after the restored ones
+                if not counts[name]:  # (an older snapshot may lack the table's sequence)
+                    continue
                 conn.exec_driver_sql(
                     f"SELECT nextval('seq_{name}') FROM range((SELECT coalesce(max({column}), 0) "
                     f"FROM {name}))").fetchall()

@@ -39,7 +39,7 @@ def as_json(res):
 def test_two_dtypes_give_separate_correct_answers(llama_dir, tmp_path):
     both, alone = tmp_path / "both.duckdb", tmp_path / "alone.duckdb"
     tasks = ["--task", "task195", "--task", "task379"]
-    ingest(llama_dir, both, *tasks, "--method", "cgvst")
+    ingest(llama_dir, both, *tasks, "--method", "cgvst", "--dtype", "float32")
     ingest(llama_dir, both, *tasks, "--method", "cgvst", "--dtype", "bfloat16")
     ingest(llama_dir, alone, *tasks, "--method", "cgvst", "--dtype", "bfloat16")
     name = llama_dir.name

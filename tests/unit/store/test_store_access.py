@@ -232,7 +232,12 @@ def test_core_tables_match_the_migrated_schema(tmp_path):
                          "WHERE table_type = 'BASE TABLE' AND table_name <> 'alembic_version') "
                          "ORDER BY table_name, ordinal_position").fetchall()
     con.close()
+    def declared_type(col_type) -> str:
+        if isinstance(col_type, sa.ARRAY):
+            return declared_type(col_type.item_type) + "[]"
+        return duck_type[type(col_type)]
+
     declared = sorted(
-        (table.name, col.name, duck_type[type(col.type)], bool(col.nullable and not col.primary_key))
+        (table.name, col.name, declared_type(col.type), bool(col.nullable and not col.primary_key))
         for table in schema.metadata.sorted_tables for col in table.columns)
     assert sorted(stored) == declared

@@ -1,0 +1,279 @@
+"""The evidence job: what each neuron of a model responds to and what it writes, stored.
+
+``describe`` runs one forward pass over the texts of some tasks (each instance's prompt and
+answer, from the scoring half, as ingest reads them) and records every neuron's exemplars,
+quantile samples and per-task density (:mod:`atlas.scoring.exemplars`), and, once per model,
+its direct logit effects (:mod:`atlas.models.unembed`). A run is stored whole or not at all;
+a run with the same params is reused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+from sqlalchemy.engine import Engine
+
+from atlas.errors import AtlasError
+from atlas.models.loading import LoadedModel
+from atlas.models.unembed import logit_effects
+from atlas.naming import params_key
+from atlas.scoring.exemplars import SIGNS, Exemplars, record_exemplars
+from atlas.store import evidence as store
+from atlas.store.runs import DatabaseRuns, register_model
+from atlas.tasks.prompts import PromptFormat, scoring_examples
+from atlas.tasks.sni import Task
+from atlas.tasks.split import split_task, subsample
+from atlas.versions import library_versions
+
+N_QUANTILE_BINS = 4
+
+
+@dataclass
+class DescribeOptions:
+    """What an evidence run reads and keeps (all stored in its params)."""
+
+    examples: int = 20  # texts per task, from the scoring half
+    shots: int = 0  # demonstrations per text (0: each instance's prompt and answer alone)
+    k: int = 8  # exemplars per neuron and sign
+    before: int = 8  # window tokens before the peak
+    after: int = 4  # and after it
+    n_samples: int = 64  # token positions sampled for quantile bins
+    seed: int = 0
+    split_seed: int = 0
+    batch_size: int = 8
+    logit_k: int = 20  # tokens kept each way per neuron
+    sni_dir: list[str] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("examples", "k", "n_samples", "batch_size", "logit_k"):
+            if getattr(self, name) < 1:
+                raise AtlasError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.before < 0 or self.after < 0 or self.shots < 0:
+            raise AtlasError("--before, --after and --shots must be 0 or more")
+
+
+@dataclass
+class DescribeResult:
+    evidence_id: int
+    status: str  # computed | reused
+    n_sequences: int
+    n_tokens: int
+    seconds: float
+
+
+@dataclass
+class Corpus:
+    """The texts of one run: token ids, and per text its task id and instance id."""
+
+    sequences: list[list[int]]
+    task_ids: list[int]
+    instance_ids: list[str]
+
+
+def build_corpus(loaded: LoadedModel, tasks: list[Task], task_ids: list[int],
+                 options: DescribeOptions) -> Corpus:
+    fmt = PromptFormat.for_tokenizer(loaded.tokenizer)
+    corpus = Corpus([], [], [])
+    for task, task_id in zip(tasks, task_ids):
+        split = split_task(task, options.split_seed)
+        queries = subsample(split.score, options.examples, options.seed)
+        for ex in scoring_examples(task, queries, fmt, options.shots, options.seed,
+                                   prompt_rule="marker", pool=split.score):
+            corpus.sequences.append(ex.encoded.input_ids)
+            corpus.task_ids.append(task_id)
+            corpus.instance_ids.append(str(ex.instance.id))
+    return corpus
+
+
+def vocabulary(tokenizer) -> list[str]:
+    """Each token id's text as it reads in a decoded string."""
+    return [tokenizer.decode([i]) for i in range(len(tokenizer))]
+
+
+def describe(engine: Engine, loaded: LoadedModel, tasks: list[Task], options: DescribeOptions,
+             say: Callable[[str], None] = print) -> DescribeResult:
+    """Record and store the evidence of every neuron of ``loaded`` on ``tasks``.
+
+    Args:
+        engine: the atlas database, open for writing.
+        loaded: the model.
+        tasks: the tasks whose texts are read.
+        options: what is read and kept.
+        say: progress messages.
+
+    Returns:
+        :class:`DescribeResult` (a run with the same params is reused, not recomputed).
+    """
+    model_id = register_model(engine, loaded)
+    runs = DatabaseRuns(engine)
+    runs.model_id = model_id
+    task_ids = [runs.task_id(t) for t in tasks]
+    params = {"model": loaded.name, "revision": loaded.revision, "dtype": loaded.dtype,
+              "tasks": {t.name: t.data_hash for t in tasks}, "prompt_rule": "marker",
+              **{k: v for k, v in asdict(options).items() if k != "sni_dir"}}
+    key = params_key(params)
+    vocab = None
+    if not store.has_logits(engine, model_id):
+        started = time.perf_counter()
+        vocab = vocabulary(loaded.tokenizer)
+        store.write_logits(engine, model_id, logits_table(model_id, logit_effects(
+            loaded.model, options.logit_k)), vocab)
+        say(f"logit effects of {loaded.n_layers * loaded.d_mlp} neurons stored "
+            f"({time.perf_counter() - started:.1f} s)")
+    found = store.find_complete(engine, model_id, key)
+    if found is not None:
+        say(f"reusing complete evidence run {found}")
+        return DescribeResult(found, "reused", 0, 0, 0.0)
+    evidence_id = store.open_run(engine, model_id, {**params, "versions": library_versions()},
+                                 key)
+    started = time.perf_counter()
+    corpus = build_corpus(loaded, tasks, task_ids, options)
+    record = record_exemplars(loaded.model, corpus.sequences, corpus.task_ids, k=options.k,
+                              before=options.before, after=options.after,
+                              n_samples=options.n_samples, seed=options.seed,
+                              batch_size=options.batch_size, pad_id=_pad_id(loaded.tokenizer))
+    vocab = vocab or vocabulary(loaded.tokenizer)
+    tables = evidence_tables(evidence_id, record, corpus, vocab)
+    n_tokens = sum(d.n_tokens for d in record.density.values())
+    store.complete_run(engine, evidence_id, tables, len(corpus.sequences), n_tokens)
+    return DescribeResult(evidence_id, "computed", len(corpus.sequences), n_tokens,
+                          time.perf_counter() - started)
+
+
+def _pad_id(tokenizer) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad if pad is not None else (tokenizer.eos_token_id or 0))
+
+
+def logits_table(model_id: int, effects) -> pa.Table:
+    n_layers, d_mlp, k = effects.promoted.shape
+    n = n_layers * d_mlp
+
+    def lists(t: torch.Tensor, dtype) -> pa.Array:
+        flat = t.reshape(n * k).numpy().astype(dtype)
+        return pa.ListArray.from_arrays(np.arange(0, n * k + 1, k, dtype=np.int32), flat)
+
+    return pa.table({
+        "model_id": pa.array(np.full(n, model_id, dtype=np.int32)),
+        "layer": pa.array(np.repeat(np.arange(n_layers, dtype=np.int16), d_mlp)),
+        "neuron": pa.array(np.tile(np.arange(d_mlp, dtype=np.int32), n_layers)),
+        "promoted_ids": lists(effects.promoted_ids, np.int32),
+        "promoted": lists(effects.promoted, np.float32),
+        "suppressed_ids": lists(effects.suppressed_ids, np.int32),
+        "suppressed": lists(effects.suppressed, np.float32),
+    })
+
+
+def evidence_tables(evidence_id: int, rec: Exemplars, corpus: Corpus, vocab: list[str]
+                    ) -> dict[str, pa.Table]:
+    """The run's rows: contexts, exemplars, quantile samples and density, as Arrow tables."""
+    n_signs, n_layers, k, d_mlp = rec.value.shape
+    valid = (rec.seq >= 0).numpy()
+    seq, pos = rec.seq.numpy()[valid], rec.pos.numpy()[valid]
+    quantiles = _quantiles(rec)
+    sample_seq = np.array([s for s, _ in rec.sample_positions], dtype=np.int64)
+    sample_pos = np.array([p for _, p in rec.sample_positions], dtype=np.int64)
+    q_seq, q_pos = sample_seq[quantiles["index"]], sample_pos[quantiles["index"]]
+    all_pairs = np.stack([np.concatenate([seq, q_seq]), np.concatenate([pos, q_pos])], 1)
+    pairs, inverse = np.unique(all_pairs, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    contexts = _contexts_table(evidence_id, pairs, rec, corpus, vocab)
+    grid = np.indices((n_signs, n_layers, k, d_mlp))
+    windows = rec.window.numpy()[valid]  # [n, width]
+    kept = ~np.isnan(windows)
+    exemplars = pa.table({
+        "evidence_id": pa.array(np.full(len(seq), evidence_id, dtype=np.int32)),
+        "layer": pa.array(grid[1][valid].astype(np.int16)),
+        "neuron": pa.array(grid[3][valid].astype(np.int32)),
+        "sign": pa.array(np.array(SIGNS, dtype=np.int16)[grid[0][valid]]),
+        "rank": pa.array(grid[2][valid].astype(np.int16) + 1),
+        "context_id": pa.array(inverse[:len(seq)].astype(np.int32)),
+        "activation": pa.array(rec.value.numpy()[valid].astype(np.float32)),
+        "activations": pa.ListArray.from_arrays(
+            np.concatenate([[0], np.cumsum(kept.sum(1))]).astype(np.int32),
+            windows[kept].astype(np.float32)),
+    })
+    n_q = len(quantiles["index"])
+    quantile_table = pa.table({
+        "evidence_id": pa.array(np.full(n_q, evidence_id, dtype=np.int32)),
+        "layer": pa.array(quantiles["layer"].astype(np.int16)),
+        "neuron": pa.array(quantiles["neuron"].astype(np.int32)),
+        "bin": pa.array(quantiles["bin"].astype(np.int16)),
+        "low": pa.array(quantiles["low"].astype(np.float32)),
+        "high": pa.array(quantiles["high"].astype(np.float32)),
+        "activation": pa.array(quantiles["value"].astype(np.float32)),
+        "context_id": pa.array(inverse[len(seq):].astype(np.int32)),
+    })
+    return {"evidence_contexts": contexts, "neuron_exemplars": exemplars,
+            "neuron_quantiles": quantile_table, "neuron_density": _density_table(evidence_id, rec)}
+
+
+def _quantiles(rec: Exemplars) -> dict[str, np.ndarray]:
+    """Each neuron's quantile bins of its sampled values (as :func:`quantile_samples`)."""
+    values = rec.sample_values.numpy()  # [n_samples, n_layers, d_mlp]
+    n, n_layers, d_mlp = values.shape
+    if n == 0:
+        return {k: np.zeros(0, dtype=np.int64) for k in
+                ("layer", "neuron", "bin", "low", "high", "value", "index")}
+    order = np.argsort(values, axis=0, kind="stable")
+    out: dict[str, list] = {k: [] for k in ("layer", "neuron", "bin", "low", "high", "value",
+                                            "index")}
+    layer, neuron = np.indices((n_layers, d_mlp))
+    for b, chunk in enumerate(np.array_split(np.arange(n), N_QUANTILE_BINS)):
+        if not len(chunk):
+            continue
+        mid = order[chunk[len(chunk) // 2]]  # [n_layers, d_mlp] sample indices
+        out["layer"].append(layer.ravel())
+        out["neuron"].append(neuron.ravel())
+        out["bin"].append(np.full(n_layers * d_mlp, b))
+        out["low"].append(np.take_along_axis(values, order[chunk[0]][None], 0)[0].ravel())
+        out["high"].append(np.take_along_axis(values, order[chunk[-1]][None], 0)[0].ravel())
+        out["value"].append(np.take_along_axis(values, mid[None], 0)[0].ravel())
+        out["index"].append(mid.ravel())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _contexts_table(evidence_id: int, pairs: np.ndarray, rec: Exemplars, corpus: Corpus,
+                    vocab: list[str]) -> pa.Table:
+    token_ids, tokens, peaks = [], [], []
+    for s, p in pairs:
+        ids = corpus.sequences[s]
+        start = max(0, p - rec.before)
+        window = ids[start:p + rec.after + 1]
+        token_ids.append(window)
+        tokens.append([vocab[t] if t < len(vocab) else "" for t in window])
+        peaks.append(p - start)
+    n = len(pairs)
+    return pa.table({
+        "evidence_id": pa.array(np.full(n, evidence_id, dtype=np.int32)),
+        "context_id": pa.array(np.arange(n, dtype=np.int32)),
+        "task_id": pa.array(np.array([corpus.task_ids[s] for s, _ in pairs], dtype=np.int32)),
+        "instance_id": pa.array([corpus.instance_ids[s] for s, _ in pairs], pa.string()),
+        "token_ids": pa.array(token_ids, pa.list_(pa.int32())),
+        "tokens": pa.array(tokens, pa.list_(pa.string())),
+        "peak": pa.array(np.array(peaks, dtype=np.int16)),
+    })
+
+
+def _density_table(evidence_id: int, rec: Exemplars) -> pa.Table:
+    parts = []
+    for task_id, dens in rec.density.items():
+        n_layers, d_mlp, n_bins = dens.hist.shape
+        n = n_layers * d_mlp
+        parts.append(pa.table({
+            "evidence_id": pa.array(np.full(n, evidence_id, dtype=np.int32)),
+            "task_id": pa.array(np.full(n, task_id, dtype=np.int32)),
+            "layer": pa.array(np.repeat(np.arange(n_layers, dtype=np.int16), d_mlp)),
+            "neuron": pa.array(np.tile(np.arange(d_mlp, dtype=np.int32), n_layers)),
+            "n_tokens": pa.array(np.full(n, dens.n_tokens, dtype=np.int32)),
+            "n_positive": pa.array(dens.n_positive.numpy().ravel().astype(np.int32)),
+            "mean": pa.array((dens.total.numpy().ravel() / max(dens.n_tokens, 1)).astype(np.float32)),
+            "hist": pa.ListArray.from_arrays(np.arange(0, n * n_bins + 1, n_bins, dtype=np.int32),
+                                             dens.hist.numpy().reshape(-1).astype(np.int32)),
+        }))
+    return pa.concat_tables(parts)

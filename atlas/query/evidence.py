@@ -1,0 +1,164 @@
+"""Neuron evidence from the store: what a neuron responds to (its exemplars of both signs,
+quantile samples, density per task) and what it writes (its promoted and suppressed tokens),
+and the neurons that respond most to a token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from atlas.errors import NotFound
+from atlas.query.core import resolve_model, rows
+from atlas.scoring.exemplars import EDGES
+
+
+@dataclass(frozen=True)
+class Context:
+    """A token window of a stored text: its tokens and the neuron's activation on each."""
+
+    task: str
+    instance_id: str
+    tokens: list[str]
+    activations: list[float] | None  # per token (exemplars), None for a quantile sample
+    peak: int  # the peak token's place in ``tokens``
+    activation: float  # at the peak
+
+
+@dataclass(frozen=True)
+class NeuronEvidence:
+    """What one neuron responds to and writes (empty lists where nothing is stored)."""
+
+    model: str
+    layer: int
+    neuron: int
+    evidence_id: int | None  # the complete evidence run read (the newest)
+    top: list[Context]  # highest activations, best first
+    bottom: list[Context]  # lowest (most negative) activations, lowest first
+    quantiles: list[dict[str, Any]]  # bin, low, high, and one sample context
+    density: list[dict[str, Any]]  # per task: n_tokens, share_positive, mean, hist
+    promoted: list[dict[str, Any]]  # token, token_id, logit (per unit of activation)
+    suppressed: list[dict[str, Any]]
+    edges: list[float] = field(default_factory=lambda: list(EDGES))  # the histogram's bin edges
+
+
+def latest_evidence(engine: Engine, model_id: int) -> int | None:
+    found = rows(engine, "SELECT max(evidence_id) AS e FROM evidence_runs WHERE model_id = :m "
+                         "AND status = 'complete'", m=model_id)
+    return found[0]["e"] if found else None
+
+
+def neuron_evidence(engine: Engine, model: str, layer: int, neuron: int) -> NeuronEvidence:
+    """The evidence of neuron ``neuron`` in ``layer`` of ``model`` (an identity spec).
+
+    Args:
+        engine: the atlas database.
+        model: NAME, NAME@DTYPE, NAME@REVISION or #ID.
+        layer, neuron: the neuron.
+
+    Returns:
+        :class:`NeuronEvidence`; a neuron outside the model is a NotFound error.
+    """
+    info = resolve_model(engine, model)
+    if not (0 <= layer < info["n_layers"] and 0 <= neuron < info["d_mlp"]):
+        raise NotFound(f"neuron {layer}/{neuron} is outside {info['name']} "
+                       f"({info['n_layers']} layers × {info['d_mlp']} neurons)")
+    evidence_id = latest_evidence(engine, info["model_id"])
+    top, bottom, quantiles, density = [], [], [], []
+    if evidence_id is not None:
+        at = {"e": evidence_id, "l": layer, "n": neuron}
+        for r in rows(engine, """
+                SELECT x.sign, x.rank, x.activation, x.activations, c.tokens, c.peak,
+                       c.instance_id, t.name AS task
+                FROM neuron_exemplars x JOIN evidence_contexts c USING (evidence_id, context_id)
+                JOIN tasks t USING (task_id)
+                WHERE x.evidence_id = :e AND x.layer = :l AND x.neuron = :n
+                ORDER BY x.sign DESC, x.rank""", **at):
+            context = Context(r["task"], r["instance_id"], list(r["tokens"]),
+                              [float(v) for v in r["activations"]], r["peak"], r["activation"])
+            (top if r["sign"] > 0 else bottom).append(context)
+        quantiles = [{"bin": r["bin"], "low": r["low"], "high": r["high"],
+                      "sample": Context(r["task"], r["instance_id"], list(r["tokens"]), None,
+                                        r["peak"], r["activation"])}
+                     for r in rows(engine, """
+                SELECT q.bin, q.low, q.high, q.activation, c.tokens, c.peak, c.instance_id,
+                       t.name AS task
+                FROM neuron_quantiles q JOIN evidence_contexts c USING (evidence_id, context_id)
+                JOIN tasks t USING (task_id)
+                WHERE q.evidence_id = :e AND q.layer = :l AND q.neuron = :n ORDER BY q.bin""", **at)]
+        density = rows(engine, """
+            SELECT t.name AS task, d.n_tokens, d.n_positive / d.n_tokens AS share_positive,
+                   d.mean, d.hist
+            FROM neuron_density d JOIN tasks t USING (task_id)
+            WHERE d.evidence_id = :e AND d.layer = :l AND d.neuron = :n ORDER BY t.name""", **at)
+    promoted, suppressed = _logits(engine, info["model_id"], layer, neuron)
+    return NeuronEvidence(info["name"], layer, neuron, evidence_id, top, bottom, quantiles,
+                          density, promoted, suppressed)
+
+
+def _logits(engine: Engine, model_id: int, layer: int, neuron: int) -> tuple[list, list]:
+    found = rows(engine, """
+        SELECT promoted_ids, promoted, suppressed_ids, suppressed FROM neuron_logits
+        WHERE model_id = :m AND layer = :l AND neuron = :n""", m=model_id, l=layer, n=neuron)
+    if not found:
+        return [], []
+    r = found[0]
+    ids = sorted(set(r["promoted_ids"]) | set(r["suppressed_ids"]))
+    names = {v["token_id"]: v["token"] for v in rows(
+        engine, "SELECT token_id, token FROM vocab WHERE model_id = :m AND "
+                "list_contains(:ids, token_id)", m=model_id, ids=ids)}
+
+    def side(token_ids, values):
+        return [{"token": names.get(t, ""), "token_id": t, "logit": float(v)}
+                for t, v in zip(token_ids, values)]
+
+    return side(r["promoted_ids"], r["promoted"]), side(r["suppressed_ids"], r["suppressed"])
+
+
+def neurons_for_token(engine: Engine, model: str, token: str, limit: int = 20,
+                      sign: int = 1) -> list[dict[str, Any]]:
+    """The neurons whose stored exemplars peak most strongly on ``token`` (its text, matched
+    with surrounding spaces ignored and case-insensitively), strongest first: layer, neuron,
+    the number of its exemplars that peak there, the largest such activation.
+
+    Args:
+        engine: the atlas database.
+        model: an identity spec.
+        token: the token's text, e.g. "Spanish".
+        limit: how many neurons.
+        sign: 1 for the highest activations, -1 for the lowest.
+    """
+    info = resolve_model(engine, model)
+    evidence_id = latest_evidence(engine, info["model_id"])
+    if evidence_id is None:
+        raise NotFound(f"no evidence of {info['name']} is stored; run atlas describe first")
+    return rows(engine, """
+        SELECT layer, neuron, count(*) AS n_exemplars, max(abs(activation)) AS peak,
+               list(DISTINCT token ORDER BY token) AS tokens
+        FROM exemplar_peaks
+        WHERE evidence_id = :e AND sign = :s AND lower(trim(token)) = lower(trim(:tok))
+        GROUP BY layer, neuron
+        ORDER BY n_exemplars DESC, peak DESC, layer, neuron LIMIT :lim""",
+                e=evidence_id, s=sign, tok=token, lim=limit)
+
+
+def set_neurons_by_specificity(engine: Engine, set_id: int, limit: int = 50) -> list[dict]:
+    """The neurons of a stored set, most specific to the set's task first: the neuron's score
+    in the set's run against its mean score in the model's other runs of the same method."""
+    return rows(engine, """
+        WITH s AS (SELECT set_id, model_id, task_id, run_id, method FROM neuron_sets
+                   WHERE set_id = :sid),
+        own AS (SELECT m.layer, m.neuron, sc.score FROM neuron_set_members m
+                JOIN s USING (set_id) JOIN neuron_scores sc ON sc.run_id = s.run_id
+                AND sc.layer = m.layer AND sc.neuron = m.neuron),
+        others AS (SELECT sc.layer, sc.neuron, avg(sc.score) AS other
+                   FROM s JOIN runs r ON r.model_id = s.model_id AND r.method = s.method
+                   AND r.task_id <> s.task_id AND r.status = 'complete'
+                   JOIN neuron_scores sc ON sc.run_id = r.run_id
+                   JOIN own ON own.layer = sc.layer AND own.neuron = sc.neuron
+                   GROUP BY sc.layer, sc.neuron)
+        SELECT own.layer, own.neuron, own.score, others.other AS others_mean,
+               own.score / nullif(others.other, 0) AS ratio
+        FROM own LEFT JOIN others USING (layer, neuron)
+        ORDER BY ratio DESC NULLS LAST, own.score DESC LIMIT :lim""", sid=set_id, lim=limit)

@@ -1,0 +1,291 @@
+"""What each neuron responds to: its top contexts of each sign, quantile samples and density.
+
+One forward pass over a corpus of token sequences records, per neuron (activation site: the
+down projection's input, signed for gated MLPs):
+
+- **exemplars**: the ``k`` contexts with the highest activation and the ``k`` with the lowest
+  (most negative), each a window of ``before`` tokens, the peak and ``after`` tokens, with the
+  neuron's activation on every token of the window (NaN past a sequence's edge);
+- **density**: per corpus part (a task), the number of tokens, how many are above 0, the sum,
+  and a histogram over the fixed signed bins :data:`EDGES`;
+- **quantile samples**: the activations on ``n_samples`` token positions drawn uniformly
+  (seeded) from the corpus, the same positions for every neuron, from which each neuron's
+  quantile bins are read (:func:`quantile_samples`).
+
+Contexts are distinct text: a position counts only where its window's tokens (and the peak's
+place in it) occur for the first time in the corpus, in input order, so few-shot demonstrations
+repeated across prompts appear once. Exemplars are ordered by value, ties by input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from atlas.models.adapters import Adapter, adapter_for
+from atlas.models.batching import length_groups, padded
+
+# Histogram bin edges of activations (signed, roughly logarithmic); bins are the 16 intervals
+# (-inf, -10], (-10, -3], ..., (10, inf).
+EDGES = (-10.0, -3.0, -1.0, -0.3, -0.1, -0.03, -0.01, 0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+N_BINS = len(EDGES) + 1
+SIGNS = (1, -1)
+
+
+def window_key(ids: Sequence[int], pos: int, before: int, after: int) -> tuple:
+    """The text of the window around ``pos`` (clipped at the sequence's edges) and the peak's
+    place in it: equal keys are the same context."""
+    start = max(0, pos - before)
+    return tuple(ids[start:pos + after + 1]), pos - start
+
+
+def first_occurrences(sequences: Sequence[Sequence[int]], before: int, after: int
+                      ) -> list[torch.Tensor]:
+    """Per sequence, bool [len]: whether each position's window is the first of its text in the
+    corpus (input order, then position)."""
+    seen: set[tuple] = set()
+    out = []
+    for ids in sequences:
+        keep = torch.zeros(len(ids), dtype=torch.bool)
+        for pos in range(len(ids)):
+            key = window_key(ids, pos, before, after)
+            if key not in seen:
+                seen.add(key)
+                keep[pos] = True
+        out.append(keep)
+    return out
+
+
+@dataclass
+class Exemplars:
+    """The record of one pass: per sign (index 0: highest, 1: lowest), [2, n_layers, k, d_mlp]
+    activation, sequence index and position (−1 and NaN where the corpus has fewer contexts),
+    and the window's activations [2, n_layers, k, d_mlp, before + 1 + after]; per part, its
+    density; the sampled positions and their activations [n_samples, n_layers, d_mlp]."""
+
+    value: torch.Tensor
+    seq: torch.Tensor
+    pos: torch.Tensor
+    window: torch.Tensor
+    density: dict[int, Density]
+    sample_positions: list[tuple[int, int]]
+    sample_values: torch.Tensor
+    before: int
+    after: int
+
+
+@dataclass
+class Density:
+    """One part's activation density per neuron: tokens, tokens above 0 and the sum [n_layers,
+    d_mlp], and counts per bin of :data:`EDGES` [n_layers, d_mlp, N_BINS]."""
+
+    n_tokens: int
+    n_positive: torch.Tensor
+    total: torch.Tensor
+    hist: torch.Tensor
+
+
+@dataclass
+class _Batch:
+    seqs: list[int]  # indices in the corpus
+    keep: torch.Tensor  # bool [batch, pos]: real tokens whose window is a first occurrence
+    real: torch.Tensor  # bool [batch, pos]: real tokens (not padding)
+    samples: list[tuple[int, int, int]]  # (row in batch, position, sample index)
+
+
+@dataclass
+class _LayerState:
+    value: torch.Tensor  # [2, k, d_mlp]
+    seq: torch.Tensor
+    pos: torch.Tensor
+    window: torch.Tensor  # [2, k, d_mlp, width]
+    n_positive: torch.Tensor = field(default=None)
+    total: torch.Tensor = field(default=None)
+    hist: torch.Tensor = field(default=None)
+
+
+class ExemplarProbe:
+    """Forward pre-hooks on every down projection that feed the record of one pass."""
+
+    def __init__(self, adapter: Adapter, k: int, before: int, after: int,
+                 sample_positions: list[tuple[int, int]]):
+        self.adapter, self.k, self.before, self.after = adapter, k, before, after
+        self.width = before + 1 + after
+        self.sample_positions = sample_positions
+        d = adapter.d_mlp
+        self.layers = [_LayerState(torch.full((2, k, d), -torch.inf), torch.full((2, k, d), -1),
+                                   torch.full((2, k, d), -1),
+                                   torch.full((2, k, d, self.width), torch.nan))
+                       for _ in range(adapter.n_layers)]
+        self.sample_values = torch.full((len(sample_positions), adapter.n_layers, d), torch.nan)
+        self.density: dict[int, Density] = {}
+        self.batch: _Batch | None = None
+        self.handles: list = []
+        self._part: int | None = None
+        self._n_tokens = 0
+
+    def __enter__(self) -> ExemplarProbe:
+        for layer, down in enumerate(self.adapter.downs):
+            self.handles.append(down.register_forward_pre_hook(self._hook(layer)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def begin_part(self, part: int) -> None:
+        """Count the density of the following batches under ``part`` (a task id)."""
+        self.end_part()
+        self._part, self._n_tokens = part, 0
+        for state in self.layers:
+            d = self.adapter.d_mlp
+            state.n_positive = torch.zeros(d, dtype=torch.long)
+            state.total = torch.zeros(d, dtype=torch.float64)
+            state.hist = torch.zeros(d, N_BINS, dtype=torch.long)
+
+    def end_part(self) -> None:
+        if self._part is None:
+            return
+        self.density[self._part] = Density(
+            self._n_tokens, torch.stack([s.n_positive for s in self.layers]),
+            torch.stack([s.total for s in self.layers]).float(),
+            torch.stack([s.hist for s in self.layers]))
+        self._part = None
+
+    def _hook(self, layer: int):
+        def hook(module, inputs):
+            self._record(layer, inputs[0].detach().float())  # [batch, pos, d_mlp]
+
+        return hook
+
+    def _record(self, layer: int, act: torch.Tensor) -> None:
+        batch, state = self.batch, self.layers[layer]
+        keep = batch.keep.to(act.device)  # [batch, pos]
+        n_rows, n_pos, d = act.shape
+        flat = act.reshape(n_rows * n_pos, d)  # [batch·pos, d_mlp]
+        kept = flat[keep.flatten()]  # [n_kept, d_mlp]
+        if layer == 0:
+            self._n_tokens += kept.shape[0]
+        if state.n_positive is not None:
+            state.n_positive += (kept > 0).sum(0).cpu()
+            state.total += kept.double().sum(0).cpu()
+            bins = torch.bucketize(kept, torch.tensor(EDGES, device=kept.device))  # [n_kept, d]
+            index = bins * d + torch.arange(d, device=kept.device)
+            state.hist += torch.bincount(index.flatten(), minlength=N_BINS * d).view(N_BINS, d).T.cpu()
+        for row, pos, sample in batch.samples:
+            self.sample_values[sample, layer] = act[row, pos].cpu()
+        # windows: NaN beyond each sequence's real tokens and its edges
+        real = act.masked_fill(~batch.real.to(act.device)[..., None], torch.nan)
+        padded_act = torch.nn.functional.pad(real, (0, 0, self.before, self.after), value=torch.nan)
+        order = torch.tensor(batch.seqs, device=act.device)
+        n_cand = min(self.k, kept.shape[0])
+        if n_cand == 0:
+            return
+        for s, sign in enumerate(SIGNS):
+            values = (flat * sign).masked_fill(~keep.flatten()[:, None], -torch.inf)
+            top = values.topk(n_cand, dim=0)  # [n_cand, d_mlp]
+            rows, pos = top.indices // n_pos, top.indices % n_pos
+            neuron = torch.arange(d, device=act.device)
+            offsets = torch.arange(self.width, device=act.device)
+            window = padded_act[rows[..., None], pos[..., None] + offsets, neuron[None, :, None]]
+            self._merge(state, s, top.values.cpu(), order[rows].cpu(), pos.cpu(), window.cpu())
+
+    def _merge(self, state: _LayerState, s: int, value, seq, pos, window) -> None:
+        """Keep the k best of the stored and the new candidates: by value, ties by input order."""
+        value = torch.cat([state.value[s], value])
+        seq, pos = torch.cat([state.seq[s], seq]), torch.cat([state.pos[s], pos])
+        window = torch.cat([state.window[s], window])
+        big = pos.max().item() + 2
+        order = torch.argsort(seq * big + pos, dim=0, stable=True)
+        order = order.gather(0, torch.argsort(-value.gather(0, order), dim=0, stable=True))[:self.k]
+        state.value[s] = value.gather(0, order)
+        state.seq[s], state.pos[s] = seq.gather(0, order), pos.gather(0, order)
+        state.window[s] = window.gather(0, order[..., None].expand(-1, -1, self.width))
+
+    def result(self) -> Exemplars:
+        self.end_part()
+        stack = lambda name: torch.stack([getattr(st, name) for st in self.layers], 1)  # noqa: E731
+        value = stack("value")  # [2, n_layers, k, d_mlp]
+        value = value * torch.tensor(SIGNS, dtype=value.dtype).view(2, 1, 1, 1)
+        return Exemplars(value.masked_fill(~torch.isfinite(value), torch.nan), stack("seq"),
+                         stack("pos"), stack("window"), self.density, self.sample_positions,
+                         self.sample_values, self.before, self.after)
+
+
+def sample_positions(keeps: list[torch.Tensor], n: int, seed: int) -> list[tuple[int, int]]:
+    """``n`` (sequence, position) pairs drawn uniformly without replacement from the kept
+    positions (all of them when fewer), in corpus order."""
+    pairs = [(i, int(p)) for i, keep in enumerate(keeps) for p in torch.nonzero(keep).flatten()]
+    if len(pairs) <= n:
+        return pairs
+    chosen = np.random.default_rng(seed).choice(len(pairs), size=n, replace=False)
+    return [pairs[i] for i in sorted(chosen)]
+
+
+@torch.no_grad()
+def record_exemplars(model: nn.Module, sequences: Sequence[Sequence[int]], parts: Sequence[int],
+                     *, k: int = 8, before: int = 8, after: int = 4, n_samples: int = 64,
+                     seed: int = 0, batch_size: int = 8, max_batch_tokens: int | None = 1024,
+                     pad_id: int = 0, on_batch=None) -> Exemplars:
+    """One forward pass over ``sequences`` recording every neuron's exemplars.
+
+    Args:
+        model: a loaded causal LM of a supported family.
+        sequences: token ids, one list per text.
+        parts: per sequence, the part (task id) whose density it counts in.
+        k: contexts kept per neuron and sign.
+        before, after: tokens of each window before and after the peak.
+        n_samples: token positions sampled for quantiles.
+        seed: seed of the sampled positions.
+        on_batch: called with (n_sequences, n_tokens) after each batch.
+
+    Returns:
+        :class:`Exemplars`.
+    """
+    adapter = adapter_for(model)
+    device = next(model.parameters()).device
+    keeps = first_occurrences(sequences, before, after)
+    samples = sample_positions(keeps, n_samples, seed)
+    by_seq: dict[int, list[tuple[int, int]]] = {}
+    for index, (seq, pos) in enumerate(samples):
+        by_seq.setdefault(seq, []).append((pos, index))
+    probe = ExemplarProbe(adapter, k, before, after, samples)
+    groups = []
+    for part in dict.fromkeys(parts):  # each part's sequences together, parts in order
+        members = [i for i, p in enumerate(parts) if p == part]
+        groups += [(part, [members[j] for j in g]) for g in
+                   length_groups([len(sequences[i]) for i in members], batch_size, max_batch_tokens)]
+    with probe:
+        current = None
+        for part, group in groups:
+            if part != current:
+                probe.begin_part(part)
+                current = part
+            ids, mask = padded([sequences[i] for i in group], pad_id)
+            keep = torch.zeros_like(mask, dtype=torch.bool)
+            for row, i in enumerate(group):
+                keep[row, :len(sequences[i])] = keeps[i]
+            probe.batch = _Batch(group, keep, mask.bool(), [
+                (row, pos, index) for row, i in enumerate(group) for pos, index in by_seq.get(i, [])])
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                  logits_to_keep=1)
+            if on_batch is not None:
+                on_batch(len(group), int(mask.sum()))
+    return probe.result()
+
+
+def quantile_samples(values: np.ndarray, n_bins: int = 4) -> list[tuple[int, float, float, int]]:
+    """A neuron's quantile bins from its sampled values: per bin (equal counts, ascending), its
+    lowest and highest value and the index of its median sample: (bin, low, high, index)."""
+    order = np.argsort(values, kind="stable")
+    out = []
+    for b, chunk in enumerate(np.array_split(order, n_bins)):
+        if len(chunk):
+            out.append((b, float(values[chunk[0]]), float(values[chunk[-1]]),
+                        int(chunk[len(chunk) // 2])))
+    return out

@@ -1,0 +1,70 @@
+"""Writes of neuron evidence: an evidence run's rows appear, with the run marked complete, in
+one transaction (a run is visible only when complete; a run killed before it leaves at most a
+``running`` row, cleared by the next run of the same params); logit effects and the vocabulary
+once per model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from atlas.store.repository import insert_arrow
+
+
+def find_complete(engine: Engine, model_id: int, key: str) -> int | None:
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT evidence_id FROM evidence_runs WHERE model_id = :m AND "
+                                "params_key = :k AND status = 'complete'"),
+                           {"m": model_id, "k": key}).first()
+    return None if row is None else int(row[0])
+
+
+def open_run(engine: Engine, model_id: int, params: dict, key: str) -> int:
+    """A new ``running`` evidence run; earlier runs of the same params that never completed
+    are removed first (they hold no rows)."""
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM evidence_runs WHERE model_id = :m AND params_key = :k AND "
+                          "status <> 'complete'"), {"m": model_id, "k": key})
+        return int(conn.execute(text(
+            "INSERT INTO evidence_runs (model_id, status, params, params_key, started_at) "
+            "VALUES (:m, 'running', :p, :k, now()) RETURNING evidence_id"),
+            {"m": model_id, "p": json.dumps(params, sort_keys=True), "k": key}).scalar_one())
+
+
+def complete_run(engine: Engine, evidence_id: int, tables: dict[str, pa.Table],
+                 n_sequences: int, n_tokens: int) -> None:
+    """Insert every row of the run and mark it complete, in one transaction."""
+    with engine.begin() as conn:
+        for name, data in tables.items():
+            insert_arrow(conn, name, data)
+        conn.execute(text("UPDATE evidence_runs SET status = 'complete', n_sequences = :s, "
+                          "n_tokens = :t, finished_at = now() WHERE evidence_id = :e"),
+                     {"s": n_sequences, "t": n_tokens, "e": evidence_id})
+
+
+def has_logits(engine: Engine, model_id: int) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM neuron_logits WHERE model_id = :m"),
+                            {"m": model_id}).scalar_one() > 0
+
+
+def write_logits(engine: Engine, model_id: int, logits: pa.Table, vocab: list[str]) -> None:
+    """A model's logit effects and vocabulary, once (a second call for the model is a no-op)."""
+    with engine.begin() as conn:
+        if conn.execute(text("SELECT count(*) FROM neuron_logits WHERE model_id = :m"),
+                        {"m": model_id}).scalar_one():
+            return
+        _replace_vocab(conn, model_id, vocab)
+        insert_arrow(conn, "neuron_logits", logits)
+
+
+def _replace_vocab(conn: Connection, model_id: int, vocab: list[str]) -> None:
+    conn.execute(text("DELETE FROM vocab WHERE model_id = :m"), {"m": model_id})
+    insert_arrow(conn, "vocab", pa.table({
+        "model_id": pa.array(np.full(len(vocab), model_id, dtype=np.int32)),
+        "token_id": pa.array(np.arange(len(vocab), dtype=np.int32)),
+        "token": pa.array(vocab, pa.string())}))

@@ -1,0 +1,114 @@
+"""Exemplars against a brute force that keeps every activation of a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from atlas.models.adapters import adapter_for
+from atlas.scoring.exemplars import EDGES, record_exemplars, window_key
+from tests.helpers import tiny_model
+
+
+def all_activations(model, sequences) -> list[torch.Tensor]:
+    """Each sequence alone, unpadded: activations [n_layers, len, d_mlp]."""
+    adapter = adapter_for(model)
+    out = []
+    for ids in sequences:
+        seen = []
+        hooks = [d.register_forward_pre_hook(lambda m, i, seen=seen: seen.append(i[0][0].detach().float()))
+                 for d in adapter.downs]
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids]))
+        for h in hooks:
+            h.remove()
+        out.append(torch.stack(seen))
+    return out
+
+
+def brute_force(acts, sequences, layer, neuron, sign, k, before, after):
+    """Every position's (value, input order, window key), first occurrence of each window text
+    only, the k best by value then input order."""
+    seen, cands = set(), []
+    for i, ids in enumerate(sequences):
+        for p in range(len(ids)):
+            key = window_key(ids, p, before, after)
+            if key in seen:
+                continue
+            seen.add(key)
+            cands.append((sign * float(acts[i][layer, p, neuron]), i, p))
+    cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return cands[:k]
+
+
+def corpus():
+    rng = np.random.default_rng(3)
+    demo = [int(t) for t in rng.integers(5, 200, 12)]  # repeated in every "prompt"
+    seqs = [demo + [int(t) for t in rng.integers(5, 200, int(n))] for n in rng.integers(1, 30, 9)]
+    seqs.append([7, 8])  # shorter than a window: edges on both sides
+    seqs.append(demo[:5])  # a prefix of the demonstration: its windows differ at the edge
+    return seqs
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_exemplars_equal_brute_force(family):
+    model = tiny_model(family, vocab=256)
+    seqs = corpus()
+    parts = [1] * 6 + [2] * (len(seqs) - 6)
+    k, before, after = 4, 3, 2
+    rec = record_exemplars(model, seqs, parts, k=k, before=before, after=after, n_samples=10,
+                           batch_size=3, max_batch_tokens=None)
+    acts = all_activations(model, seqs)
+    adapter = adapter_for(model)
+    for layer in range(adapter.n_layers):
+        for neuron in range(adapter.d_mlp):
+            for s, sign in enumerate((1, -1)):
+                want = brute_force(acts, seqs, layer, neuron, sign, k, before, after)
+                got_values = rec.value[s, layer, :, neuron].tolist()
+                assert got_values == pytest.approx([sign * v for v, _, _ in want], abs=1e-5)
+                for r, (value, i, p) in enumerate(want):
+                    gi, gp = int(rec.seq[s, layer, r, neuron]), int(rec.pos[s, layer, r, neuron])
+                    # a tie may be kept at another context of the same value
+                    assert (gi, gp) == (i, p) or sign * float(acts[gi][layer, gp, neuron]) == \
+                        pytest.approx(value, abs=1e-5)
+                    window = rec.window[s, layer, r, neuron]
+                    for o, v in enumerate(window.tolist()):
+                        q = gp - before + o
+                        if 0 <= q < len(seqs[gi]):
+                            assert v == pytest.approx(float(acts[gi][layer, q, neuron]), abs=1e-5)
+                        else:
+                            assert math.isnan(v)
+    # the repeated demonstration is one context: no two exemplars of a neuron share a window text
+    keys = {window_key(seqs[int(i)], int(p), before, after)
+            for i, p in zip(rec.seq[0, 0, :, 0], rec.pos[0, 0, :, 0])}
+    assert len(keys) == k
+
+
+def test_density_and_samples_count_the_distinct_positions():
+    model = tiny_model("llama", vocab=256)
+    seqs = corpus()
+    parts = [1] * 6 + [2] * (len(seqs) - 6)
+    rec = record_exemplars(model, seqs, parts, k=2, before=3, after=2, n_samples=7, seed=1)
+    acts = all_activations(model, seqs)
+    seen, per_part = set(), {1: [], 2: []}
+    for i, ids in enumerate(seqs):
+        for p in range(len(ids)):
+            key = window_key(ids, p, 3, 2)
+            if key not in seen:
+                seen.add(key)
+                per_part[parts[i]].append(acts[i][:, p])  # [n_layers, d_mlp]
+    for part, values in per_part.items():
+        values = torch.stack(values)  # [n, n_layers, d_mlp]
+        dens = rec.density[part]
+        assert dens.n_tokens == len(values)
+        assert torch.equal(dens.n_positive, (values > 0).sum(0))
+        assert torch.allclose(dens.total, values.sum(0), atol=1e-4)
+        want = torch.bucketize(values, torch.tensor(EDGES))
+        assert torch.equal(dens.hist[1, 5], torch.bincount(want[:, 1, 5], minlength=len(EDGES) + 1))
+        assert int(dens.hist.sum(-1)[0, 0]) == len(values)
+    assert len(rec.sample_positions) == 7
+    for (i, p), row in zip(rec.sample_positions, rec.sample_values):
+        assert torch.allclose(row, acts[i][:, p], atol=1e-5)
