@@ -161,7 +161,9 @@ def ingested_tiny(tmp_path: Path, tasks=("task379", "task195"), family: str = "l
 
     folder = save_tiny(family, tmp_path / "tiny")
     db = tmp_path / "a.duckdb"
-    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots", "1"]
+    # float32 pinned: "auto" is bfloat16 on a CPU with native bfloat16, float32 elsewhere
+    common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots", "1",
+              "--dtype", "float32"]
     task_args = [arg for task in tasks for arg in ("--task", task)]
     res = CliRunner().invoke(app, ["ingest", *common, "--examples", "4", *task_args])
     assert res.exit_code == 0, res.output

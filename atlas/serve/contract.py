@@ -243,6 +243,66 @@ class NeuronAnswer(Strict):
     specific_to_one_task: dict[str, bool]
 
 
+class EvidenceContext(Strict):
+    task: str
+    instance_id: str
+    tokens: list[str] = Field(description="The window's tokens as decoded text.")
+    activations: list[float] | None = Field(description="The neuron's activation on each token "
+                                            "(null for a quantile sample).")
+    peak: int = Field(description="The peak token's 0-based place in tokens.")
+    activation: float = Field(description="The activation at the peak.")
+
+
+class QuantileSample(Strict):
+    bin: int = Field(description="0: the lowest quarter of the sampled activations.")
+    low: float
+    high: float
+    sample: EvidenceContext
+
+
+class TaskDensity(Strict):
+    task: str
+    n_tokens: int
+    share_positive: float = Field(description="Share of the task's distinct tokens above 0.")
+    mean: float
+    hist: list[int] = Field(description="Counts per bin of edges (len(edges) + 1 bins).")
+
+
+class LogitToken(Strict):
+    token: str
+    token_id: int
+    logit: float = Field(description="Logit change per unit of activation (direct path).")
+
+
+class NeuronEvidenceAnswer(Strict):
+    model: str
+    layer: int
+    neuron: int
+    evidence_id: int | None = Field(description="The evidence run read; null when none is stored.")
+    top: list[EvidenceContext] = Field(description="Highest activations, best first.")
+    bottom: list[EvidenceContext] = Field(description="Lowest activations, lowest first.")
+    quantiles: list[QuantileSample]
+    density: list[TaskDensity]
+    promoted: list[LogitToken]
+    suppressed: list[LogitToken]
+    edges: list[float] = Field(description="The density histogram's inner bin edges.")
+
+
+class TokenNeuron(Strict):
+    layer: int
+    neuron: int
+    n_exemplars: int = Field(description="Exemplars of the neuron that peak on the token.")
+    peak: float = Field(description="The largest |activation| among them.")
+    tokens: list[str] = Field(description="The matching tokens as stored.")
+
+
+class TokenNeurons(Strict):
+    model: str
+    token: str
+    sign: int = Field(description="1: the highest activations, -1: the lowest.")
+    rows: list[TokenNeuron] = Field(description="Most exemplars on the token first.")
+
+
 class DisplayRow(Strict):
     name: str
     values: list[float | None]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path
+from dataclasses import asdict
+
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
+from atlas.query import evidence
 from atlas.query.neurons import neuron_profile
-from atlas.serve.contract import MODEL_SPEC, NeuronAnswer, json_answer
+from atlas.serve.contract import (
+    MODEL_SPEC,
+    NeuronAnswer,
+    NeuronEvidenceAnswer,
+    TokenNeurons,
+    json_answer,
+)
 from atlas.serve.state import AtlasState, state
 
 router = APIRouter(tags=["neurons"])
@@ -27,3 +36,29 @@ def neuron(model: str = Path(..., description=MODEL_SPEC),
                                  lambda row: st.set_mask(eng, row, shape),
                                  lambda run: st.run_scores(eng, run, shape))
     return JSONResponse(profile.as_dict())  # plain values: no encoder pass needed
+
+
+@router.get("/models/{model}/neurons/{layer}/{neuron}/evidence",
+            responses=json_answer(NeuronEvidenceAnswer, "What the neuron responds to and writes."))
+def neuron_evidence(model: str = Path(..., description=MODEL_SPEC),
+                    layer: int = Path(..., ge=0, le=2**15),
+                    neuron: int = Path(..., ge=0, le=2**31 - 1),
+                    st: AtlasState = Depends(state)) -> JSONResponse:
+    """A neuron's exemplars of both signs with per-token activations, quantile samples,
+    density per task and the tokens its output promotes and suppresses (`atlas describe`)."""
+    with st.request() as eng:
+        return JSONResponse(asdict(evidence.neuron_evidence(eng, model, layer, neuron)))
+
+
+@router.get("/models/{model}/token-neurons",
+            responses=json_answer(TokenNeurons, "Neurons whose exemplars peak on a token."))
+def token_neurons(model: str = Path(..., description=MODEL_SPEC),
+                  token: str = Query(..., min_length=1, max_length=200,
+                                     description="The token's text (spaces and case ignored)."),
+                  sign: int = Query(1, ge=-1, le=1, description="1: highest, -1: lowest."),
+                  limit: int = Query(20, ge=1, le=1000),
+                  st: AtlasState = Depends(state)) -> JSONResponse:
+    """The neurons whose stored exemplars peak most often and most strongly on ``token``."""
+    with st.request() as eng:
+        found = evidence.neurons_for_token(eng, model, token, limit, sign or 1)
+    return JSONResponse({"model": model, "token": token, "sign": sign or 1, "rows": found})

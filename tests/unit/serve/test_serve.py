@@ -34,6 +34,9 @@ def atlas_db(tmp_path_factory):
                                   "llama-2-7b-chat", "--task", task, "--layers", "32", "--d-mlp",
                                   "11008", "--db", str(db)])
         assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["describe", "--model", str(folder), "--sni-dir", str(SNI_DIR),
+                              "--db", str(db), "--task", "task195", "--examples", "3", "--k", "3"])
+    assert res.exit_code == 0, res.output
     return db, folder
 
 
@@ -270,6 +273,48 @@ def test_page_in_a_real_browser(server, atlas_db, tmp_path):
         browser.save_screenshot(str(tmp_path / "atlas-serve-420.png"))
         browser.get(str(server.base_url) + "/docs")  # the API docs render without a CDN
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".opblock")) >= 10)
+    finally:
+        browser.quit()
+
+
+def test_neuron_evidence_served_and_shown(server, atlas_db, tmp_path):
+    """The evidence endpoint and the token search answer from the stored run; the page's
+    neuron view shows the contexts with per-token colours whose values appear on hover."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    name = atlas_db[1].name
+    ev = server.get(f"/models/{name}/neurons/1/5/evidence").json()
+    assert len(ev["top"]) == 3 and len(ev["promoted"]) == 20 and ev["density"][0]["n_tokens"] > 0
+    token = ev["top"][0]["tokens"][ev["top"][0]["peak"]]
+    found = server.get(f"/models/{name}/token-neurons", params={"token": token, "limit": 1000})
+    assert found.status_code == 200 and {"layer": 1, "neuron": 5} in [
+        {"layer": r["layer"], "neuron": r["neuron"]} for r in found.json()["rows"]]
+    assert server.get("/models/llama-2-7b-chat/token-neurons",
+                      params={"token": "x"}).status_code == 404  # no evidence stored for it
+    assert server.get(f"/models/{name}/neurons/99/0/evidence").status_code == 404
+    model_id = next(r["model_id"] for r in server.get("/models").json()["rows"] if r["name"] == name)
+    browser = _browser()
+    try:
+        browser.get(f"{server.base_url}/#model=%23{model_id}&neuron=1/5")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#ex-top .ctx span.t"))
+        spans = browser.find_elements(By.CSS_SELECTOR, "#ex-top .ctx span.t.peak")
+        assert len(spans) == 3
+        ActionChains(browser).move_to_element(spans[0]).perform()
+        title = spans[0].get_attribute("title")
+        value = float(title.rsplit(": ", 1)[1])
+        assert value == pytest.approx(ev["top"][0]["activation"], abs=1e-3)
+        assert "rgba(26, 95, 180" in spans[0].value_of_css_property("background-color") or \
+            "rgba(26,95,180" in spans[0].get_attribute("style")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#promoted span")) == 20
+        assert browser.find_elements(By.CSS_SELECTOR, "#density .bar")
+        assert browser.find_elements(By.CSS_SELECTOR, "#task-profile .bar")
+        shot = tmp_path / "atlas-neuron.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
     finally:
         browser.quit()
 
