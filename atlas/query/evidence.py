@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from atlas.errors import NotFound
+from atlas.histogram import EDGES
 from atlas.query.core import resolve_model, rows
-from atlas.scoring.exemplars import EDGES
 
 
 @dataclass(frozen=True)

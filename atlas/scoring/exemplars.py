@@ -26,13 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from atlas.histogram import EDGES, N_BINS
 from atlas.models.adapters import Adapter, adapter_for
 from atlas.models.batching import length_groups, padded
 
-# Histogram bin edges of activations (signed, roughly logarithmic); bins are the 16 intervals
-# (-inf, -10], (-10, -3], ..., (10, inf).
-EDGES = (-10.0, -3.0, -1.0, -0.3, -0.1, -0.03, -0.01, 0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-N_BINS = len(EDGES) + 1
 SIGNS = (1, -1)
 
 

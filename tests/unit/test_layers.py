@@ -12,12 +12,12 @@ import pytest
 ATLAS = Path(__file__).resolve().parents[2] / "atlas"
 LAYERS = [
     {"errors"},
-    {"naming", "paths", "progress", "versions", "presets"},
+    {"naming", "paths", "progress", "versions", "presets", "histogram"},
     {"models"},
     {"tasks"},
     {"scoring"},
     {"store"},
-    {"query", "evaluate", "ingest"},
+    {"query", "evaluate", "ingest", "evidence"},
     {"intervene", "distributed"},
     {"serve", "api"},
 ]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from atlas.histogram import EDGES
 from atlas.models.adapters import adapter_for
-from atlas.scoring.exemplars import EDGES, record_exemplars, window_key
+from atlas.scoring.exemplars import record_exemplars, window_key
 from tests.helpers import tiny_model
 
 

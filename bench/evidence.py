@@ -1,0 +1,63 @@
+"""Neuron evidence costs, measured side by side in one run on a built-in model:
+
+- a describe pass (exemplars, density, samples recorded) against a plain forward pass over the
+  same token batches (target: at most 1.3x);
+- logit effects for every neuron of the model (target: under 10 s for SmolLM2 on a CPU).
+
+    python bench/evidence.py [--model smollm2-135m-instruct] [--texts 32] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from atlas.models.batching import length_groups, padded
+from atlas.models.loading import load_model
+from atlas.models.unembed import logit_effects
+from atlas.scoring.exemplars import record_exemplars
+
+
+def plain_forward(model, sequences, batch_size=8, max_tokens=1024):
+    with torch.no_grad():
+        for group in length_groups([len(s) for s in sequences], batch_size, max_tokens):
+            ids, mask = padded([sequences[i] for i in group], 0)
+            model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--texts", type=int, default=32)
+    ap.add_argument("--length", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args()
+    loaded = load_model(args.model, dtype=args.dtype)
+    gen = torch.Generator().manual_seed(0)
+    vocab = len(loaded.tokenizer)
+    sequences = [torch.randint(5, vocab, (args.length,), generator=gen).tolist()
+                 for _ in range(args.texts)]
+    parts = [i % 3 for i in range(args.texts)]
+    plain, record = [], []
+    for _ in range(args.repeats):  # interleaved, so both see the same machine
+        t = time.perf_counter()
+        plain_forward(loaded.model, sequences)
+        plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        record_exemplars(loaded.model, sequences, parts)
+        record.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    logit_effects(loaded.model)
+    logits = time.perf_counter() - t
+    n_tokens = args.texts * args.length
+    print(f"{loaded.name} ({loaded.dtype}, {torch.get_num_threads()} threads), {n_tokens} tokens")
+    print(f"plain forward {min(plain):.2f} s, describe pass {min(record):.2f} s: "
+          f"ratio {min(record) / min(plain):.2f} (target <= 1.3)")
+    print(f"logit effects of {loaded.n_layers * loaded.d_mlp} neurons: {logits:.1f} s (target < 10)")
+
+
+if __name__ == "__main__":
+    main()
