@@ -23,7 +23,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_model("smollm2-135m-instruct", device="cpu")
+    return load_model("smollm2-135m-instruct", device="cpu", dtype="float32")
 
 
 def test_loads_with_its_shape_and_template(smollm2):
