@@ -234,14 +234,16 @@ def test_a_changed_task_file_is_refused_not_restamped(atlas, tmp_path):
     path = tmp_path / "task9379_news.json"
     source["Instances"] = source["Instances"][:40]
     path.write_text(json.dumps(source))
-    common = ["--model", str(folder), "--db", str(db), "--shots", "1", "--task", str(path)]
+    common = ["--model", str(folder), "--db", str(db), "--shots", "1", "--task", str(path),
+              "--dtype", "float32"]
     assert runner.invoke(app, ["ingest", *common, "--examples", "4"]).exit_code == 0
     stored = query(db, "SELECT data_hash FROM tasks WHERE name = 'task9379_news'")
     source["Instances"][0]["input"] += " (edited)"
     path.write_text(json.dumps(source))
     refused(["ingest", *common, "--examples", "4"], "changed since the atlas stored it", db)
     refused(["ablate", "--model", str(folder), "--db", str(db), "--shots", "1", "--task",
-             "task379", "--eval-task", str(path), "--examples", "4", "--controls", "1"],
+             "task379", "--eval-task", str(path), "--examples", "4", "--controls", "1",
+             "--dtype", "float32"],
             "put the original file back", db)
     assert query(db, "SELECT data_hash FROM tasks WHERE name = 'task9379_news'") == stored
 
