@@ -22,9 +22,9 @@ from atlas.errors import AtlasError
 from atlas.models.loading import LoadedModel
 from atlas.models.unembed import logit_effects
 from atlas.naming import params_key
-from atlas.scoring.exemplars import SIGNS, Exemplars, record_exemplars
+from atlas.scoring.exemplars import SIGNS, Exemplars, quantile_bins, record_exemplars
 from atlas.store import evidence as store
-from atlas.store.runs import DatabaseRuns, register_model
+from atlas.store.runs import DatabaseRuns
 from atlas.tasks.prompts import PromptFormat, scoring_examples
 from atlas.tasks.sni import Task
 from atlas.tasks.split import split_task, subsample
@@ -109,20 +109,18 @@ def describe(engine: Engine, loaded: LoadedModel, tasks: list[Task], options: De
     Returns:
         :class:`DescribeResult` (a run with the same params is reused, not recomputed).
     """
-    model_id = register_model(engine, loaded)
     runs = DatabaseRuns(engine)
-    runs.model_id = model_id
+    runs.register_model(loaded)
+    model_id = runs.model_id
     task_ids = [runs.task_id(t) for t in tasks]
     params = {"model": loaded.name, "revision": loaded.revision, "dtype": loaded.dtype,
               "tasks": {t.name: t.data_hash for t in tasks}, "prompt_rule": "marker",
               **{k: v for k, v in asdict(options).items() if k != "sni_dir"}}
     key = params_key(params)
-    vocab = None
     if not store.has_logits(engine, model_id):
         started = time.perf_counter()
-        vocab = vocabulary(loaded.tokenizer)
         store.write_logits(engine, model_id, logits_table(model_id, logit_effects(
-            loaded.model, options.logit_k)), vocab)
+            loaded.model, options.logit_k)), vocabulary(loaded.tokenizer))
         say(f"logit effects of {loaded.n_layers * loaded.d_mlp} neurons stored "
             f"({time.perf_counter() - started:.1f} s)")
     found = store.find_complete(engine, model_id, key)
@@ -137,8 +135,7 @@ def describe(engine: Engine, loaded: LoadedModel, tasks: list[Task], options: De
                               before=options.before, after=options.after,
                               n_samples=options.n_samples, seed=options.seed,
                               batch_size=options.batch_size, pad_id=_pad_id(loaded.tokenizer))
-    vocab = vocab or vocabulary(loaded.tokenizer)
-    tables = evidence_tables(evidence_id, record, corpus, vocab)
+    tables = evidence_tables(evidence_id, record, corpus, store.read_vocab(engine, model_id))
     n_tokens = sum(d.n_tokens for d in record.density.values())
     store.complete_run(engine, evidence_id, tables, len(corpus.sequences), n_tokens)
     return DescribeResult(evidence_id, "computed", len(corpus.sequences), n_tokens,
@@ -175,10 +172,12 @@ def evidence_tables(evidence_id: int, rec: Exemplars, corpus: Corpus, vocab: lis
     n_signs, n_layers, k, d_mlp = rec.value.shape
     valid = (rec.seq >= 0).numpy()
     seq, pos = rec.seq.numpy()[valid], rec.pos.numpy()[valid]
-    quantiles = _quantiles(rec)
+    bins = quantile_bins(rec.sample_values.numpy(), N_QUANTILE_BINS)
     sample_seq = np.array([s for s, _ in rec.sample_positions], dtype=np.int64)
     sample_pos = np.array([p for _, p in rec.sample_positions], dtype=np.int64)
-    q_seq, q_pos = sample_seq[quantiles["index"]], sample_pos[quantiles["index"]]
+    q_bin, q_layer, q_neuron = np.indices(bins.index.shape).reshape(3, -1)
+    q_index = bins.index.ravel()
+    q_seq, q_pos = sample_seq[q_index], sample_pos[q_index]
     all_pairs = np.stack([np.concatenate([seq, q_seq]), np.concatenate([pos, q_pos])], 1)
     pairs, inverse = np.unique(all_pairs, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -198,44 +197,18 @@ def evidence_tables(evidence_id: int, rec: Exemplars, corpus: Corpus, vocab: lis
             np.concatenate([[0], np.cumsum(kept.sum(1))]).astype(np.int32),
             windows[kept].astype(np.float32)),
     })
-    n_q = len(quantiles["index"])
     quantile_table = pa.table({
-        "evidence_id": pa.array(np.full(n_q, evidence_id, dtype=np.int32)),
-        "layer": pa.array(quantiles["layer"].astype(np.int16)),
-        "neuron": pa.array(quantiles["neuron"].astype(np.int32)),
-        "bin": pa.array(quantiles["bin"].astype(np.int16)),
-        "low": pa.array(quantiles["low"].astype(np.float32)),
-        "high": pa.array(quantiles["high"].astype(np.float32)),
-        "activation": pa.array(quantiles["value"].astype(np.float32)),
+        "evidence_id": pa.array(np.full(len(q_index), evidence_id, dtype=np.int32)),
+        "layer": pa.array(q_layer.astype(np.int16)),
+        "neuron": pa.array(q_neuron.astype(np.int32)),
+        "bin": pa.array(q_bin.astype(np.int16)),
+        "low": pa.array(bins.low.ravel().astype(np.float32)),
+        "high": pa.array(bins.high.ravel().astype(np.float32)),
+        "activation": pa.array(bins.value.ravel().astype(np.float32)),
         "context_id": pa.array(inverse[len(seq):].astype(np.int32)),
     })
     return {"evidence_contexts": contexts, "neuron_exemplars": exemplars,
             "neuron_quantiles": quantile_table, "neuron_density": _density_table(evidence_id, rec)}
-
-
-def _quantiles(rec: Exemplars) -> dict[str, np.ndarray]:
-    """Each neuron's quantile bins of its sampled values (as :func:`quantile_samples`)."""
-    values = rec.sample_values.numpy()  # [n_samples, n_layers, d_mlp]
-    n, n_layers, d_mlp = values.shape
-    if n == 0:
-        return {k: np.zeros(0, dtype=np.int64) for k in
-                ("layer", "neuron", "bin", "low", "high", "value", "index")}
-    order = np.argsort(values, axis=0, kind="stable")
-    out: dict[str, list] = {k: [] for k in ("layer", "neuron", "bin", "low", "high", "value",
-                                            "index")}
-    layer, neuron = np.indices((n_layers, d_mlp))
-    for b, chunk in enumerate(np.array_split(np.arange(n), N_QUANTILE_BINS)):
-        if not len(chunk):
-            continue
-        mid = order[chunk[len(chunk) // 2]]  # [n_layers, d_mlp] sample indices
-        out["layer"].append(layer.ravel())
-        out["neuron"].append(neuron.ravel())
-        out["bin"].append(np.full(n_layers * d_mlp, b))
-        out["low"].append(np.take_along_axis(values, order[chunk[0]][None], 0)[0].ravel())
-        out["high"].append(np.take_along_axis(values, order[chunk[-1]][None], 0)[0].ravel())
-        out["value"].append(np.take_along_axis(values, mid[None], 0)[0].ravel())
-        out["index"].append(mid.ravel())
-    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def _contexts_table(evidence_id: int, pairs: np.ndarray, rec: Exemplars, corpus: Corpus,

@@ -21,7 +21,6 @@ from atlas.intervene.stats import (
     paired_rel_change_interval,
     report_tests,
     set_level_test,
-    sign_flip_p,
 )
 from atlas.intervene.summary import (
     ColumnInfo,
@@ -29,7 +28,6 @@ from atlas.intervene.summary import (
     SetSummary,
     VersusOtherSets,
     included_sets,
-    significant,
 )
 from atlas.query.core import rows as query_rows
 
@@ -143,21 +141,7 @@ def build_report(engine: Engine, model: str, method: str = "cgvst", factor: floa
             excluded.append(f"{entry.set}: the unmodified model is at chance on its task "
                             f"(accuracy {status.accuracy:.2f}, chance {status.chance:.2f}, "
                             f"binomial p = {status.p:.2g})")
-    included = included_sets(summary)
-    tests = report_tests(included)
-    paired = [e.paired for e in included if e.paired is not None]
-    tests.n_paired = len(paired)
-    tests.paired_statistic = paired[0].statistic if paired else None
-    tests.mean_paired_diff = float(np.mean([p.mean_diff for p in paired])) if paired else None
-    tests.n_paired_significant = sum(significant(p) for p in paired)
-    set_level = [e.set_level for e in included if e.set_level is not None]
-    tests.n_set_level = len(set_level)
-    tests.n_set_level_significant = sum(v.significant for v in set_level)
-    versus = [e.vs_other_sets for e in included if e.vs_other_sets is not None]
-    tests.n_vs_other_sets = len(versus)
-    tests.mean_vs_other_sets = float(np.mean([v.mean_diff for v in versus])) if versus else None
-    tests.vs_other_sets_p = sign_flip_p([v.mean_diff for v in versus])
-    tests.n_vs_other_sets_significant = sum(significant(v) for v in versus)
+    tests = report_tests(included_sets(summary))
     return Report(model, method, factor, metric, names, cols, matrix, summary, tests, intervals,
                   columns_info, excluded, row_seeds)
 

@@ -19,6 +19,7 @@ from atlas.intervene.summary import (
     ReportTests,
     SetLevelTest,
     SetSummary,
+    significant,
 )
 
 
@@ -37,12 +38,16 @@ def sign_flip_p(values: list[float]) -> float | None:
 def report_tests(summary: list[SetSummary]) -> ReportTests:
     """Across sets, each with its sign-flip p-value: the mean specificity index; the own-task
     change of a set minus its control's; the mean |change| over all tasks of a set against its
-    control's (does the set matter more than random neurons, on any task?)."""
+    control's (does the set matter more than random neurons, on any task?); and the counts of
+    the sets' own tests (paired, set-level, versus the other tasks' sets) where computed."""
     index = [s.specificity_index for s in summary if s.specificity_index is not None]
     vs_control = [s.target_change - s.control_target_change for s in summary
                   if s.target_change is not None and s.control_target_change is not None]
-    paired = [(s.mean_abs_change, s.control_mean_abs_change) for s in summary
-              if s.mean_abs_change is not None and s.control_mean_abs_change is not None]
+    abs_pairs = [(s.mean_abs_change, s.control_mean_abs_change) for s in summary
+                 if s.mean_abs_change is not None and s.control_mean_abs_change is not None]
+    paired = [s.paired for s in summary if s.paired is not None]
+    set_level = [s.set_level for s in summary if s.set_level is not None]
+    versus = [s.vs_other_sets for s in summary if s.vs_other_sets is not None]
     return ReportTests(
         n_sets=len(index),
         mean_specificity_index=float(np.mean(index)) if index else None,
@@ -50,9 +55,19 @@ def report_tests(summary: list[SetSummary]) -> ReportTests:
         n_controlled=len(vs_control),
         mean_target_minus_control=float(np.mean(vs_control)) if vs_control else None,
         target_minus_control_p=sign_flip_p(vs_control),
-        mean_abs_change=float(np.mean([a for a, _ in paired])) if paired else None,
-        control_mean_abs_change=float(np.mean([c for _, c in paired])) if paired else None,
-        abs_change_minus_control_p=sign_flip_p([a - c for a, c in paired]),
+        mean_abs_change=float(np.mean([a for a, _ in abs_pairs])) if abs_pairs else None,
+        control_mean_abs_change=float(np.mean([c for _, c in abs_pairs])) if abs_pairs else None,
+        abs_change_minus_control_p=sign_flip_p([a - c for a, c in abs_pairs]),
+        n_paired=len(paired),
+        paired_statistic=paired[0].statistic if paired else None,
+        mean_paired_diff=float(np.mean([p.mean_diff for p in paired])) if paired else None,
+        n_paired_significant=sum(significant(p) for p in paired),
+        n_set_level=len(set_level),
+        n_set_level_significant=sum(v.significant for v in set_level),
+        n_vs_other_sets=len(versus),
+        mean_vs_other_sets=float(np.mean([v.mean_diff for v in versus])) if versus else None,
+        vs_other_sets_p=sign_flip_p([v.mean_diff for v in versus]),
+        n_vs_other_sets_significant=sum(significant(v) for v in versus),
     )
 
 

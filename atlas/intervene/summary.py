@@ -97,6 +97,9 @@ class ColumnInfo:
         return head if self.chance is None else {**head, **self.chance.to_dict()}
 
 
+_FILLED_BY_REPORT = ("paired", "paired_accuracy", "set_level", "vs_other_sets", "own_task_above_chance")
+
+
 @dataclass
 class SetSummary:
     """One intervened set: its own-task change against the other tasks' and its controls',
@@ -120,7 +123,7 @@ class SetSummary:
     def to_dict(self) -> dict:
         """The JSON entry: the tests present where computed (``set_level`` beside ``paired``,
         null below two controls)."""
-        out: dict = {f.name: getattr(self, f.name) for f in fields(self)[:9]}
+        out: dict = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _FILLED_BY_REPORT}
         if self.paired is not None:
             out["paired"] = self.paired.to_dict()
             if self.paired_accuracy is not None:

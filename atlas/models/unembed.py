@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from atlas.models.adapters import adapter_for
+from atlas.models.adapters import Adapter, adapter_for
 
 
 @dataclass
@@ -39,14 +39,21 @@ def norm_scale(model: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def layer_logit_effects(model: nn.Module, layer: int) -> torch.Tensor:
-    """Every neuron's direct logit effect in ``layer``: float32 [vocab, d_mlp]."""
-    adapter = adapter_for(model)
+def readout(model: nn.Module) -> torch.Tensor:
+    """The unembedding through the final norm's scale, ``W_U · diag(g)``: float32 [vocab,
+    d_model] (one matrix for every layer's directions)."""
+    unembed = model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
+    return unembed * norm_scale(model)[None, :]
+
+
+@torch.no_grad()
+def layer_logit_effects(adapter: Adapter, layer: int, read: torch.Tensor) -> torch.Tensor:
+    """Every neuron's direct logit effect in ``layer`` through ``read`` (:func:`readout`):
+    float32 [vocab, d_mlp]."""
     directions = adapter.down_columns(layer).detach().float()  # [d_model, d_mlp]
     if adapter.spec.centred_norm:
         directions = directions - directions.mean(0, keepdim=True)
-    unembed = model.get_output_embeddings().weight.detach().float()  # [vocab, d_model]
-    return unembed @ (norm_scale(model)[:, None] * directions)
+    return read @ directions
 
 
 @torch.no_grad()
@@ -60,9 +67,10 @@ def logit_effects(model: nn.Module, k: int = 20) -> LogitEffects:
     Returns:
         :class:`LogitEffects`, each tensor [n_layers, d_mlp, k].
     """
+    adapter, read = adapter_for(model), readout(model)
     per_layer = []
-    for layer in range(adapter_for(model).n_layers):
-        effects = layer_logit_effects(model, layer)  # [vocab, d_mlp]
+    for layer in range(adapter.n_layers):
+        effects = layer_logit_effects(adapter, layer, read)  # [vocab, d_mlp]
         top = effects.topk(k, dim=0)
         bottom = effects.topk(k, dim=0, largest=False)
         per_layer.append((top.indices.T, top.values.T, bottom.indices.T, bottom.values.T))

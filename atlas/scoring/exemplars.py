@@ -10,7 +10,7 @@ down projection's input, signed for gated MLPs):
   and a histogram over the fixed signed bins :data:`EDGES`;
 - **quantile samples**: the activations on ``n_samples`` token positions drawn uniformly
   (seeded) from the corpus, the same positions for every neuron, from which each neuron's
-  quantile bins are read (:func:`quantile_samples`).
+  quantile bins are read (:func:`quantile_bins`).
 
 Contexts are distinct text: a position counts only where its window's tokens (and the peak's
 place in it) occur for the first time in the corpus, in input order, so few-shot demonstrations
@@ -183,12 +183,12 @@ class ExemplarProbe:
         n_cand = min(self.k, kept.shape[0])
         if n_cand == 0:
             return
+        neuron = torch.arange(d, device=act.device)
+        offsets = torch.arange(self.width, device=act.device)
         for s, sign in enumerate(SIGNS):
             values = (flat * sign).masked_fill(~keep.flatten()[:, None], -torch.inf)
             top = values.topk(n_cand, dim=0)  # [n_cand, d_mlp]
             rows, pos = top.indices // n_pos, top.indices % n_pos
-            neuron = torch.arange(d, device=act.device)
-            offsets = torch.arange(self.width, device=act.device)
             window = padded_act[rows[..., None], pos[..., None] + offsets, neuron[None, :, None]]
             self._merge(state, s, top.values.cpu(), order[rows].cpu(), pos.cpu(), window.cpu())
 
@@ -276,13 +276,29 @@ def record_exemplars(model: nn.Module, sequences: Sequence[Sequence[int]], parts
     return probe.result()
 
 
-def quantile_samples(values: np.ndarray, n_bins: int = 4) -> list[tuple[int, float, float, int]]:
-    """A neuron's quantile bins from its sampled values: per bin (equal counts, ascending), its
-    lowest and highest value and the index of its median sample: (bin, low, high, index)."""
-    order = np.argsort(values, kind="stable")
-    out = []
-    for b, chunk in enumerate(np.array_split(order, n_bins)):
-        if len(chunk):
-            out.append((b, float(values[chunk[0]]), float(values[chunk[-1]]),
-                        int(chunk[len(chunk) // 2])))
-    return out
+@dataclass
+class QuantileBins:
+    """Per neuron, its sampled values in ``n_bins`` equal-count bins (ascending): each bin's
+    lowest and highest value and its median sample's value and index, each [n_bins, n_layers,
+    d_mlp] (a bin left empty by fewer samples than bins is dropped)."""
+
+    low: np.ndarray
+    high: np.ndarray
+    value: np.ndarray
+    index: np.ndarray
+
+
+def quantile_bins(values: np.ndarray, n_bins: int = 4) -> QuantileBins:
+    """Every neuron's quantile bins from the sampled values [n_samples, n_layers, d_mlp]."""
+    order = np.argsort(values, axis=0, kind="stable")  # per neuron, sample indices ascending
+    chunks = [c for c in np.array_split(np.arange(len(values)), n_bins) if len(c)]
+
+    def at(rank: int) -> tuple[np.ndarray, np.ndarray]:
+        index = order[rank]  # [n_layers, d_mlp]
+        return np.take_along_axis(values, index[None], 0)[0], index
+
+    mids = [at(c[len(c) // 2]) for c in chunks]
+    shape = (0, *values.shape[1:])
+    stack = lambda arrays: np.stack(arrays) if arrays else np.zeros(shape)  # noqa: E731
+    return QuantileBins(stack([at(c[0])[0] for c in chunks]), stack([at(c[-1])[0] for c in chunks]),
+                        stack([v for v, _ in mids]), stack([i for _, i in mids]).astype(np.int64))

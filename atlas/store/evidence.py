@@ -52,6 +52,13 @@ def has_logits(engine: Engine, model_id: int) -> bool:
                             {"m": model_id}).scalar_one() > 0
 
 
+def read_vocab(engine: Engine, model_id: int) -> list[str]:
+    """A model's stored vocabulary, token id -> text."""
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text(
+            "SELECT token FROM vocab WHERE model_id = :m ORDER BY token_id"), {"m": model_id})]
+
+
 def write_logits(engine: Engine, model_id: int, logits: pa.Table, vocab: list[str]) -> None:
     """A model's logit effects and vocabulary, once (a second call for the model is a no-op)."""
     with engine.begin() as conn:

@@ -113,3 +113,23 @@ def test_density_and_samples_count_the_distinct_positions():
     assert len(rec.sample_positions) == 7
     for (i, p), row in zip(rec.sample_positions, rec.sample_values):
         assert torch.allclose(row, acts[i][:, p], atol=1e-5)
+
+
+def test_quantile_bins_equal_a_per_neuron_sort():
+    from atlas.scoring.exemplars import quantile_bins
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(10, 2, 3)).astype(np.float32)
+    values[:, 1, 2] = 0.5  # ties: the stable order keeps sample order
+    got = quantile_bins(values, 4)
+    assert got.low.shape == (4, 2, 3)
+    for layer in range(2):
+        for neuron in range(3):
+            column = values[:, layer, neuron]
+            ranked = sorted(range(10), key=lambda i: (column[i], i))
+            for b, chunk in enumerate([ranked[0:3], ranked[3:6], ranked[6:8], ranked[8:10]]):
+                assert got.low[b, layer, neuron] == column[chunk[0]]
+                assert got.high[b, layer, neuron] == column[chunk[-1]]
+                assert got.index[b, layer, neuron] == chunk[len(chunk) // 2]
+                assert got.value[b, layer, neuron] == column[chunk[len(chunk) // 2]]
+    assert quantile_bins(values[:2], 4).low.shape == (2, 2, 3)  # fewer samples than bins
