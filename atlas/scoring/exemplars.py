@@ -176,21 +176,26 @@ class ExemplarProbe:
             state.hist += torch.bincount(index.flatten(), minlength=N_BINS * d).view(N_BINS, d).T.cpu()
         for row, pos, sample in batch.samples:
             self.sample_values[sample, layer] = act[row, pos].cpu()
-        # windows: NaN beyond each sequence's real tokens and its edges
-        real = act.masked_fill(~batch.real.to(act.device)[..., None], torch.nan)
-        padded_act = torch.nn.functional.pad(real, (0, 0, self.before, self.after), value=torch.nan)
-        order = torch.tensor(batch.seqs, device=act.device)
         n_cand = min(self.k, kept.shape[0])
         if n_cand == 0:
             return
+        kept_at = torch.nonzero(keep.flatten()).flatten()  # [n_kept]: their places in ``flat``
+        real = batch.real.to(act.device)
+        order = torch.tensor(batch.seqs, device=act.device)
         neuron = torch.arange(d, device=act.device)
-        offsets = torch.arange(self.width, device=act.device)
+        offsets = torch.arange(self.width, device=act.device) - self.before
         for s, sign in enumerate(SIGNS):
-            values = (flat * sign).masked_fill(~keep.flatten()[:, None], -torch.inf)
-            top = values.topk(n_cand, dim=0)  # [n_cand, d_mlp]
-            rows, pos = top.indices // n_pos, top.indices % n_pos
-            window = padded_act[rows[..., None], pos[..., None] + offsets, neuron[None, :, None]]
-            self._merge(state, s, top.values.cpu(), order[rows].cpu(), pos.cpu(), window.cpu())
+            top = kept.topk(n_cand, dim=0, largest=sign > 0)  # [n_cand, d_mlp]
+            at = kept_at[top.indices]
+            rows, pos = at // n_pos, at % n_pos
+            # the window's activations, NaN beyond the sequence's real tokens and its edges
+            where = pos[..., None] + offsets  # [n_cand, d_mlp, width]
+            inside = (where >= 0) & (where < n_pos)
+            where = where.clamp(0, n_pos - 1)
+            window = act[rows[..., None], where, neuron[None, :, None]]
+            window = window.masked_fill(~(inside & real[rows[..., None], where]), torch.nan)
+            self._merge(state, s, top.values.cpu() * sign, order[rows].cpu(), pos.cpu(),
+                        window.cpu())
 
     def _merge(self, state: _LayerState, s: int, value, seq, pos, window) -> None:
         """Keep the k best of the stored and the new candidates: by value, ties by input order."""
