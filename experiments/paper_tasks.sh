@@ -9,7 +9,8 @@
 # paper's tasks above chance; amplified x2 only), all in float32 (bfloat16 is emulated on this
 # CPU: 32x slower), on the paper's SNI tasks plus the three language-ID tasks
 # of sni-more, at 5 shots on 100 seeded examples of each task's scoring half; imports the paper's
-# released Llama-2-7B-chat sets; inhibits (x0) every task's CGVST set, then, for the tasks the
+# released Llama-2-7B-chat sets; records the neuron evidence of SmolLM2 and Gemma (`atlas describe`,
+# the same 100 scoring examples of every task, each instance alone); inhibits (x0) every task's CGVST set, then, for the tasks the
 # model does above chance, inhibits (x0) every other method's sets, amplifies (x2, x4) the CGVST
 # sets and inhibits their shared and specific parts (`atlas split`); each set evaluated on 100
 # seeded examples of every task's held-out half (label likelihood, per-example outcomes stored)
@@ -61,6 +62,11 @@ ingest() {  # model method...
     --skip-missing --shots $SHOTS --examples $SCORE_EXAMPLES --seed $SEED "${methods[@]}"
   snapshot
 }
+record_evidence() {  # model: what every neuron responds to (each instance alone) and writes
+  $ATLAS describe --model "$1" --dtype "$(dtype_of "$1")" "${task_args[@]}" "${dirs[@]}" \
+    --examples $SCORE_EXAMPLES --shots 0 --seed $SEED
+  snapshot
+}
 run_sets() {  # model method factor [task...]: each task's set in turn (default: every task's),
               # every task evaluated
   local model=$1 method=$2 factor=$3; shift 3
@@ -99,6 +105,7 @@ fi
 # targets and loss.)
 for model in "${MODELS[@]}"; do
   ingest "$model" cgvst grad_x_act
+  case $model in smollm2*|gemma*) record_evidence "$model" ;; esac
   run_sets "$model" cgvst 0
   above=$(above_chance "$model")
   echo "$model does above chance: ${above:-no task}"
