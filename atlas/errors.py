@@ -21,3 +21,12 @@ class Ambiguous(AtlasError):
 
 class Unavailable(AtlasError):
     """The database is missing, busy, at another schema, or not an atlas database."""
+
+
+class Busy(AtlasError):
+    """A bounded resource (a served model's generation slot) is in use; retry shortly."""
+
+
+class NotEnabled(NotFound):
+    """A feature this server was started without (live models): not found here, and how to
+    enable it."""

@@ -49,7 +49,7 @@ def describe(
     finally:
         engine.dispose()
     console.print(f"evidence run {result.evidence_id} ({result.status}): {result.n_sequences} "
-                  f"texts, {result.n_tokens} distinct tokens, {result.seconds:.1f} s")
+                  f"texts, {result.n_tokens} tokens read, {result.seconds:.1f} s")
 
 
 def neurons(

@@ -9,6 +9,7 @@ from cli.db import db_app
 from cli.evidence import describe, neurons
 from cli.ingest import ingest, select_cmd, split_cmd
 from cli.intervene import ablate, amplify, report
+from cli.live import activations, try_set
 from cli.plot import plot_app
 from cli.query import compare, export, import_cmd, overlap, specificity_cmd, sql
 from cli.serve import serve
@@ -36,6 +37,8 @@ app.command()(report)
 app.command()(serve)
 app.command()(describe)
 app.command()(neurons)
+app.command("try")(try_set)
+app.command()(activations)
 app.add_typer(db_app, name="db")
 app.add_typer(plot_app, name="plot")
 

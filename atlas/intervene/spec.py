@@ -47,8 +47,16 @@ class Intervention:
 
 
 @contextmanager
-def apply(model: nn.Module, spec: Intervention) -> Iterator[nn.Module]:
-    """Scale ``spec``'s neurons by ``spec.factor`` while the context is open."""
+def apply(model: nn.Module, spec: Intervention, rows: list[int] | None = None
+          ) -> Iterator[nn.Module]:
+    """Scale ``spec``'s neurons by ``spec.factor`` while the context is open.
+
+    Args:
+        model: the model (its adapter finds the down projections).
+        spec: the intervention.
+        rows: the batch rows it touches (None: every row); the others run unchanged, so one
+            batch can hold the unmodified and the intervened runs of one prompt side by side.
+    """
     adapter = adapter_for(model)
     handles = []
     try:
@@ -60,14 +68,14 @@ def apply(model: nn.Module, spec: Intervention) -> Iterator[nn.Module]:
             down = adapter.downs[layer]
             scale = torch.ones(adapter.d_mlp)
             scale[torch.tensor(indices, dtype=torch.long)] = spec.factor
-            handles.append(down.register_forward_pre_hook(_scaler(scale, spec.positions)))
+            handles.append(down.register_forward_pre_hook(_scaler(scale, spec.positions, rows)))
         yield model
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _scaler(scale: torch.Tensor, positions: list[int] | None):
+def _scaler(scale: torch.Tensor, positions: list[int] | None, rows: list[int] | None):
     cache: dict = {}
 
     def hook(module, inputs):
@@ -76,11 +84,19 @@ def _scaler(scale: torch.Tensor, positions: list[int] | None):
         if key not in cache:
             cache[key] = scale.to(device=act.device, dtype=act.dtype)
         factor = cache[key]
-        if positions is None:
+        if positions is None and rows is None:
             return (act * factor, *inputs[1:])
         out = act.clone()
-        pos = [p for p in positions if p < act.shape[1]]
-        out[:, pos] = out[:, pos] * factor
+        batch = slice(None) if rows is None else torch.tensor(rows, device=act.device)
+        pos = (slice(None) if positions is None else
+               torch.tensor([p for p in positions if p < act.shape[1]], dtype=torch.long,
+                            device=act.device))
+        if rows is None:
+            out[:, pos] = out[:, pos] * factor
+        elif positions is None:
+            out[batch] = out[batch] * factor
+        else:
+            out[batch[:, None], pos] = out[batch[:, None], pos] * factor
         return (out, *inputs[1:])
 
     return hook

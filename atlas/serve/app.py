@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atlas.errors import AtlasError
 from atlas.serve.http import ConditionalGet, GZipUnlessRanged, HeadAsGet
+from atlas.serve.live import LiveModels
 from atlas.serve.responses import error, status_of
 from atlas.serve.state import AtlasState
 
@@ -31,7 +32,7 @@ log = logging.getLogger("atlas.serve")
 
 
 def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int = 10_000,
-               threads: int | None = 1) -> FastAPI:
+               threads: int | None = 1, live: LiveModels | None = None) -> FastAPI:
     """The API of the atlas database at ``db`` (read-only).
 
     Args:
@@ -40,6 +41,8 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
         sql_max_rows: rows a ``POST /sql`` answer holds at most.
         threads: DuckDB threads per query (1: concurrent requests, not one query, share the
             cores; None: one per core).
+        live: models loaded for ``POST /generate`` and ``POST /activations`` (none: those
+            answer 404 with how to enable them).
 
     Returns:
         The FastAPI app; its state is ``app.state.atlas``.
@@ -50,7 +53,7 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                   "read-only access to one atlas database.", version="1", docs_url=None,
                   redoc_url=None)
     app.state.atlas = AtlasState(db, sql_timeout_s=sql_timeout_s, sql_max_rows=sql_max_rows,
-                                 threads=threads)
+                                 threads=threads, live=live)
     _swagger_assets(app)
 
     _error_handlers(app)
@@ -67,7 +70,8 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AtlasError)
     async def atlas_error(request: Request, err: AtlasError) -> JSONResponse:
-        return error(str(err), status_of(err))
+        status = status_of(err)
+        return error(str(err), status, {"Retry-After": "1"} if status == 429 else None)
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, err: RequestValidationError) -> JSONResponse:

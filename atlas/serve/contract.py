@@ -8,9 +8,9 @@ Timestamps are text in JSON (``YYYY-MM-DD HH:MM:SS[.ffffff]``, UTC) and timestam
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 T = TypeVar("T")
 Score = float | None  # a statistic that can be undefined (NaN in the computation): null
@@ -46,8 +46,9 @@ class Strict(BaseModel):
 
 
 class ErrorBody(Strict):
-    """Every error: 404 unknown, 405 method not allowed, 409 ambiguous, 422 bad parameters, 503
-    database unavailable, 500 never expected (no internals in the message)."""
+    """Every error: 404 unknown, 405 method not allowed, 409 ambiguous, 422 bad parameters, 429
+    a live model busy, 503 database unavailable, 500 never expected (no internals in the
+    message)."""
 
     error: str = Field(description="What is wrong and how to fix it, in one line.")
 
@@ -397,6 +398,134 @@ class SqlAnswer(Strict):
     truncated: bool = Field(description="The answer was cut at the server's row limit.")
 
 
+SetId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+NeuronText = Annotated[str, StringConstraints(pattern=r"^\d{1,5}[/:]\d{1,9}$")]
+
+
+class LiveModel(Strict):
+    name: str = Field(description="The loaded model's name.")
+    revision: str
+    dtype: str
+    model_id: int | None = Field(description="The stored model of that name, revision and "
+                                             "dtype (null: none stored).")
+
+
+class LiveLimitsAnswer(Strict):
+    max_new_tokens: int
+    max_prompt_tokens: int
+    wait_s: float = Field(description="How long a request waits for a busy model before a 429.")
+
+
+class LiveStatus(Strict):
+    models: list[LiveModel] = Field(description="The models loaded for /generate and "
+                                                "/activations (empty: not enabled).")
+    limits: LiveLimitsAnswer
+    enable: str | None = Field(description="How to enable live requests, when no model is "
+                                           "loaded.")
+
+
+class LiveSet(Strict):
+    set_id: int
+    name: str
+    task: str | None
+    method: str | None
+    model_id: int = Field(description="The stored model the set belongs to.")
+    size: int
+
+
+class TryRequest(Strict):
+    prompt: str = Field(min_length=1, max_length=20_000, description="Your prompt.")
+    model: str | None = Field(None, description="A loaded model's name (default: the only one).")
+    sets: list[SetId] = Field(default_factory=list, max_length=16,
+                            description="Stored sets, by id; one output each (or their union).")
+    neurons: list[NeuronText] = Field(default_factory=list, max_length=256,
+                                      description="Single neurons, LAYER/NEURON.")
+    factor: float = Field(0.0, ge=-100, le=100, description="0 inhibits, > 1 amplifies.")
+    union: bool = Field(False, description="One output for all the sets and neurons together.")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="At most the server's "
+                                       "limit (GET /live); default 32 or that limit if lower.")
+    top_k: int = Field(5, ge=1, le=20, description="Next tokens listed per step.")
+    temperature: float = Field(0.0, ge=0, le=10, description="0: greedy; above: sampled, the "
+                                                            "same draws in every output.")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    chat: bool = Field(True, description="The prompt as a user turn of the chat template.")
+
+
+class ActivationsRequest(Strict):
+    text: str = Field(min_length=1, max_length=20_000)
+    model: str | None = Field(None, description="A loaded model's name (default: the only one).")
+    sets: list[SetId] = Field(default_factory=list, max_length=16,
+                            description="Stored sets, by id (their union is read).")
+    neurons: list[NeuronText] = Field(default_factory=list, max_length=256,
+                                      description="Single neurons, LAYER/NEURON.")
+    top: int = Field(5, ge=1, le=50, description="Neurons listed per token.")
+    chat: bool = Field(False, description="Render the text as a user turn of the chat template.")
+
+
+class TokenProbability(Strict):
+    token_id: int
+    token: str
+    prob: float
+
+
+class GenerationStep(Strict):
+    token_id: int
+    token: str
+    prob: float = Field(description="The chosen token's probability.")
+    top: list[TokenProbability] = Field(description="The most probable next tokens, best first.")
+
+
+class GenerationOutput(Strict):
+    label: str = Field(description="default, or the intervention (set id and name).")
+    factor: float | None = Field(description="null for the unmodified model.")
+    n_neurons: int
+    text: str
+    steps: list[GenerationStep]
+    stop: str = Field(description="end (a stop token) or length.")
+    diverged_at: int | None = Field(description="The first step whose token differs from the "
+                                                "default's (null: none).")
+
+
+class TryAnswer(Strict):
+    model: LiveModel
+    sets: list[LiveSet]
+    neurons: list[list[int]]
+    factor: float
+    prompt_ids: list[int]
+    prompt_tokens: list[str]
+    outputs: list[GenerationOutput] = Field(description="The default first.")
+    first_token_s: float
+    seconds: float
+
+
+class NeuronValue(Strict):
+    layer: int
+    neuron: int
+    value: float
+
+
+class TokenActivity(Strict):
+    token: str
+    n_firing: int = Field(description="Neurons read above 0 on this token.")
+    mean: float
+    max_abs: float
+    top: list[NeuronValue]
+
+
+class ActivationsAnswer(Strict):
+    model: LiveModel
+    sets: list[LiveSet]
+    neurons: list[list[int]] = Field(description="The single neurons asked for.")
+    read: list[list[int]] = Field(description="Every neuron read, in the order of values' "
+                                              "columns.")
+    tokens: list[str]
+    token_ids: list[int]
+    per_token: list[TokenActivity]
+    values: list[list[float]] | None = Field(description="[token][neuron read], when at most "
+                                                         "64 neurons are read.")
+    seconds: float
+
+
 TABLE_MEDIA = {"text/csv": {"schema": {"type": "string"}},
                "application/vnd.apache.parquet": {"schema": {"type": "string",
                                                              "format": "binary"}}}
@@ -404,6 +533,10 @@ ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in 
     (404, "Unknown model, task, set or path."), (409, "An ambiguous name; the error lists "
                                                       "the candidates."),
     (422, "A bad parameter."), (503, "The database is unavailable or being replaced; retry."))}
+LIVE_ERRORS = {**ERRORS, 404: {"model": ErrorBody, "description": "Unknown set or model, or no "
+                                "model loaded here (start the server with atlas serve --model)."},
+               429: {"model": ErrorBody, "description": "The model is busy with another request "
+                                                       "(see Retry-After)."}}
 
 
 def table_answer(model: type) -> dict:

@@ -13,7 +13,7 @@ import pyarrow as pa
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from atlas.errors import Ambiguous, AtlasError, NotFound, Unavailable
+from atlas.errors import Ambiguous, AtlasError, Busy, NotFound, Unavailable
 from atlas.query.catalog import Listing
 from atlas.query.core import rows
 from atlas.query.sql import json_safe, json_value, write_table
@@ -30,8 +30,10 @@ Fmt = Query(None, alias="format", description="json (a page), csv or parquet; de
 
 
 def status_of(err: AtlasError) -> int:
-    """The HTTP status of an atlas error: 404 unknown, 409 ambiguous, 503 database unavailable,
-    422 any other bad parameter."""
+    """The HTTP status of an atlas error: 404 unknown (or not enabled on this server), 409
+    ambiguous, 429 busy, 503 database unavailable, 422 any other bad parameter."""
+    if isinstance(err, Busy):
+        return 429
     if isinstance(err, NotFound):
         return 404
     if isinstance(err, Ambiguous):

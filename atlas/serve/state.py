@@ -22,6 +22,7 @@ from atlas.query.core import resolve_model
 from atlas.query.neurons import flat_mask, flat_scores, model_sets_and_runs
 from atlas.serve.cache import LRU, array_bytes, counted
 from atlas.serve.lease import SharedOpen
+from atlas.serve.live import LiveModels
 from atlas.store.db import check_read_schema, connect
 
 SCHEMA_RECHECK_S = 2.0
@@ -48,11 +49,15 @@ class AtlasState:
         sql_max_rows: rows a ``POST /sql`` answer holds at most.
         threads: DuckDB threads per query (1: concurrent requests, not one query, share the
             cores; None: one per core).
+        live: the models loaded for trying sets live (none: those requests answer 404
+            with how to enable them).
     """
 
     def __init__(self, db: str | Path, *, sql_timeout_s: float = 10.0,
-                 sql_max_rows: int = 10_000, threads: int | None = 1):
+                 sql_max_rows: int = 10_000, threads: int | None = 1,
+                 live: LiveModels | None = None):
         self.db = Path(db)
+        self.live = live or LiveModels()
         self.sql_timeout_s = sql_timeout_s
         self.sql_max_rows = sql_max_rows
         self.threads = threads

@@ -84,3 +84,28 @@ def test_chatml_reference_targets_on_the_real_tokenizer(smollm2):
     assert pieces[:3] == ["user", "\n", first_input]
     assert pieces[-4:] == ["ass", "istant", "\n", first_answer]
     assert len(pieces) == 2 * (3 + 4)
+
+
+def test_trying_a_set_live_on_the_real_model(smollm2):
+    """Side by side on SmolLM2: the default output is transformers' greedy generation, a set at
+    factor 1 changes nothing, the prompt is a ChatML user turn, and the answer ends at
+    <|im_end|>."""
+    import torch
+
+    from atlas.intervene.live import encode_prompt, generate_side_by_side
+    from atlas.intervene.spec import Intervention
+
+    ids = encode_prompt(smollm2.tokenizer, "Name a colour.", chat=True)
+    assert smollm2.tokenizer.decode(ids).startswith("<|im_start|>")
+    assert smollm2.tokenizer.decode(ids).rstrip().endswith("<|im_start|>assistant")
+    mask = torch.rand(smollm2.n_layers, smollm2.d_mlp,
+                      generator=torch.Generator().manual_seed(0)) < 0.05
+    result = generate_side_by_side(smollm2.model, smollm2.tokenizer, ids,
+                                   [Intervention.from_mask(mask, 1.0, "x1")], max_new_tokens=40)
+    default, same = result.outputs
+    assert [s.token_id for s in same.steps] == [s.token_id for s in default.steps]
+    with torch.inference_mode():
+        hf = smollm2.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=40,
+                                    pad_token_id=0)[0, len(ids):].tolist()
+    assert [s.token_id for s in default.steps] == hf[:len(default.steps)]
+    assert default.stop == "end" and default.text.strip()
