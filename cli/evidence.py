@@ -55,11 +55,13 @@ def describe(
 def neurons(
     model: str = typer.Option(..., "--model", "-m", help="Model name as stored."),
     token: str = typer.Option(None, "--token", help="Neurons whose exemplars peak on this token."),
-    set_id: int = typer.Option(None, "--set", help="A stored set's neurons, most specific to "
-                                                   "its task first (by id)."),
+    set_id: int = typer.Option(None, "--set", help="A stored set's neurons (by id) with a "
+                                                   "summary each (see --order)."),
     layer: int = typer.Option(None, "--layer", help="With --neuron: one neuron's evidence."),
     neuron: int = typer.Option(None, "--neuron"),
     negative: bool = typer.Option(False, help="With --token: the most negative activations."),
+    order: str = typer.Option("specificity", help="With --set: specificity (score in the set's "
+                                                  "task against its others) or score."),
     limit: int = typer.Option(20, min=1, max=10000, help="How many neurons."),
     format: str = typer.Option("table", "--format", "-f", help="table or json."),
     db: str = DbOption,
@@ -79,7 +81,7 @@ def neurons(
             sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
             return
         found = (ev.neurons_for_token(engine, model, token, limit, -1 if negative else 1)
-                 if token is not None else ev.set_neurons_by_specificity(engine, set_id, limit))
+                 if token is not None else ev.set_neurons(engine, set_id, limit, order))
     finally:
         engine.dispose()
     if format == "json":

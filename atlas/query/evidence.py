@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from atlas.errors import NotFound
+from atlas.errors import AtlasError, NotFound
 from atlas.histogram import EDGES
 from atlas.query.core import resolve_model, rows
 
@@ -143,14 +143,39 @@ def neurons_for_token(engine: Engine, model: str, token: str, limit: int = 20,
                 e=evidence_id, s=sign, tok=token, lim=limit)
 
 
-def set_neurons_by_specificity(engine: Engine, set_id: int, limit: int = 50) -> list[dict]:
-    """The neurons of a stored set, most specific to the set's task first: the neuron's score
-    in the set's run against its mean score in the model's other runs of the same method."""
-    return rows(engine, """
-        WITH s AS (SELECT set_id, model_id, task_id, run_id, method FROM neuron_sets
-                   WHERE set_id = :sid),
+ORDERS = {"score": "score DESC NULLS LAST, layer, neuron",
+          "specificity": "ratio DESC NULLS LAST, score DESC NULLS LAST, layer, neuron"}
+
+
+def set_neurons(engine: Engine, set_id: int, limit: int = 50, order: str = "score"
+                ) -> list[dict[str, Any]]:
+    """The neurons of a stored set with a one-line summary each, highest score first (or most
+    specific to the set's task first: its score in the set's run against its mean score in the
+    model's other runs of that run's method). A set without a run (imported) lists its members
+    without scores.
+
+    Args:
+        engine: the atlas database.
+        set_id: the set.
+        limit: how many neurons.
+        order: ``score`` or ``specificity``.
+
+    Returns:
+        Rows: layer, neuron, score, others_mean, ratio, top_tokens (the peak tokens of its three
+        highest exemplars, when evidence is stored), promoted (the five tokens its output
+        promotes most).
+    """
+    if order not in ORDERS:
+        raise AtlasError(f"unknown order '{order}'; choose score or specificity")
+    found = rows(engine, "SELECT model_id FROM neuron_sets WHERE set_id = :sid", sid=set_id)
+    if not found:
+        raise NotFound(f"no set with id {set_id}")
+    model_id = found[0]["model_id"]
+    ranked = rows(engine, f"""
+        WITH s AS (SELECT ns.set_id, ns.model_id, ns.task_id, ns.run_id, r.method
+                   FROM neuron_sets ns LEFT JOIN runs r USING (run_id) WHERE ns.set_id = :sid),
         own AS (SELECT m.layer, m.neuron, sc.score FROM neuron_set_members m
-                JOIN s USING (set_id) JOIN neuron_scores sc ON sc.run_id = s.run_id
+                JOIN s USING (set_id) LEFT JOIN neuron_scores sc ON sc.run_id = s.run_id
                 AND sc.layer = m.layer AND sc.neuron = m.neuron),
         others AS (SELECT sc.layer, sc.neuron, avg(sc.score) AS other
                    FROM s JOIN runs r ON r.model_id = s.model_id AND r.method = s.method
@@ -161,4 +186,32 @@ def set_neurons_by_specificity(engine: Engine, set_id: int, limit: int = 50) -> 
         SELECT own.layer, own.neuron, own.score, others.other AS others_mean,
                own.score / nullif(others.other, 0) AS ratio
         FROM own LEFT JOIN others USING (layer, neuron)
-        ORDER BY ratio DESC NULLS LAST, own.score DESC LIMIT :lim""", sid=set_id, lim=limit)
+        ORDER BY {ORDERS[order]} LIMIT :lim""", sid=set_id, lim=limit)
+    return _with_summaries(engine, model_id, ranked)
+
+
+def _with_summaries(engine: Engine, model_id: int, ranked: list[dict]) -> list[dict[str, Any]]:
+    if not ranked:
+        return []
+    keys = [r["layer"] * 2**20 + r["neuron"] for r in ranked]
+    evidence_id = latest_evidence(engine, model_id)
+    peaks: dict[tuple, list[str]] = {}
+    if evidence_id is not None:
+        for r in rows(engine, """
+                SELECT layer, neuron, list(token ORDER BY rank) AS tokens FROM exemplar_peaks
+                WHERE evidence_id = :e AND sign = 1 AND rank <= 3
+                AND list_contains(:keys, layer * 1048576 + neuron) GROUP BY layer, neuron""",
+                      e=evidence_id, keys=keys):
+            peaks[(r["layer"], r["neuron"])] = list(r["tokens"])
+    promoted: dict[tuple, list[str]] = {}
+    for r in rows(engine, """
+            WITH p AS (SELECT layer, neuron, unnest(promoted_ids[1:5]) AS token_id,
+                              generate_subscripts(promoted_ids[1:5], 1) AS i
+                       FROM neuron_logits WHERE model_id = :m
+                       AND list_contains(:keys, layer * 1048576 + neuron))
+            SELECT p.layer, p.neuron, list(v.token ORDER BY p.i) AS tokens
+            FROM p JOIN vocab v ON v.model_id = :m AND v.token_id = p.token_id
+            GROUP BY p.layer, p.neuron""", m=model_id, keys=keys):
+        promoted[(r["layer"], r["neuron"])] = list(r["tokens"])
+    return [{**r, "top_tokens": peaks.get((r["layer"], r["neuron"]), []),
+             "promoted": promoted.get((r["layer"], r["neuron"]), [])} for r in ranked]

@@ -304,6 +304,30 @@ class TokenNeurons(Strict):
     rows: list[TokenNeuron] = Field(description="Most exemplars on the token first.")
 
 
+class SetNeuronOrder(str, Enum):
+    """score: highest score in the set's run first; specificity: that score against the
+    neuron's mean score in the model's other runs of the same method."""
+
+    score = "score"
+    specificity = "specificity"
+
+
+class SetNeuronRow(Strict):
+    layer: int
+    neuron: int
+    score: float | None = Field(description="Its score in the set's run (null: no run).")
+    others_mean: float | None = Field(description="Its mean score in the other tasks' runs.")
+    ratio: float | None = Field(description="score / others_mean.")
+    top_tokens: list[str] = Field(description="Peak tokens of its three highest exemplars.")
+    promoted: list[str] = Field(description="The five tokens its output promotes most.")
+
+
+class SetNeurons(Strict):
+    set_id: int
+    order: SetNeuronOrder
+    rows: list[SetNeuronRow]
+
+
 class DisplayRow(Strict):
     name: str
     values: list[float | None]

@@ -154,3 +154,44 @@ def test_snapshot_restore_and_export_carry_the_evidence(described, tmp_path):
     assert res.exit_code == 0, res.output
     exported = {p.stem for p in (out / "x").glob("*.parquet")}
     assert set(EVIDENCE_TABLES) | {"exemplar_peaks"} <= exported
+
+
+def test_a_sets_neurons_with_their_summaries(tmp_path):
+    """`set_neurons` against a brute force over the stored scores (both orders), and each
+    summary against the neuron's own evidence."""
+    from statistics import mean
+
+    from atlas.query import evidence as ev
+    from atlas.store.db import open_db
+    from tests.helpers import ingested_tiny
+
+    folder, db, _ = ingested_tiny(tmp_path, tasks=("task379", "task195", "task391"))
+    assert describe(folder, db).exit_code == 0
+    set_id, run_id, task_id = rows_of(db, "SELECT set_id, run_id, task_id FROM neuron_sets "
+                                          "WHERE name LIKE '%task379/cgvst'")[0]
+    score = {(l, n): s for l, n, s in rows_of(  # noqa: E741
+        db, f"SELECT layer, neuron, score FROM neuron_scores WHERE run_id = {run_id}")}
+    others: dict[tuple, list[float]] = {}
+    for l, n, s in rows_of(db, f"""SELECT layer, neuron, score FROM neuron_scores JOIN runs
+            USING (run_id) WHERE task_id <> {task_id} AND method = 'cgvst'"""):  # noqa: E741
+        others.setdefault((l, n), []).append(s)
+    members = [tuple(m) for m in rows_of(db, "SELECT layer, neuron FROM neuron_set_members "
+                                             f"WHERE set_id = {set_id}")]
+    by_score = sorted(members, key=lambda m: (-score[m], m))
+    ratio = {m: score[m] / mean(others[m]) for m in members}
+    by_ratio = sorted(members, key=lambda m: (-ratio[m], -score[m], m))
+    engine = open_db(db, read_only=True)
+    try:
+        got = ev.set_neurons(engine, set_id, 100, "score")
+        assert [(r["layer"], r["neuron"]) for r in got] == by_score
+        specific = ev.set_neurons(engine, set_id, 2, "specificity")
+        assert [(r["layer"], r["neuron"]) for r in specific] == by_ratio[:2]
+        assert specific[0]["ratio"] == pytest.approx(ratio[by_ratio[0]], rel=1e-5)
+        for r in got:
+            one = ev.neuron_evidence(engine, folder.name, r["layer"], r["neuron"])
+            assert r["top_tokens"] == [c.tokens[c.peak] for c in one.top[:3]]
+            assert r["promoted"] == [p["token"] for p in one.promoted[:5]]
+        with pytest.raises(ev.NotFound):
+            ev.set_neurons(engine, 999)
+    finally:
+        engine.dispose()

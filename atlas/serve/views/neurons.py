@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
 
 from atlas.query import evidence
 from atlas.query.neurons import neuron_profile
@@ -13,9 +13,12 @@ from atlas.serve.contract import (
     MODEL_SPEC,
     NeuronAnswer,
     NeuronEvidenceAnswer,
+    SetNeuronOrder,
+    SetNeurons,
     TokenNeurons,
     json_answer,
 )
+from atlas.serve.responses import cached, json_bytes
 from atlas.serve.state import AtlasState, state
 
 router = APIRouter(tags=["neurons"])
@@ -62,3 +65,17 @@ def token_neurons(model: str = Path(..., description=MODEL_SPEC),
     with st.request() as eng:
         found = evidence.neurons_for_token(eng, model, token, limit, sign or 1)
     return JSONResponse({"model": model, "token": token, "sign": sign or 1, "rows": found})
+
+
+@router.get("/sets/{set_id}/neurons",
+            responses=json_answer(SetNeurons, "The set's neurons with a summary each."))
+def set_neurons(request: Request, set_id: int = Path(..., ge=0, le=2**31 - 1),
+                order: SetNeuronOrder = Query(SetNeuronOrder.score),
+                limit: int = Query(40, ge=1, le=1000), st: AtlasState = Depends(state)):
+    """A set's neurons, highest score (or most specific to its task) first, each with the peak
+    tokens of its top exemplars and the tokens its output promotes (`atlas describe`)."""
+    with st.request() as eng:
+        return cached(st, eng, request, None, lambda: Response(json_bytes({
+            "set_id": set_id, "order": order.value,
+            "rows": evidence.set_neurons(eng, set_id, limit, order.value)}),
+            media_type="application/json"))

@@ -294,6 +294,14 @@ def test_neuron_evidence_served_and_shown(server, atlas_db, tmp_path):
     assert server.get("/models/llama-2-7b-chat/token-neurons",
                       params={"token": "x"}).status_code == 404  # no evidence stored for it
     assert server.get(f"/models/{name}/neurons/99/0/evidence").status_code == 404
+    tiny_set = server.get("/sets", params={"model": name, "task": "task195",
+                                           "method": "cgvst"}).json()["rows"][0]
+    listed = server.get(f"/sets/{tiny_set['set_id']}/neurons", params={"limit": 3}).json()
+    assert len(listed["rows"]) == 3 and listed["order"] == "score"
+    assert [r["score"] for r in listed["rows"]] == sorted((r["score"] for r in listed["rows"]),
+                                                          reverse=True)
+    assert all(len(r["promoted"]) == 5 and r["top_tokens"] for r in listed["rows"])
+    assert server.get("/sets/99999/neurons").status_code == 404
     model_id = next(r["model_id"] for r in server.get("/models").json()["rows"] if r["name"] == name)
     browser = _browser()
     try:
@@ -311,6 +319,11 @@ def test_neuron_evidence_served_and_shown(server, atlas_db, tmp_path):
         assert len(browser.find_elements(By.CSS_SELECTOR, "#promoted span")) == 20
         assert browser.find_elements(By.CSS_SELECTOR, "#density .bar")
         assert browser.find_elements(By.CSS_SELECTOR, "#task-profile .bar")
+        browser.get(f"{server.base_url}/#model=%23{model_id}&row=task195&col=task195")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "table.set-neurons a.member"))
+        first_row = browser.find_element(By.CSS_SELECTOR, "table.set-neurons tbody tr").text
+        top = server.get(f"/sets/{tiny_set['set_id']}/neurons").json()["rows"][0]
+        assert first_row.startswith(f"{top['layer']}/{top['neuron']}")
         shot = tmp_path / "atlas-neuron.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
