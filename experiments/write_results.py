@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from evidence_results import evidence_lines
 
 from atlas.errors import AtlasError
 from atlas.intervene import report as intervention_report
@@ -540,6 +541,7 @@ def main() -> None:
         lines += ["", "## Exact match under CGVST inhibition (greedy answers)", "",
                   "Absolute exact-match accuracy of the generated answer, only on tasks the "
                   "unmodified model answers at least once.", "", *em]
+    lines += evidence_lines(engine, MODELS, TITLES, dirs)
     reading = ROOT / "experiments" / "reading.md"
     if reading.exists():
         lines += ["", reading.read_text().strip()]
