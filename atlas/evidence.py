@@ -9,6 +9,7 @@ a run with the same params is reused.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,8 @@ class DescribeOptions:
     split_seed: int = 0
     batch_size: int = 8
     logit_k: int = 20  # tokens kept each way per neuron
+    set_ids: list[int] = field(default_factory=list)  # keep only these sets' neurons (by id)
+    sets_of: list[str] = field(default_factory=list)  # and those of the current sets of methods
     sni_dir: list[str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -113,9 +116,17 @@ def describe(engine: Engine, loaded: LoadedModel, tasks: list[Task], options: De
     runs.register_model(loaded)
     model_id = runs.model_id
     task_ids = [runs.task_id(t) for t in tasks]
+    chosen = None
+    if options.set_ids or options.sets_of:
+        chosen = store.chosen_neurons(engine, model_id, (loaded.n_layers, loaded.d_mlp),
+                                      options.set_ids, options.sets_of)
     params = {"model": loaded.name, "revision": loaded.revision, "dtype": loaded.dtype,
               "tasks": {t.name: t.data_hash for t in tasks}, "prompt_rule": "marker",
-              **{k: v for k, v in asdict(options).items() if k != "sni_dir"}}
+              **{k: v for k, v in asdict(options).items()
+                 if k != "sni_dir" and not (k in ("set_ids", "sets_of") and not v)}}
+    if chosen is not None:  # which neurons, not only how they were named
+        params["neurons"] = {"n": int(chosen.sum()),
+                             "hash": hashlib.sha256(np.packbits(chosen).tobytes()).hexdigest()}
     key = params_key(params)
     if not store.has_logits(engine, model_id):
         started = time.perf_counter()
@@ -135,7 +146,8 @@ def describe(engine: Engine, loaded: LoadedModel, tasks: list[Task], options: De
                               before=options.before, after=options.after,
                               n_samples=options.n_samples, seed=options.seed,
                               batch_size=options.batch_size, pad_id=_pad_id(loaded.tokenizer))
-    tables = evidence_tables(evidence_id, record, corpus, store.read_vocab(engine, model_id))
+    tables = evidence_tables(evidence_id, record, corpus, store.read_vocab(engine, model_id),
+                             chosen)
     n_tokens = sum(d.n_tokens for d in record.density.values())
     store.complete_run(engine, evidence_id, tables, len(corpus.sequences), n_tokens)
     return DescribeResult(evidence_id, "computed", len(corpus.sequences), n_tokens,
@@ -166,17 +178,21 @@ def logits_table(model_id: int, effects) -> pa.Table:
     })
 
 
-def evidence_tables(evidence_id: int, rec: Exemplars, corpus: Corpus, vocab: list[str]
-                    ) -> dict[str, pa.Table]:
-    """The run's rows: contexts, exemplars, quantile samples and density, as Arrow tables."""
+def evidence_tables(evidence_id: int, rec: Exemplars, corpus: Corpus, vocab: list[str],
+                    chosen: np.ndarray | None = None) -> dict[str, pa.Table]:
+    """The run's rows: contexts, exemplars, quantile samples and density, as Arrow tables;
+    only the neurons of ``chosen`` (bool [n_layers, d_mlp]) when given."""
     n_signs, n_layers, k, d_mlp = rec.value.shape
-    valid = (rec.seq >= 0).numpy()
+    if chosen is None:
+        chosen = np.ones((n_layers, d_mlp), dtype=bool)
+    valid = (rec.seq >= 0).numpy() & chosen[None, :, None, :]
     seq, pos = rec.seq.numpy()[valid], rec.pos.numpy()[valid]
     bins = quantile_bins(rec.sample_values.numpy(), N_QUANTILE_BINS)
     sample_seq = np.array([s for s, _ in rec.sample_positions], dtype=np.int64)
     sample_pos = np.array([p for _, p in rec.sample_positions], dtype=np.int64)
-    q_bin, q_layer, q_neuron = np.indices(bins.index.shape).reshape(3, -1)
-    q_index = bins.index.ravel()
+    in_chosen = np.broadcast_to(chosen[None], bins.index.shape).ravel()
+    q_bin, q_layer, q_neuron = np.indices(bins.index.shape).reshape(3, -1)[:, in_chosen]
+    q_index = bins.index.ravel()[in_chosen]
     q_seq, q_pos = sample_seq[q_index], sample_pos[q_index]
     all_pairs = np.stack([np.concatenate([seq, q_seq]), np.concatenate([pos, q_pos])], 1)
     pairs, inverse = np.unique(all_pairs, axis=0, return_inverse=True)
@@ -202,13 +218,14 @@ def evidence_tables(evidence_id: int, rec: Exemplars, corpus: Corpus, vocab: lis
         "layer": pa.array(q_layer.astype(np.int16)),
         "neuron": pa.array(q_neuron.astype(np.int32)),
         "bin": pa.array(q_bin.astype(np.int16)),
-        "low": pa.array(bins.low.ravel().astype(np.float32)),
-        "high": pa.array(bins.high.ravel().astype(np.float32)),
-        "activation": pa.array(bins.value.ravel().astype(np.float32)),
+        "low": pa.array(bins.low.ravel()[in_chosen].astype(np.float32)),
+        "high": pa.array(bins.high.ravel()[in_chosen].astype(np.float32)),
+        "activation": pa.array(bins.value.ravel()[in_chosen].astype(np.float32)),
         "context_id": pa.array(inverse[len(seq):].astype(np.int32)),
     })
     return {"evidence_contexts": contexts, "neuron_exemplars": exemplars,
-            "neuron_quantiles": quantile_table, "neuron_density": _density_table(evidence_id, rec)}
+            "neuron_quantiles": quantile_table,
+            "neuron_density": _density_table(evidence_id, rec, chosen)}
 
 
 def _contexts_table(evidence_id: int, pairs: np.ndarray, rec: Exemplars, corpus: Corpus,
@@ -233,8 +250,9 @@ def _contexts_table(evidence_id: int, pairs: np.ndarray, rec: Exemplars, corpus:
     })
 
 
-def _density_table(evidence_id: int, rec: Exemplars) -> pa.Table:
+def _density_table(evidence_id: int, rec: Exemplars, chosen: np.ndarray) -> pa.Table:
     parts = []
+    keep = chosen.ravel()
     for task_id, dens in rec.density.items():
         n_layers, d_mlp, n_bins = dens.hist.shape
         n = n_layers * d_mlp
@@ -248,5 +266,5 @@ def _density_table(evidence_id: int, rec: Exemplars) -> pa.Table:
             "mean": pa.array((dens.total.numpy().ravel() / max(dens.n_tokens, 1)).astype(np.float32)),
             "hist": pa.ListArray.from_arrays(np.arange(0, n * n_bins + 1, n_bins, dtype=np.int32),
                                              dens.hist.numpy().reshape(-1).astype(np.int32)),
-        }))
+        }).filter(pa.array(keep)))
     return pa.concat_tables(parts)

@@ -23,14 +23,18 @@ def describe(
     samples: int = typer.Option(64, help="Token positions sampled for quantile bins."),
     seed: int = typer.Option(0, help="Seed of the texts and the sampled positions."),
     batch_size: int = typer.Option(8, help="Texts per batch."),
+    set_id: list[int] = typer.Option([], "--set", help="Keep only the neurons of these stored "
+                                     "sets (by id; repeatable)."),
+    sets_of: list[str] = typer.Option([], "--sets-of", help="Keep only the neurons of the "
+                                      "model's current sets of this method (repeatable)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("auto", help="float32, bfloat16, float16 or auto."),
     sni_dir: list[str] = SniDirOption,
     db: str = DbOption,
 ) -> None:
-    """Record what every neuron of MODEL responds to (top contexts of both signs, quantile
-    samples, density per task) on the tasks' texts, and what it writes (promoted and
-    suppressed tokens); stored as one evidence run."""
+    """Record what every neuron of MODEL (or of stored sets: --set, --sets-of) responds to (top
+    contexts of both signs, quantile samples, density per task) on the tasks' texts, and what
+    every neuron writes (promoted and suppressed tokens); stored as one evidence run."""
     from atlas.evidence import DescribeOptions
     from atlas.evidence import describe as run_describe
     from atlas.models.loading import load_model
@@ -39,6 +43,7 @@ def describe(
 
     options = DescribeOptions(examples=examples, shots=shots, k=k, before=before, after=after,
                               n_samples=samples, seed=seed, batch_size=batch_size,
+                              set_ids=sorted(set(set_id)), sets_of=sorted(set(sets_of)),
                               sni_dir=sni_path(sni_dir))
     tasks = [load_task(name, options.sni_dir) for name in expand_task_names(task)]
     engine = open_db(db)

@@ -43,9 +43,19 @@ class NeuronEvidence:
     edges: list[float] = field(default_factory=lambda: list(EDGES))  # the histogram's bin edges
 
 
-def latest_evidence(engine: Engine, model_id: int) -> int | None:
-    found = rows(engine, "SELECT max(evidence_id) AS e FROM evidence_runs WHERE model_id = :m "
-                         "AND status = 'complete'", m=model_id)
+def latest_evidence(engine: Engine, model_id: int, layer: int | None = None,
+                    neuron: int | None = None) -> int | None:
+    """The evidence run read: the newest complete run of the model that covers every neuron
+    (else the newest), or with ``layer`` and ``neuron`` the newest that holds that neuron."""
+    if layer is not None:
+        found = rows(engine, """
+            SELECT max(d.evidence_id) AS e FROM neuron_density d JOIN evidence_runs r
+            USING (evidence_id) WHERE r.model_id = :m AND r.status = 'complete'
+            AND d.layer = :l AND d.neuron = :n""", m=model_id, l=layer, n=neuron)
+    else:
+        found = rows(engine, """
+            SELECT evidence_id AS e FROM evidence_runs WHERE model_id = :m AND status = 'complete'
+            ORDER BY (params->'neurons') IS NULL DESC, evidence_id DESC LIMIT 1""", m=model_id)
     return found[0]["e"] if found else None
 
 
@@ -64,7 +74,7 @@ def neuron_evidence(engine: Engine, model: str, layer: int, neuron: int) -> Neur
     if not (0 <= layer < info["n_layers"] and 0 <= neuron < info["d_mlp"]):
         raise NotFound(f"neuron {layer}/{neuron} is outside {info['name']} "
                        f"({info['n_layers']} layers × {info['d_mlp']} neurons)")
-    evidence_id = latest_evidence(engine, info["model_id"])
+    evidence_id = latest_evidence(engine, info["model_id"], layer, neuron)
     top, bottom, quantiles, density = [], [], [], []
     if evidence_id is not None:
         at = {"e": evidence_id, "l": layer, "n": neuron}

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atlas.errors import AtlasError
-from atlas.serve.http import ConditionalGet, GZipUnlessRanged, HeadAsGet
+from atlas.serve.http import ConditionalGet, GZip, HeadAsGet
 from atlas.serve.live import LiveModels
 from atlas.serve.responses import error, status_of
 from atlas.serve.state import AtlasState
@@ -60,7 +60,7 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(ConditionalGet)
-    app.add_middleware(GZipUnlessRanged, minimum_size=1024)
+    app.add_middleware(GZip, minimum_size=1024)
     app.add_middleware(HeadAsGet)  # outermost: headers as the GET (compressed) would have them
     return app
 

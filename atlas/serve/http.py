@@ -94,16 +94,50 @@ def byte_range(header: bytes, size: int) -> tuple[int, int] | None:
     return (start, end) if start <= end else None
 
 
-class GZipUnlessRanged:
-    """gzip for large answers, except to a request for a byte range (its offsets name the
-    uncompressed answer)."""
+class GZip:
+    """gzip for answers of at least ``minimum_size`` bytes to clients that accept it, except to
+    a request for a byte range (its offsets name the uncompressed answer). The compressed bytes
+    are kept by the answer's ``ETag``, so an answer is compressed once per atlas state, not per
+    request."""
 
-    def __init__(self, app: Any, minimum_size: int = 1024):
-        from starlette.middleware.gzip import GZipMiddleware
+    def __init__(self, app: Any, minimum_size: int = 1024, level: int = 5,
+                 max_bytes: int = 64 << 20):
+        from atlas.serve.cache import LRU
 
-        self.app, self.gzip = app, GZipMiddleware(app, minimum_size=minimum_size,
-                                                    compresslevel=5)
+        self.app, self.minimum_size, self.level = app, minimum_size, level
+        self._compressed = LRU(max_bytes, len)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        ranged = scope["type"] == "http" and b"range" in dict(scope.get("headers", []))
-        await (self.app if ranged else self.gzip)(scope, receive, send)
+        asked = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
+        if b"range" in asked or b"gzip" not in asked.get(b"accept-encoding", b""):
+            await self.app(scope, receive, send)
+            return
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def buffered(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                await self._answer(start, b"".join(chunks), send)
+        await self.app(scope, receive, buffered)
+
+    async def _answer(self, start: dict, body: bytes, send: Any) -> None:
+        headers = list(start.get("headers", []))
+        named = dict(headers)
+        if len(body) >= self.minimum_size and b"content-encoding" not in named:
+            etag = named.get(b"etag")
+            body = (self._compressed.get(etag, lambda: self._gzip(body)) if etag
+                    else self._gzip(body))
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
+            headers += [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding"),
+                        (b"content-length", str(len(body)).encode())]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _gzip(self, body: bytes) -> bytes:
+        import gzip
+
+        return gzip.compress(body, compresslevel=self.level, mtime=0)

@@ -12,6 +12,8 @@ import pyarrow as pa
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from atlas.errors import AtlasError
+from atlas.store.arrays import read_set_mask
 from atlas.store.repository import insert_arrow
 
 
@@ -75,3 +77,33 @@ def _replace_vocab(conn: Connection, model_id: int, vocab: list[str]) -> None:
         "model_id": pa.array(np.full(len(vocab), model_id, dtype=np.int32)),
         "token_id": pa.array(np.arange(len(vocab), dtype=np.int32)),
         "token": pa.array(vocab, pa.string())}))
+
+
+def chosen_neurons(engine: Engine, model_id: int, shape: tuple[int, int], set_ids: list[int],
+                   methods: list[str]) -> np.ndarray:
+    """The union of the sets ``set_ids`` and of the model's current sets of ``methods``, as a
+    boolean mask [n_layers, d_mlp]; every set must be one of the model's (by name and shape)."""
+    mask = np.zeros(shape, dtype=bool)
+    with engine.connect() as conn:
+        model = conn.execute(text("SELECT name, n_layers, d_mlp FROM models WHERE model_id = :m"),
+                             {"m": model_id}).one()
+        ids = list(set_ids)
+        for method in methods:
+            found = [r[0] for r in conn.execute(text(
+                "SELECT set_id FROM task_sets t JOIN models m USING (model_id) WHERE m.name = :n "
+                "AND t.n_layers = :l AND t.d_mlp = :d AND t.method = :me"),
+                {"n": model.name, "l": shape[0], "d": shape[1], "me": method})]
+            if not found:
+                raise AtlasError(f"{model.name} has no '{method}' sets; run atlas ingest first "
+                                 "or name sets with --set")
+            ids += found
+        for set_id in ids:
+            row = conn.execute(text("SELECT m.name, m.n_layers, m.d_mlp FROM neuron_sets s JOIN "
+                                    "models m USING (model_id) WHERE s.set_id = :s"),
+                               {"s": set_id}).first()
+            if row is None:
+                raise AtlasError(f"no set with id {set_id}")
+            if (row.name, row.n_layers, row.d_mlp) != (model.name, *shape):
+                raise AtlasError(f"set {set_id} belongs to {row.name}, not {model.name}")
+            mask |= read_set_mask(conn, set_id, *shape)
+    return mask

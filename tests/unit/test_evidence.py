@@ -195,3 +195,43 @@ def test_a_sets_neurons_with_their_summaries(tmp_path):
             ev.set_neurons(engine, 999)
     finally:
         engine.dispose()
+
+
+def test_restricted_to_stored_sets_keeps_their_rows_only(tmp_path):
+    """`describe --sets-of cgvst` stores the rows of the sets' neurons only, each equal to the
+    full run's row; a set of another model is refused."""
+    from tests.helpers import ingested_tiny
+
+    folder, db, _ = ingested_tiny(tmp_path, tasks=("task379", "task195"))
+    assert describe(folder, db).exit_code == 0
+    res = describe(folder, db, "--sets-of", "cgvst")
+    assert res.exit_code == 0, res.output
+    full, part = [r[0] for r in rows_of(db, "SELECT evidence_id FROM evidence_runs ORDER BY 1")]
+    members = set(rows_of(db, "SELECT DISTINCT layer, neuron FROM neuron_set_members m JOIN "
+                              "neuron_sets s USING (set_id) WHERE s.method = 'cgvst'"))
+    for table in ("neuron_exemplars", "neuron_quantiles", "neuron_density"):
+        kept = set(rows_of(db, f"SELECT DISTINCT layer, neuron FROM {table} "
+                               f"WHERE evidence_id = {part}"))
+        assert kept == members, table
+    same = rows_of(db, f"""
+        SELECT count(*), count(*) FILTER (WHERE a.activation = b.activation
+                                          AND a.activations = b.activations)
+        FROM neuron_exemplars a JOIN neuron_exemplars b USING (layer, neuron, sign, rank)
+        WHERE a.evidence_id = {full} AND b.evidence_id = {part}""")[0]
+    assert same[0] == same[1] == 2 * 3 * len(members)
+    params = json.loads(rows_of(db, f"SELECT params FROM evidence_runs WHERE evidence_id = {part}")[0][0])
+    assert params["sets_of"] == ["cgvst"] and params["neurons"]["n"] == len(members)
+    bad = describe(folder, db, "--set", "999")
+    assert bad.exit_code == 2 and "no set with id 999" in bad.output
+    from atlas.query import evidence as ev
+    from atlas.store.db import open_db
+
+    engine = open_db(db, read_only=True)
+    try:  # a neuron outside the sets still reads the full run; one inside, the newest
+        outside = next((l, n) for l in range(2) for n in range(48) if (l, n) not in members)  # noqa: E741
+        inside = next(iter(members))
+        assert ev.neuron_evidence(engine, folder.name, *outside).evidence_id == full
+        assert ev.neuron_evidence(engine, folder.name, *inside).evidence_id == part
+        assert ev.latest_evidence(engine, 1) == full
+    finally:
+        engine.dispose()

@@ -103,6 +103,5 @@ def evaluations(request: Request, model: str | None = ModelFilter,
                 st: AtlasState = Depends(state)):
     """Stored evaluations with their effects (task: the evaluated task)."""
     with st.request() as eng:
-        listing = catalog.evaluations(eng, model, task, method)
         return cached(st, eng, request, fmt, lambda: paged(
-            eng, listing, request, fmt, limit, offset))
+            eng, catalog.evaluations(eng, model, task, method), request, fmt, limit, offset))

@@ -78,6 +78,7 @@ def test_every_answer_is_true_to_its_model(base_url):
     report = c.Report.model_validate_json(_get(url, "/reports", model=spec).content)
     assert report.rows and report.summary
     c.NeuronAnswer.model_validate_json(_get(url, f"/models/{spec}/neurons/0/1").content)
+    assert c.SetNeurons.model_validate_json(_get(url, f"/sets/{set_id}/neurons").content).rows
     answer = httpx.post(url + "/sql", json={"sql": "SELECT 1 AS one"})
     assert c.SqlAnswer.model_validate_json(answer.content).rows == [{"one": 1}]
 

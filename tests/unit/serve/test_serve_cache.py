@@ -81,3 +81,45 @@ def test_a_replaced_file_is_not_answered_from_memory(tmp_path):
     after = client.get("/models/m/neurons/1/2").json()["scores"]
     assert [r["run_id"] for r in before] == [r["run_id"] for r in after]
     assert before[0]["score"] == np.float32(first) and after[0]["score"] == np.float32(second)
+
+
+def test_gzip_compresses_an_answer_once_per_etag():
+    import asyncio
+    import gzip
+
+    from atlas.serve.http import GZip
+
+    body = b"x" * 5000
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"etag", scope["path"].encode()),
+                                (b"content-length", b"5000")]})
+        await send({"type": "http.response.body", "body": body})
+
+    wrapped = GZip(app)
+    made = []
+    original = wrapped._gzip
+    wrapped._gzip = lambda data: made.append(1) or original(data)
+
+    def ask(path: str, headers) -> tuple[dict, bytes]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(wrapped({"type": "http", "path": path, "headers": headers}, None, send))
+        return dict(sent[0]["headers"]), sent[1]["body"]
+
+    accepts = [(b"accept-encoding", b"gzip, deflate")]
+    for _ in range(3):
+        headers, got = ask("/a", accepts)
+        assert headers[b"content-encoding"] == b"gzip" and gzip.decompress(got) == body
+        assert int(headers[b"content-length"]) == len(got)
+    assert len(made) == 1  # the same answer (ETag) compressed once
+    ask("/b", accepts)
+    assert len(made) == 2
+    plain_headers, plain = ask("/a", [])  # a client that does not accept gzip
+    assert plain == body and b"content-encoding" not in plain_headers
+    _, ranged = ask("/a", [*accepts, (b"range", b"bytes=0-9")])
+    assert ranged == body  # a ranged request's offsets name the uncompressed answer
