@@ -44,6 +44,7 @@ class DescribeOptions:
     before: int = 8  # window tokens before the peak
     after: int = 4  # and after it
     n_samples: int = 64  # token positions sampled for quantile bins
+    hist_tokens: int = 2048  # token positions per task the histogram counts (0: every one)
     seed: int = 0
     split_seed: int = 0
     batch_size: int = 8
@@ -56,8 +57,8 @@ class DescribeOptions:
         for name in ("examples", "k", "n_samples", "batch_size", "logit_k"):
             if getattr(self, name) < 1:
                 raise AtlasError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.before < 0 or self.after < 0 or self.shots < 0:
-            raise AtlasError("--before, --after and --shots must be 0 or more")
+        if self.before < 0 or self.after < 0 or self.shots < 0 or self.hist_tokens < 0:
+            raise AtlasError("--before, --after, --shots and --hist-tokens must be 0 or more")
 
 
 @dataclass
@@ -145,7 +146,8 @@ def describe(engine: Engine, loaded: LoadedModel, tasks: list[Task], options: De
     record = record_exemplars(loaded.model, corpus.sequences, corpus.task_ids, k=options.k,
                               before=options.before, after=options.after,
                               n_samples=options.n_samples, seed=options.seed,
-                              batch_size=options.batch_size, pad_id=_pad_id(loaded.tokenizer))
+                              batch_size=options.batch_size, pad_id=_pad_id(loaded.tokenizer),
+                              hist_tokens=options.hist_tokens or None)
     tables = evidence_tables(evidence_id, record, corpus, store.read_vocab(engine, model_id),
                              chosen)
     n_tokens = sum(d.n_tokens for d in record.density.values())

@@ -1,10 +1,13 @@
 """Neuron evidence costs, measured side by side in one run on a built-in model:
 
-- a describe pass (exemplars, density, samples recorded) against a plain forward pass over the
-  same token batches (target: at most 1.3x);
-- logit effects for every neuron of the model (target: under 10 s for SmolLM2 on a CPU).
+- a describe pass (exemplars, density, samples recorded; the histogram over 2,048 positions per
+  task, as `atlas describe` does) against a plain forward pass over the same token batches
+  (target: at most 1.3x);
+- logit effects for every neuron of the model (target: under 10 s for SmolLM2 on a CPU), with
+  bfloat16 candidates rescored in float32 where the CPU has native bfloat16, and the float32
+  product, and how many neurons' tokens differ between the two.
 
-    python bench/evidence.py [--model smollm2-135m-instruct] [--texts 32] [--repeats 2]
+    python bench/evidence.py [--model smollm2-135m-instruct] [--texts 48] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ def plain_forward(model, sequences, batch_size=8, max_tokens=1024):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--texts", type=int, default=32)
+    ap.add_argument("--texts", type=int, default=48)
+    ap.add_argument("--parts", type=int, default=2, help="tasks the texts are split into")
+    ap.add_argument("--hist-tokens", type=int, default=2048)
     ap.add_argument("--length", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
@@ -40,23 +45,36 @@ def main() -> None:
     vocab = len(loaded.tokenizer)
     sequences = [torch.randint(5, vocab, (args.length,), generator=gen).tolist()
                  for _ in range(args.texts)]
-    parts = [i % 3 for i in range(args.texts)]
+    parts = [i % args.parts for i in range(args.texts)]
     plain, record = [], []
     for _ in range(args.repeats):  # interleaved, so both see the same machine
         t = time.perf_counter()
         plain_forward(loaded.model, sequences)
         plain.append(time.perf_counter() - t)
         t = time.perf_counter()
-        record_exemplars(loaded.model, sequences, parts)
+        record_exemplars(loaded.model, sequences, parts, hist_tokens=args.hist_tokens or None)
         record.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    logit_effects(loaded.model)
-    logits = time.perf_counter() - t
+    timed = {}
+    for bf16 in (True, False):
+        t = time.perf_counter()
+        timed[bf16] = logit_effects(loaded.model, bf16_candidates=bf16)
+        timed[bf16, "s"] = time.perf_counter() - t
+    fast, exact = timed[True], timed[False]
+    differ = torch.zeros(fast.promoted.shape[:2], dtype=torch.bool)
+    for side in ("promoted", "suppressed"):  # another token, or another value (not the order
+        # of exactly equal values)
+        ids = lambda e, side=side: getattr(e, side + "_ids").sort(-1).values  # noqa: E731
+        differ |= (ids(fast) != ids(exact)).any(-1)
+        differ |= ~torch.isclose(getattr(fast, side), getattr(exact, side), atol=1e-6).all(-1)
     n_tokens = args.texts * args.length
-    print(f"{loaded.name} ({loaded.dtype}, {torch.get_num_threads()} threads), {n_tokens} tokens")
+    print(f"{loaded.name} ({loaded.dtype}, {torch.get_num_threads()} threads), {n_tokens} tokens "
+          f"in {args.parts} parts, histogram over {args.hist_tokens or 'every'} positions per part")
     print(f"plain forward {min(plain):.2f} s, describe pass {min(record):.2f} s: "
           f"ratio {min(record) / min(plain):.2f} (target <= 1.3)")
-    print(f"logit effects of {loaded.n_layers * loaded.d_mlp} neurons: {logits:.1f} s (target < 10)")
+    n = loaded.n_layers * loaded.d_mlp
+    print(f"logit effects of {n} neurons: bfloat16 candidates rescored {timed[True, 's']:.1f} s, "
+          f"float32 product {timed[False, 's']:.1f} s (target < 10); neurons whose tokens or "
+          f"values differ: {int(differ.sum())} of {n}")
 
 
 if __name__ == "__main__":

@@ -46,32 +46,72 @@ def readout(model: nn.Module) -> torch.Tensor:
     return unembed * norm_scale(model)[None, :]
 
 
-@torch.no_grad()
-def layer_logit_effects(adapter: Adapter, layer: int, read: torch.Tensor) -> torch.Tensor:
-    """Every neuron's direct logit effect in ``layer`` through ``read`` (:func:`readout`):
-    float32 [vocab, d_mlp]."""
-    directions = adapter.down_columns(layer).detach().float()  # [d_model, d_mlp]
-    if adapter.spec.centred_norm:
-        directions = directions - directions.mean(0, keepdim=True)
-    return read @ directions
+CANDIDATES = 2  # with a bfloat16 product: k·CANDIDATES candidates each way, rescored exactly
+RESCORE_CHUNK = 128  # neurons rescored at a time
 
 
 @torch.no_grad()
-def logit_effects(model: nn.Module, k: int = 20) -> LogitEffects:
+
+@torch.no_grad()
+def logit_effects(model: nn.Module, k: int = 20, bf16_candidates: bool | None = None
+                  ) -> LogitEffects:
     """The ``k`` tokens each neuron's output direction promotes and suppresses most.
 
     Args:
         model: a loaded causal LM of a supported family.
         k: tokens kept each way.
+        bf16_candidates: find ``CANDIDATES · k`` candidates each way with a bfloat16 product,
+            then rank them by their float32 values (None: where the CPU or GPU computes
+            bfloat16 natively). The values are always float32; the chosen tokens equal the
+            float32 ranking unless a token's bfloat16 rounding error exceeds its gap to the
+            last candidate.
 
     Returns:
         :class:`LogitEffects`, each tensor [n_layers, d_mlp, k].
     """
     adapter, read = adapter_for(model), readout(model)
+    if bf16_candidates is None:
+        bf16_candidates = _fast_bf16(read.device)
+    read_t = (read.bfloat16() if bf16_candidates else read).T.contiguous()  # [d_model, vocab]
     per_layer = []
     for layer in range(adapter.n_layers):
-        effects = layer_logit_effects(adapter, layer, read)  # [vocab, d_mlp]
-        top = effects.topk(k, dim=0)
-        bottom = effects.topk(k, dim=0, largest=False)
-        per_layer.append((top.indices.T, top.values.T, bottom.indices.T, bottom.values.T))
+        directions = _directions(adapter, layer)  # [d_model, d_mlp]
+        if bf16_candidates:
+            approx = directions.T.bfloat16() @ read_t  # [d_mlp, vocab]
+            sides = [_rescored(approx, read, directions, k, largest) for largest in (True, False)]
+        else:
+            exact = directions.T @ read_t  # [d_mlp, vocab]: one row per neuron
+            sides = [tuple(exact.topk(k, dim=1, largest=largest)) for largest in (True, False)]
+        (top, top_ids), (bottom, bottom_ids) = sides
+        per_layer.append((top_ids, top, bottom_ids, bottom))
     return LogitEffects(*(torch.stack([p[i] for p in per_layer]).contiguous() for i in range(4)))
+
+
+def _directions(adapter: Adapter, layer: int) -> torch.Tensor:
+    directions = adapter.down_columns(layer).detach().float()  # [d_model, d_mlp]
+    if adapter.spec.centred_norm:
+        directions = directions - directions.mean(0, keepdim=True)
+    return directions
+
+
+def _rescored(approx: torch.Tensor, read: torch.Tensor, directions: torch.Tensor, k: int,
+              largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` (``largest``) of each row among ``approx``'s candidates, by float32 value:
+    (values, token ids), each [d_mlp, k]."""
+    candidates = approx.topk(min(CANDIDATES * k, approx.shape[1]), dim=1,
+                             largest=largest).indices  # [d_mlp, n_cand]
+    values = torch.empty(candidates.shape, dtype=torch.float32, device=read.device)
+    for start in range(0, candidates.shape[0], RESCORE_CHUNK):
+        part = slice(start, start + RESCORE_CHUNK)
+        rows = read[candidates[part]]  # [chunk, n_cand, d_model]
+        values[part] = torch.bmm(rows, directions.T[part, :, None]).squeeze(-1)
+    best = values.topk(k, dim=1, largest=largest)
+    return best.values, candidates.gather(1, best.indices)
+
+
+def _fast_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    from atlas.models.loading import native_bf16
+
+    return native_bf16()

@@ -6,8 +6,10 @@ down projection's input, signed for gated MLPs):
 - **exemplars**: the ``k`` contexts with the highest activation and the ``k`` with the lowest
   (most negative), each a window of ``before`` tokens, the peak and ``after`` tokens, with the
   neuron's activation on every token of the window (NaN past a sequence's edge);
-- **density**: per corpus part (a task), the number of tokens, how many are above 0, the sum,
-  and a histogram over the fixed signed bins :data:`EDGES`;
+- **density**: per corpus part (a task), the number of tokens, how many are above 0 and the
+  sum, over every token; and a histogram over the fixed signed bins :data:`EDGES` of up to
+  ``hist_tokens`` token positions per part drawn uniformly (seeded), the same positions for
+  every neuron (every position when the part has fewer; None: every position);
 - **quantile samples**: the activations on ``n_samples`` token positions drawn uniformly
   (seeded) from the corpus, the same positions for every neuron, from which each neuron's
   quantile bins are read (:func:`quantile_bins`).
@@ -83,7 +85,7 @@ class Density:
     n_tokens: int
     n_positive: torch.Tensor
     total: torch.Tensor
-    hist: torch.Tensor
+    hist: torch.Tensor  # over the part's histogram positions (sum: how many)
 
 
 @dataclass
@@ -92,6 +94,9 @@ class _Batch:
     keep: torch.Tensor  # bool [batch, pos]: real tokens whose window is a first occurrence
     real: torch.Tensor  # bool [batch, pos]: real tokens (not padding)
     samples: list[tuple[int, int, int]]  # (row in batch, position, sample index)
+    hist_rows: torch.Tensor  # long [n]: the kept tokens (by their place among the kept) the
+    # histogram counts
+    kept_at: torch.Tensor  # long [n_kept]: the kept tokens' places in the flattened batch
 
 
 @dataclass
@@ -162,31 +167,27 @@ class ExemplarProbe:
 
     def _record(self, layer: int, act: torch.Tensor) -> None:
         batch, state = self.batch, self.layers[layer]
-        keep = batch.keep.to(act.device)  # [batch, pos]
         n_rows, n_pos, d = act.shape
         flat = act.reshape(n_rows * n_pos, d)  # [batch·pos, d_mlp]
-        kept = flat[keep.flatten()]  # [n_kept, d_mlp]
+        kept_at = batch.kept_at.to(act.device)  # [n_kept]: the kept tokens' places in ``flat``
+        columns = flat.index_select(0, kept_at).T.contiguous()  # [d_mlp, n_kept]: a neuron a row
         if layer == 0:
-            self._n_tokens += kept.shape[0]
+            self._n_tokens += columns.shape[1]
         if state.n_positive is not None:
-            state.n_positive += (kept > 0).sum(0).cpu()
-            state.total += kept.double().sum(0).cpu()
-            bins = torch.bucketize(kept, torch.tensor(EDGES, device=kept.device))  # [n_kept, d]
-            index = bins * d + torch.arange(d, device=kept.device)
-            state.hist += torch.bincount(index.flatten(), minlength=N_BINS * d).view(N_BINS, d).T.cpu()
+            self._count(state, columns, batch.hist_rows.to(act.device))
         for row, pos, sample in batch.samples:
             self.sample_values[sample, layer] = act[row, pos].cpu()
-        n_cand = min(self.k, kept.shape[0])
+        n_cand = min(self.k, columns.shape[1])
         if n_cand == 0:
             return
-        kept_at = torch.nonzero(keep.flatten()).flatten()  # [n_kept]: their places in ``flat``
         real = batch.real.to(act.device)
         order = torch.tensor(batch.seqs, device=act.device)
         neuron = torch.arange(d, device=act.device)
         offsets = torch.arange(self.width, device=act.device) - self.before
         for s, sign in enumerate(SIGNS):
-            top = kept.topk(n_cand, dim=0, largest=sign > 0)  # [n_cand, d_mlp]
-            at = kept_at[top.indices]
+            top = columns.topk(n_cand, dim=1, largest=sign > 0)  # [d_mlp, n_cand]
+            values, indices = top.values.T, top.indices.T  # [n_cand, d_mlp]
+            at = kept_at[indices]
             rows, pos = at // n_pos, at % n_pos
             # the window's activations, NaN beyond the sequence's real tokens and its edges
             where = pos[..., None] + offsets  # [n_cand, d_mlp, width]
@@ -194,8 +195,18 @@ class ExemplarProbe:
             where = where.clamp(0, n_pos - 1)
             window = act[rows[..., None], where, neuron[None, :, None]]
             window = window.masked_fill(~(inside & real[rows[..., None], where]), torch.nan)
-            self._merge(state, s, top.values.cpu() * sign, order[rows].cpu(), pos.cpu(),
+            self._merge(state, s, values.cpu() * sign, order[rows].cpu(), pos.cpu(),
                         window.cpu())
+
+    def _count(self, state: _LayerState, columns: torch.Tensor, hist_rows: torch.Tensor
+               ) -> None:
+        """Add a batch's kept tokens [d_mlp, n_kept] to the part's density: above 0 and the sum
+        over all of them, the histogram over ``hist_rows`` (float passes: a bool reduction is
+        several times slower on a CPU)."""
+        state.n_positive += torch.sign(columns).clamp_(min=0).sum(1).long().cpu()
+        state.total += columns.sum(1).double().cpu()
+        if hist_rows.numel():
+            state.hist += histogram(columns[:, hist_rows]).cpu()
 
     def _merge(self, state: _LayerState, s: int, value, seq, pos, window) -> None:
         """Keep the k best of the stored and the new candidates: by value, ties by input order."""
@@ -219,6 +230,32 @@ class ExemplarProbe:
                          self.sample_values, self.before, self.after)
 
 
+def histogram(columns: torch.Tensor) -> torch.Tensor:
+    """Per row of ``columns`` [d_mlp, n], its values' counts in the bins of :data:`EDGES` (bin
+    i holds ``EDGES[i-1] < x <= EDGES[i]``, as ``torch.bucketize``): long [d_mlp, N_BINS]."""
+    d = columns.shape[0]
+    bins = torch.bucketize(columns, torch.tensor(EDGES, device=columns.device),
+                           out_int32=True)  # [d_mlp, n]
+    index = bins + torch.arange(0, d * N_BINS, N_BINS, dtype=torch.int32,
+                                device=columns.device)[:, None]
+    return torch.bincount(index.flatten(), minlength=N_BINS * d).view(d, N_BINS)
+
+
+def histogram_positions(keeps: list[torch.Tensor], parts: Sequence[int], n: int | None,
+                        seed: int) -> list[torch.Tensor]:
+    """Per sequence, bool [len]: the kept positions each part's histogram counts, ``n`` per part
+    drawn uniformly without replacement (all of them when fewer, or when ``n`` is None)."""
+    if n is None:
+        return keeps
+    out = [torch.zeros_like(keep) for keep in keeps]
+    for part in dict.fromkeys(parts):
+        members = [i for i, p in enumerate(parts) if p == part]
+        drawn = sample_positions([keeps[i] for i in members], n, seed)
+        for local, pos in drawn:
+            out[members[local]][pos] = True
+    return out
+
+
 def sample_positions(keeps: list[torch.Tensor], n: int, seed: int) -> list[tuple[int, int]]:
     """``n`` (sequence, position) pairs drawn uniformly without replacement from the kept
     positions (all of them when fewer), in corpus order."""
@@ -233,7 +270,8 @@ def sample_positions(keeps: list[torch.Tensor], n: int, seed: int) -> list[tuple
 def record_exemplars(model: nn.Module, sequences: Sequence[Sequence[int]], parts: Sequence[int],
                      *, k: int = 8, before: int = 8, after: int = 4, n_samples: int = 64,
                      seed: int = 0, batch_size: int = 8, max_batch_tokens: int | None = 1024,
-                     pad_id: int = 0, on_batch=None) -> Exemplars:
+                     pad_id: int = 0, hist_tokens: int | None = None, on_batch=None
+                     ) -> Exemplars:
     """One forward pass over ``sequences`` recording every neuron's exemplars.
 
     Args:
@@ -244,6 +282,8 @@ def record_exemplars(model: nn.Module, sequences: Sequence[Sequence[int]], parts
         before, after: tokens of each window before and after the peak.
         n_samples: token positions sampled for quantiles.
         seed: seed of the sampled positions.
+        hist_tokens: token positions per part the histogram counts (drawn with ``seed``;
+            None: every position).
         on_batch: called with (n_sequences, n_tokens) after each batch.
 
     Returns:
@@ -256,6 +296,7 @@ def record_exemplars(model: nn.Module, sequences: Sequence[Sequence[int]], parts
     by_seq: dict[int, list[tuple[int, int]]] = {}
     for index, (seq, pos) in enumerate(samples):
         by_seq.setdefault(seq, []).append((pos, index))
+    in_hist = histogram_positions(keeps, parts, hist_tokens, seed)
     probe = ExemplarProbe(adapter, k, before, after, samples)
     groups = []
     for part in dict.fromkeys(parts):  # each part's sequences together, parts in order
@@ -270,10 +311,14 @@ def record_exemplars(model: nn.Module, sequences: Sequence[Sequence[int]], parts
                 current = part
             ids, mask = padded([sequences[i] for i in group], pad_id)
             keep = torch.zeros_like(mask, dtype=torch.bool)
+            hist = torch.zeros_like(keep)
             for row, i in enumerate(group):
                 keep[row, :len(sequences[i])] = keeps[i]
+                hist[row, :len(sequences[i])] = in_hist[i]
             probe.batch = _Batch(group, keep, mask.bool(), [
-                (row, pos, index) for row, i in enumerate(group) for pos, index in by_seq.get(i, [])])
+                (row, pos, index) for row, i in enumerate(group) for pos, index in by_seq.get(i, [])],
+                torch.nonzero(hist.flatten()[keep.flatten()]).flatten(),
+                torch.nonzero(keep.flatten()).flatten())
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
                   logits_to_keep=1)
             if on_batch is not None:

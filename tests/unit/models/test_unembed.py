@@ -26,13 +26,16 @@ def through_modules(model, direction: torch.Tensor) -> torch.Tensor:
         return model.get_output_embeddings()(normed)[0, 0]  # [vocab]
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2"])
-def test_logit_effects_equal_the_modules_product(family):
+def test_logit_effects_equal_the_modules_product(family, bf16):
+    """Both ways of finding the tokens (a float32 product; bfloat16 candidates rescored in
+    float32) against the model's own modules."""
     model = tiny_model(family, vocab=300)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert tied == (family != "llama")  # both kinds of unembedding are covered
     k = 5
-    got = logit_effects(model, k=k)
+    got = logit_effects(model, k=k, bf16_candidates=bf16)
     adapter = adapter_for(model)
     for layer in range(adapter.n_layers):
         directions = adapter.down_columns(layer).detach().float()

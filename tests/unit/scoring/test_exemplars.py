@@ -115,6 +115,31 @@ def test_density_and_samples_count_the_distinct_positions():
         assert torch.allclose(row, acts[i][:, p], atol=1e-5)
 
 
+def test_a_sampled_histogram_counts_its_positions_only():
+    from atlas.scoring.exemplars import first_occurrences, histogram_positions
+
+    model = tiny_model("llama", vocab=256)
+    seqs = corpus()
+    parts = [1] * 6 + [2] * (len(seqs) - 6)
+    full = record_exemplars(model, seqs, parts, k=2, before=3, after=2, n_samples=7, seed=1)
+    rec = record_exemplars(model, seqs, parts, k=2, before=3, after=2, n_samples=7, seed=1,
+                           hist_tokens=5)
+    acts = all_activations(model, seqs)
+    chosen = histogram_positions(first_occurrences(seqs, 3, 2), parts, 5, 1)
+    for part in (1, 2):
+        values = torch.stack([acts[i][:, p] for i, mask in enumerate(chosen) if parts[i] == part
+                              for p in torch.nonzero(mask).flatten()])  # [5, n_layers, d_mlp]
+        assert len(values) == 5
+        want = torch.bucketize(values, torch.tensor(EDGES))
+        assert torch.equal(rec.density[part].hist[0, 7],
+                           torch.bincount(want[:, 0, 7], minlength=len(EDGES) + 1))
+        assert int(rec.density[part].hist.sum(-1)[1, 3]) == 5
+        # share above 0 and the sum still count every token
+        assert torch.equal(rec.density[part].n_positive, full.density[part].n_positive)
+        assert rec.density[part].n_tokens == full.density[part].n_tokens
+    assert torch.equal(rec.value, full.value)
+
+
 def test_quantile_bins_equal_a_per_neuron_sort():
     from atlas.scoring.exemplars import quantile_bins
 
@@ -133,3 +158,15 @@ def test_quantile_bins_equal_a_per_neuron_sort():
                 assert got.index[b, layer, neuron] == chunk[len(chunk) // 2]
                 assert got.value[b, layer, neuron] == column[chunk[len(chunk) // 2]]
     assert quantile_bins(values[:2], 4).low.shape == (2, 2, 3)  # fewer samples than bins
+
+
+def test_histogram_counts_equal_bucketize_also_on_the_edges():
+    from atlas.scoring.exemplars import histogram
+
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(7, 300, generator=gen) * 3
+    values[:, :len(EDGES)] = torch.tensor(EDGES)  # exactly on every edge
+    values[:, -1] = 0.0
+    want = torch.stack([torch.bincount(torch.bucketize(row, torch.tensor(EDGES)),
+                                       minlength=len(EDGES) + 1) for row in values])
+    assert torch.equal(histogram(values), want)
