@@ -225,9 +225,15 @@ def evidence_tables(evidence_id: int, rec: Exemplars, corpus: Corpus, vocab: lis
         "activation": pa.array(bins.value.ravel()[in_chosen].astype(np.float32)),
         "context_id": pa.array(inverse[len(seq):].astype(np.int32)),
     })
-    return {"evidence_contexts": contexts, "neuron_exemplars": exemplars,
-            "neuron_quantiles": quantile_table,
-            "neuron_density": _density_table(evidence_id, rec, chosen)}
+    # a neuron's rows together: its lookups read one row group (zone maps on layer and neuron)
+    return {"evidence_contexts": contexts,
+            "neuron_exemplars": exemplars.sort_by(
+                [("layer", "ascending"), ("neuron", "ascending"), ("sign", "descending"),
+                 ("rank", "ascending")]),
+            "neuron_quantiles": quantile_table.sort_by(
+                [("layer", "ascending"), ("neuron", "ascending"), ("bin", "ascending")]),
+            "neuron_density": _density_table(evidence_id, rec, chosen).sort_by(
+                [("layer", "ascending"), ("neuron", "ascending"), ("task_id", "ascending")])}
 
 
 def _contexts_table(evidence_id: int, pairs: np.ndarray, rec: Exemplars, corpus: Corpus,

@@ -69,9 +69,9 @@ def main() -> None:
     args = ap.parse_args()
     db = Path(tempfile.mkdtemp()) / "load.duckdb"
     start = time.perf_counter()
-    build_llama_like(db, evaluations=True).dispose()
-    print(f"built {30 * 32 * 11008:,} score rows and 410 evaluations in "
-          f"{time.perf_counter() - start:.0f} s")
+    build_llama_like(db, evaluations=True, evidence=True).dispose()
+    print(f"built {30 * 32 * 11008:,} score rows, 410 evaluations and an evidence run "
+          f"({2 * 8 * 32 * 11008:,} exemplars) in {time.perf_counter() - start:.0f} s")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -114,6 +114,11 @@ def main() -> None:
         "report": [f"/reports?{model}&method=cgvst&factor=0"],
         "neuron": lambda rng: f"/models/llama-like/neurons/{rng.randrange(32)}/"
                               f"{rng.randrange(11008)}",
+        "neuron evidence": lambda rng: f"/models/llama-like/neurons/{rng.randrange(32)}/"
+                                       f"{rng.randrange(11008)}/evidence",
+        "token neurons": lambda rng: f"/models/llama-like/token-neurons?token=tok"
+                                     f"{rng.randrange(32000)}",
+        "set neurons": [f"/sets/{i}/neurons?limit=25" for i in set_ids[:10]],
     }
     target = 100
     print(f"{args.clients} clients, {args.seconds:g} s per endpoint, 127.0.0.1, "

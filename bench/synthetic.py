@@ -19,8 +19,11 @@ from atlas.store import repository as repo
 N_LAYERS, D_MLP, N_TASKS, METHODS = 32, 11008, 10, ("cgvst", "gv", "grad_x_act")
 
 
-def build_llama_like(path: Path, *, evaluations: bool = False, n_examples: int = 200):
-    """Write the synthetic atlas to ``path``; return its (writable) engine."""
+def build_llama_like(path: Path, *, evaluations: bool = False, n_examples: int = 200,
+                     evidence: bool = False):
+    """Write the synthetic atlas to ``path``; return its (writable) engine. With ``evidence``,
+    an evidence run of every neuron (k = 8 exemplars of each sign, 4 quantile samples, density
+    in every task) and logit effects, as `atlas describe` stores them."""
     engine = open_db(path)
     set_ids: dict[int, int] = {}
     with engine.begin() as conn:
@@ -41,7 +44,45 @@ def build_llama_like(path: Path, *, evaluations: bool = False, n_examples: int =
                 repo.complete_run(conn, run_id, n_examples=1, n_tokens=1, n_skipped=0)
         if evaluations:
             _inhibit(conn, model_id, set_ids, n_examples)
+    if evidence:
+        _evidence(engine, model_id, list(set_ids))
     return engine
+
+
+def _evidence(engine, model_id: int, task_ids: list[int], k: int = 8, vocab: int = 32000
+              ) -> None:
+    from atlas.evidence import Corpus, evidence_tables, logits_table
+    from atlas.models.unembed import LogitEffects
+    from atlas.scoring.exemplars import Density, Exemplars
+    from atlas.store import evidence as store
+
+    gen = torch.Generator().manual_seed(1)
+    n_seq, length, width = 400, 64, 13
+    corpus = Corpus([torch.randint(0, vocab, (length,), generator=gen).tolist()
+                     for _ in range(n_seq)], [task_ids[i % len(task_ids)] for i in range(n_seq)],
+                    [f"i{i}" for i in range(n_seq)])
+    shape = (2, N_LAYERS, k, D_MLP)
+    value = torch.rand(shape, generator=gen).sort(2, descending=True).values
+    value[1] = -value[1]
+    density = {t: Density(length * n_seq // len(task_ids),
+                          torch.randint(0, 100, (N_LAYERS, D_MLP), generator=gen),
+                          torch.randn(N_LAYERS, D_MLP, generator=gen),
+                          torch.randint(0, 50, (N_LAYERS, D_MLP, 16), generator=gen))
+               for t in task_ids}
+    samples = [(i, 10) for i in range(64)]
+    rec = Exemplars(value, torch.randint(0, n_seq, shape, generator=gen),
+                    torch.randint(8, length - 4, shape, generator=gen),
+                    torch.rand((*shape, width), generator=gen), density, samples,
+                    torch.randn(64, N_LAYERS, D_MLP, generator=gen), 8, 4)
+    words = [f"tok{i}" for i in range(vocab)]
+    evidence_id = store.open_run(engine, model_id, {"synthetic": True}, "synthetic")
+    store.write_logits(engine, model_id, logits_table(model_id, LogitEffects(
+        torch.randint(0, vocab, (N_LAYERS, D_MLP, 20), generator=gen),
+        torch.rand(N_LAYERS, D_MLP, 20, generator=gen),
+        torch.randint(0, vocab, (N_LAYERS, D_MLP, 20), generator=gen),
+        -torch.rand(N_LAYERS, D_MLP, 20, generator=gen))), words)
+    store.complete_run(engine, evidence_id, evidence_tables(evidence_id, rec, corpus, words),
+                       n_seq, n_seq * length)
 
 
 def _inhibit(conn, model_id: int, set_ids: dict[int, int], n: int) -> None:

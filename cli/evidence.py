@@ -21,6 +21,8 @@ def describe(
     before: int = typer.Option(8, help="Window tokens before the peak."),
     after: int = typer.Option(4, help="Window tokens after the peak."),
     samples: int = typer.Option(64, help="Token positions sampled for quantile bins."),
+    hist_tokens: int = typer.Option(2048, help="Token positions per task the histogram counts "
+                                               "(seeded; 0: every one)."),
     seed: int = typer.Option(0, help="Seed of the texts and the sampled positions."),
     batch_size: int = typer.Option(8, help="Texts per batch."),
     set_id: list[int] = typer.Option([], "--set", help="Keep only the neurons of these stored "
@@ -42,7 +44,7 @@ def describe(
     from atlas.tasks.sni import expand_task_names, load_task
 
     options = DescribeOptions(examples=examples, shots=shots, k=k, before=before, after=after,
-                              n_samples=samples, seed=seed, batch_size=batch_size,
+                              n_samples=samples, hist_tokens=hist_tokens, seed=seed, batch_size=batch_size,
                               set_ids=sorted(set(set_id)), sets_of=sorted(set(sets_of)),
                               sni_dir=sni_path(sni_dir))
     tasks = [load_task(name, options.sni_dir) for name in expand_task_names(task)]

@@ -78,25 +78,20 @@ def neuron_evidence(engine: Engine, model: str, layer: int, neuron: int) -> Neur
     top, bottom, quantiles, density = [], [], [], []
     if evidence_id is not None:
         at = {"e": evidence_id, "l": layer, "n": neuron}
-        for r in rows(engine, """
-                SELECT x.sign, x.rank, x.activation, x.activations, c.tokens, c.peak,
-                       c.instance_id, t.name AS task
-                FROM neuron_exemplars x JOIN evidence_contexts c USING (evidence_id, context_id)
-                JOIN tasks t USING (task_id)
-                WHERE x.evidence_id = :e AND x.layer = :l AND x.neuron = :n
-                ORDER BY x.sign DESC, x.rank""", **at):
-            context = Context(r["task"], r["instance_id"], list(r["tokens"]),
-                              [float(v) for v in r["activations"]], r["peak"], r["activation"])
-            (top if r["sign"] > 0 else bottom).append(context)
+        exemplars = rows(engine, """
+            SELECT sign, rank, activation, activations, context_id FROM neuron_exemplars
+            WHERE evidence_id = :e AND layer = :l AND neuron = :n ORDER BY sign DESC, rank""",
+                         **at)
+        samples = rows(engine, """
+            SELECT bin, low, high, activation, context_id FROM neuron_quantiles
+            WHERE evidence_id = :e AND layer = :l AND neuron = :n ORDER BY bin""", **at)
+        context = _contexts(engine, evidence_id, [r["context_id"] for r in exemplars + samples])
+        for r in exemplars:
+            (top if r["sign"] > 0 else bottom).append(context(
+                r["context_id"], r["activation"], [float(v) for v in r["activations"]]))
         quantiles = [{"bin": r["bin"], "low": r["low"], "high": r["high"],
-                      "sample": Context(r["task"], r["instance_id"], list(r["tokens"]), None,
-                                        r["peak"], r["activation"])}
-                     for r in rows(engine, """
-                SELECT q.bin, q.low, q.high, q.activation, c.tokens, c.peak, c.instance_id,
-                       t.name AS task
-                FROM neuron_quantiles q JOIN evidence_contexts c USING (evidence_id, context_id)
-                JOIN tasks t USING (task_id)
-                WHERE q.evidence_id = :e AND q.layer = :l AND q.neuron = :n ORDER BY q.bin""", **at)]
+                      "sample": context(r["context_id"], r["activation"], None)}
+                     for r in samples]
         density = rows(engine, """
             SELECT t.name AS task, d.n_tokens, d.n_positive / d.n_tokens AS share_positive,
                    d.mean, d.hist
@@ -107,23 +102,41 @@ def neuron_evidence(engine: Engine, model: str, layer: int, neuron: int) -> Neur
                           density, promoted, suppressed)
 
 
+def _contexts(engine: Engine, evidence_id: int, ids: list[int]):
+    """The stored contexts ``ids`` of a run (one query, by id: the neuron's rows were found
+    first), as a function of (context id, activation, per-token activations) -> Context."""
+    found = {r["context_id"]: r for r in rows(engine, """
+        SELECT c.context_id, c.tokens, c.peak, c.instance_id, t.name AS task
+        FROM evidence_contexts c JOIN tasks t USING (task_id)
+        WHERE c.evidence_id = :e AND list_contains(:ids, c.context_id)""",
+                                                e=evidence_id, ids=sorted(set(ids)))}
+
+    def context(context_id: int, activation: float, activations: list[float] | None) -> Context:
+        r = found[context_id]
+        return Context(r["task"], r["instance_id"], list(r["tokens"]), activations, r["peak"],
+                       activation)
+
+    return context
+
+
 def _logits(engine: Engine, model_id: int, layer: int, neuron: int) -> tuple[list, list]:
+    """The neuron's promoted and suppressed tokens with their texts (one query)."""
     found = rows(engine, """
-        SELECT promoted_ids, promoted, suppressed_ids, suppressed FROM neuron_logits
-        WHERE model_id = :m AND layer = :l AND neuron = :n""", m=model_id, l=layer, n=neuron)
-    if not found:
-        return [], []
-    r = found[0]
-    ids = sorted(set(r["promoted_ids"]) | set(r["suppressed_ids"]))
-    names = {v["token_id"]: v["token"] for v in rows(
-        engine, "SELECT token_id, token FROM vocab WHERE model_id = :m AND "
-                "list_contains(:ids, token_id)", m=model_id, ids=ids)}
-
-    def side(token_ids, values):
-        return [{"token": names.get(t, ""), "token_id": t, "logit": float(v)}
-                for t, v in zip(token_ids, values)]
-
-    return side(r["promoted_ids"], r["promoted"]), side(r["suppressed_ids"], r["suppressed"])
+        WITH l AS (SELECT * FROM neuron_logits WHERE model_id = :m AND layer = :l
+                   AND neuron = :n),
+        p AS (SELECT 1 AS side, unnest(promoted_ids) AS token_id, unnest(promoted) AS logit,
+                     generate_subscripts(promoted_ids, 1) AS i FROM l
+              UNION ALL
+              SELECT 2, unnest(suppressed_ids), unnest(suppressed),
+                     generate_subscripts(suppressed_ids, 1) FROM l)
+        SELECT p.side, p.token_id, p.logit, coalesce(v.token, '') AS token
+        FROM p LEFT JOIN vocab v ON v.model_id = :m AND v.token_id = p.token_id
+        ORDER BY p.side, p.i""", m=model_id, l=layer, n=neuron)
+    side = {1: [], 2: []}
+    for r in found:
+        side[r["side"]].append({"token": r["token"], "token_id": r["token_id"],
+                                "logit": float(r["logit"])})
+    return side[1], side[2]
 
 
 def neurons_for_token(engine: Engine, model: str, token: str, limit: int = 20,
@@ -143,13 +156,16 @@ def neurons_for_token(engine: Engine, model: str, token: str, limit: int = 20,
     evidence_id = latest_evidence(engine, info["model_id"])
     if evidence_id is None:
         raise NotFound(f"no evidence of {info['name']} is stored; run atlas describe first")
+    # the contexts peaking on the token first (a small table), then their exemplars
     return rows(engine, """
-        SELECT layer, neuron, count(*) AS n_exemplars, max(abs(activation)) AS peak,
-               list(DISTINCT token ORDER BY token) AS tokens
-        FROM exemplar_peaks
-        WHERE evidence_id = :e AND sign = :s AND lower(trim(token)) = lower(trim(:tok))
-        GROUP BY layer, neuron
-        ORDER BY n_exemplars DESC, peak DESC, layer, neuron LIMIT :lim""",
+        WITH c AS (SELECT context_id, tokens[peak + 1] AS token FROM evidence_contexts
+                   WHERE evidence_id = :e AND lower(trim(tokens[peak + 1])) = lower(trim(:tok)))
+        SELECT x.layer, x.neuron, count(*) AS n_exemplars, max(abs(x.activation)) AS peak,
+               list(DISTINCT c.token ORDER BY c.token) AS tokens
+        FROM neuron_exemplars x JOIN c USING (context_id)
+        WHERE x.evidence_id = :e AND x.sign = :s
+        GROUP BY x.layer, x.neuron
+        ORDER BY n_exemplars DESC, peak DESC, x.layer, x.neuron LIMIT :lim""",
                 e=evidence_id, s=sign, tok=token, lim=limit)
 
 

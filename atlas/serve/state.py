@@ -29,15 +29,18 @@ SCHEMA_RECHECK_S = 2.0
 RUN_CACHE_BYTES = 512 << 20  # scores and ranks: about 180 runs of a 32 × 11,008 model
 SET_CACHE_BYTES = 128 << 20  # member masks: about 360 sets of that size
 ANSWER_CACHE_BYTES = 64 << 20  # encoded answers (overlaps, reports) per atlas stamp
-# Changes whenever a model, a set, a complete run or an evaluation is added, removed or replaced
-# (ids are never reused within a file; the times tell a replaced file apart).
+# Changes whenever a model, a set, a complete run, an evaluation or a complete evidence run is
+# added, removed or replaced (ids are never reused within a file; the times tell a replaced file
+# apart).
 ATLAS_STAMP = """
     SELECT * FROM
         (SELECT count(*), sum(model_id), sum(epoch_us(created_at)) FROM models),
         (SELECT count(*), sum(set_id), sum(epoch_us(created_at)) FROM neuron_sets),
         (SELECT count(*), sum(run_id), sum(epoch_us(started_at)) FROM runs
          WHERE status = 'complete'),
-        (SELECT count(*), sum(eval_id), sum(epoch_us(created_at)) FROM evaluations)"""
+        (SELECT count(*), sum(eval_id), sum(epoch_us(created_at)) FROM evaluations),
+        (SELECT count(*), sum(evidence_id), sum(epoch_us(started_at)) FROM evidence_runs
+         WHERE status = 'complete')"""
 
 
 class AtlasState:

@@ -123,3 +123,23 @@ def test_gzip_compresses_an_answer_once_per_etag():
     assert plain == body and b"content-encoding" not in plain_headers
     _, ranged = ask("/a", [*accepts, (b"range", b"bytes=0-9")])
     assert ranged == body  # a ranged request's offsets name the uncompressed answer
+
+
+def test_answers_follow_a_new_evidence_run(tmp_path):
+    """A set's neuron summaries are remembered per atlas state: a completed evidence run is a
+    new state (the answer before it has no peak tokens, the answer after it has them)."""
+    from typer.testing import CliRunner
+
+    from cli.main import app as cli
+    from tests.helpers import SNI_DIR, ingested_tiny
+
+    folder, db, _ = ingested_tiny(tmp_path, tasks=("task379",))
+    client = TestClient(create_app(db))
+    before = client.get("/sets/1/neurons").json()["rows"]
+    assert before and all(r["top_tokens"] == [] for r in before)
+    res = CliRunner().invoke(cli, ["describe", "--model", str(folder), "--task", "task379",
+                                   "--sni-dir", str(SNI_DIR), "--examples", "3", "--k", "3",
+                                   "--dtype", "float32", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    after = client.get("/sets/1/neurons").json()["rows"]
+    assert all(r["top_tokens"] for r in after)
