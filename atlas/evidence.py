@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -20,12 +21,22 @@ import torch
 from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
+from atlas.models.batching import length_groups
 from atlas.models.loading import LoadedModel
 from atlas.models.unembed import logit_effects
 from atlas.naming import params_key
-from atlas.scoring.exemplars import SIGNS, Exemplars, quantile_bins, record_exemplars
+from atlas.scoring.exemplars import (
+    SIGNS,
+    ExemplarProbe,
+    Exemplars,
+    index_corpus,
+    merge_records,
+    quantile_bins,
+    record_batch,
+    record_exemplars,
+)
 from atlas.store import evidence as store
-from atlas.store.runs import DatabaseRuns
+from atlas.store.runs import DatabaseRuns, register_model
 from atlas.tasks.prompts import PromptFormat, scoring_examples
 from atlas.tasks.sni import Task
 from atlas.tasks.split import split_task, subsample
@@ -129,12 +140,7 @@ def describe(engine: Engine, loaded: LoadedModel, tasks: list[Task], options: De
         params["neurons"] = {"n": int(chosen.sum()),
                              "hash": hashlib.sha256(np.packbits(chosen).tobytes()).hexdigest()}
     key = params_key(params)
-    if not store.has_logits(engine, model_id):
-        started = time.perf_counter()
-        store.write_logits(engine, model_id, logits_table(model_id, logit_effects(
-            loaded.model, options.logit_k)), vocabulary(loaded.tokenizer))
-        say(f"logit effects of {loaded.n_layers * loaded.d_mlp} neurons stored "
-            f"({time.perf_counter() - started:.1f} s)")
+    ensure_logits(engine, loaded, model_id, options.logit_k, say)
     found = store.find_complete(engine, model_id, key)
     if found is not None:
         say(f"reusing complete evidence run {found}")
@@ -154,6 +160,139 @@ def describe(engine: Engine, loaded: LoadedModel, tasks: list[Task], options: De
     store.complete_run(engine, evidence_id, tables, len(corpus.sequences), n_tokens)
     return DescribeResult(evidence_id, "computed", len(corpus.sequences), n_tokens,
                           time.perf_counter() - started)
+
+
+def ensure_logits(engine: Engine, loaded: LoadedModel, model_id: int, k: int,
+                  say: Callable[[str], None]) -> None:
+    """The model's logit effects and vocabulary, stored once."""
+    if store.has_logits(engine, model_id):
+        return
+    started = time.perf_counter()
+    store.write_logits(engine, model_id, logits_table(model_id, logit_effects(loaded.model, k)),
+                       vocabulary(loaded.tokenizer))
+    say(f"logit effects of {loaded.n_layers * loaded.d_mlp} neurons stored "
+        f"({time.perf_counter() - started:.1f} s)")
+
+
+class IngestEvidence:
+    """Exemplars recorded by ``atlas ingest`` in the forward pass of its scoring, stored as one
+    evidence run of the scored prompts.
+
+    The corpus is every task's scored examples under one prompt rule, in task order. A task's
+    pass is read live when it runs whole in this process (:meth:`observe`); tasks whose runs
+    were reused or resumed are read by :meth:`finish` in a pass of their own, batched as the
+    scoring pass batches them, so the rows are those of an uninterrupted ingest. Nothing is
+    stored until every task is read; the run is then written in one transaction.
+
+    Args:
+        engine: the atlas database, open for writing.
+        loaded: the model.
+        tasks: per task: the task, its stored id and its examples' (ids, instance id) in scoring
+            order.
+        params: what identifies the run (the ingest's prompt settings).
+        options: k, window, samples, histogram and seed.
+        batching: (examples per checkpoint chunk, batch size, tokens per batch) of the pass.
+        prompt_rule: the rule of the corpus's examples.
+    """
+
+    def __init__(self, engine: Engine, loaded: LoadedModel,
+                 tasks: list[tuple[Task, int, list[tuple[list[int], str]]]], params: dict,
+                 options: DescribeOptions, batching: tuple[int, int, int | None],
+                 prompt_rule: str):
+        self.engine, self.loaded, self.options, self.batching = engine, loaded, options, batching
+        self.prompt_rule = prompt_rule
+        self.corpus = Corpus([], [], [])
+        self.offsets: dict[str, int] = {}
+        for task, task_id, examples in tasks:
+            self.offsets[task.name] = len(self.corpus.sequences)
+            for ids, instance in examples:
+                self.corpus.sequences.append(ids)
+                self.corpus.task_ids.append(task_id)
+                self.corpus.instance_ids.append(instance)
+        self.task_ids = {task.name: task_id for task, task_id, _ in tasks}
+        self.sizes = {task.name: len(examples) for task, _, examples in tasks}
+        self.params = {**params, "tasks": {t.name: t.data_hash for t, _, _ in tasks},
+                       "source": "ingest", "k": options.k, "before": options.before,
+                       "after": options.after, "n_samples": options.n_samples,
+                       "hist_tokens": options.hist_tokens, "seed": options.seed}
+        self.key = params_key(self.params)
+        self.index = index_corpus(self.corpus.sequences, self.corpus.task_ids,
+                                  before=options.before, after=options.after,
+                                  n_samples=options.n_samples, seed=options.seed,
+                                  hist_tokens=options.hist_tokens or None)
+        self.records: dict[str, Exemplars] = {}
+        self.model_id = register_model(engine, loaded)
+
+    def complete(self) -> int | None:
+        """The complete evidence run of these params, when one is stored."""
+        return store.find_complete(self.engine, self.model_id, self.key)
+
+    def reads(self, task_name: str, prompt_rule: str) -> bool:
+        """Whether a scoring pass of ``task_name`` under ``prompt_rule`` is read live (its task
+        not read yet, its examples the corpus's)."""
+        return (prompt_rule == self.prompt_rule and task_name in self.offsets
+                and task_name not in self.records)
+
+    @contextmanager
+    def observe(self, task_name: str) -> Iterator[Callable[[int], Callable]]:
+        """Record one task's whole scoring pass: yields ``at(chunk_start)``, the
+        ``before_batch`` of the chunk that starts at that example; the task's record is kept
+        when the pass ends without error."""
+        probe = ExemplarProbe(self.loaded.adapter, self.options.k, self.options.before,
+                              self.options.after, self.index.samples)
+        probe.begin_part(self.task_ids[task_name])
+        offset = self.offsets[task_name]
+
+        def at(chunk_start: int) -> Callable:
+            def before_batch(batch) -> Callable[[], None]:
+                group = [offset + chunk_start + i for i in batch.indices]
+                probe.batch = self.index.batch(
+                    group, [len(self.corpus.sequences[i]) for i in group], batch.attention_mask)
+
+                def after() -> None:
+                    probe.batch = None
+                return after
+            return before_batch
+
+        with probe:
+            yield at
+        self.records[task_name] = probe.result()
+
+    def finish(self, say: Callable[[str], None]) -> int:
+        """Read the tasks not read live, store the run; its id."""
+        missing = [name for name in self.offsets if name not in self.records]
+        if missing:
+            say(f"recording exemplars of {len(missing)} task(s) whose runs were reused")
+        for name in missing:
+            self.records[name] = self._read(name)
+        record = merge_records([self.records[name] for name in self.offsets])
+        ensure_logits(self.engine, self.loaded, self.model_id, self.options.logit_k, say)
+        evidence_id = store.open_run(self.engine, self.model_id,
+                                     {**self.params, "versions": library_versions()}, self.key)
+        tables = evidence_tables(evidence_id, record, self.corpus,
+                                 store.read_vocab(self.engine, self.model_id))
+        n_tokens = sum(d.n_tokens for d in record.density.values())
+        store.complete_run(self.engine, evidence_id, tables, len(self.corpus.sequences), n_tokens)
+        return evidence_id
+
+    @torch.no_grad()
+    def _read(self, task_name: str) -> Exemplars:
+        """A task's pass of its own, in the scoring pass's chunks and batches."""
+        chunk, batch_size, max_tokens = self.batching
+        offset, size = self.offsets[task_name], self.sizes[task_name]
+        probe = ExemplarProbe(self.loaded.adapter, self.options.k, self.options.before,
+                              self.options.after, self.index.samples)
+        probe.begin_part(self.task_ids[task_name])
+        sequences = self.corpus.sequences
+        with probe:
+            for start in range(0, size, chunk):
+                members = list(range(offset + start, offset + min(start + chunk, size)))
+                for group in length_groups([len(sequences[i]) for i in members], batch_size,
+                                           max_tokens):
+                    record_batch(self.loaded.model, probe, self.index, sequences,
+                                 [members[j] for j in group], _pad_id(self.loaded.tokenizer),
+                                 self.loaded.device)
+        return probe.result()
 
 
 def _pad_id(tokenizer) -> int:

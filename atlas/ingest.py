@@ -10,16 +10,19 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError
+from atlas.evidence import DescribeOptions, IngestEvidence
 from atlas.models.loading import LoadedModel
 from atlas.naming import params_key
 from atlas.presets import apply_preset
 from atlas.progress import Reporter
-from atlas.scoring.engine import GRADIENT_REDUCTIONS, reduce_neurons
+from atlas.scoring.engine import CPU_BATCH_TOKENS, GRADIENT_REDUCTIONS, reduce_neurons
 from atlas.scoring.methods import LAPE_RULE, Method, get_method, lape_sets, random_scores
 from atlas.scoring.selection import require_finite, select
 from atlas.store import repository as repo
@@ -45,6 +48,8 @@ TARGET_RULES = {
         "rendering": "chat template with the real BOS/EOS, tokenized without special tokens",
     },
 }
+# --exemplars is on by default up to this many neurons (SmolLM2: 46,080; Gemma 3 270M: 36,864)
+AUTO_EXEMPLAR_NEURONS = 65_536
 # How lape selects (stored with its runs): the released identify.py, tasks as languages.
 LAPE_SELECTION = ("identify.py: act(gate) > 0 probabilities normalised over tasks, entropy; "
                   "neurons with no probability above the 95th percentile of all dismissed; the "
@@ -75,8 +80,13 @@ class IngestOptions:
     # and only the released rendering's marker tokens
     released_data: bool = False
     preset: str | None = None
+    # exemplars kept per neuron and sign, recorded in the scoring pass (0: off; None: 8 for a
+    # model of at most AUTO_EXEMPLAR_NEURONS neurons, else off)
+    exemplars: int | None = None
 
     def __post_init__(self) -> None:
+        if self.exemplars is not None and self.exemplars < 0:
+            raise AtlasError(f"--exemplars must be 0 (off) or more (got {self.exemplars})")
         if self.examples is not None and self.examples < 1:
             raise AtlasError(f"--examples must be at least 1 (got {self.examples}); "
                              "leave it out to score the whole half")
@@ -192,7 +202,7 @@ class Ingestor:
     """Scores tasks with methods for one loaded model, keeping runs in a :class:`RunStore`."""
 
     def __init__(self, loaded: LoadedModel, options: IngestOptions, runs: RunStore,
-                 reporter: Reporter | None = None):
+                 reporter: Reporter | None = None, evidence_db: Engine | None = None):
         select(torch.zeros(loaded.n_layers, loaded.d_mlp), options.selection_rule)  # a rule that selects
         for name in options.methods:
             get_method(name)
@@ -200,6 +210,8 @@ class Ingestor:
         self.options = options
         self.runs = runs
         self.reporter = reporter or Reporter()
+        self.evidence_db = evidence_db  # where --exemplars are stored (None: not recorded)
+        self.recorder: IngestEvidence | None = None
         self.fmt = PromptFormat.for_tokenizer(loaded.tokenizer, options.released_data)
         # (task, method) -> sums, n_examples, n_tokens, n_skipped of a pass shared with another
         self._shared: dict[tuple[str, str], tuple] = {}
@@ -217,6 +229,7 @@ class Ingestor:
 
     def run(self, tasks: list[Task]) -> list[IngestResult]:
         prepared = [_prepare(self.loaded, self.fmt, task, self.options) for task in tasks]
+        self.recorder = self._recorder(prepared)
         results, stored = [], set()
         for method in (get_method(m) for m in self.options.methods):
             if method.name == "lape":
@@ -230,7 +243,39 @@ class Ingestor:
                 for task, name in [k for k in self._shared if k[0] == prep.task.name]:
                     results.append(self._one(prep, get_method(name)))
                     stored.add((task, name))
+        if self.recorder is not None:
+            evidence_id = self.recorder.finish(self.reporter.message)
+            self.reporter.message(f"exemplars stored as evidence run {evidence_id}")
         return results
+
+    def _recorder(self, prepared: list[Prepared]) -> IngestEvidence | None:
+        """What records --exemplars in the scoring pass (None: off, or already stored): the
+        examples of the first method that reads them, every task."""
+        k = self.options.exemplars
+        if k is None:
+            k = 8 if self.loaded.n_layers * self.loaded.d_mlp <= AUTO_EXEMPLAR_NEURONS else 0
+        if not k or self.evidence_db is None:
+            return None
+        reading = [get_method(m) for m in self.options.methods if m not in ("random", "lape")]
+        rule = reading[0].prompt_rule if reading else "reference"
+        tasks = [(p.task, self.runs.task_id(p.task),
+                  [(ex.encoded.input_ids, str(ex.instance.id)) for ex in p.examples(rule)[0]])
+                 for p in prepared]
+        corpus = hashlib.sha256(repr([ids for _, _, ex in tasks for ids, _ in ex]).encode())
+        params = {"model": self.loaded.name, "revision": self.loaded.revision,
+                  "dtype": self.loaded.dtype, "prompt_rule": rule, "shots": self.options.shots,
+                  "corpus": corpus.hexdigest()}
+        device_tokens = CPU_BATCH_TOKENS if self.loaded.device.type == "cpu" else None
+        recorder = IngestEvidence(
+            self.evidence_db, self.loaded, tasks, params,
+            DescribeOptions(k=k, seed=self.options.seed),
+            (self.options.checkpoint_every, self.options.batch_size,
+             self.options.max_batch_tokens or device_tokens), rule)
+        found = recorder.complete()
+        if found is not None:
+            self.reporter.message(f"exemplars: reusing complete evidence run {found}")
+            return None
+        return recorder
 
     def _one(self, prep: Prepared, method: Method) -> IngestResult:
         identity = _identity(self.loaded, method, prep, self.fmt, self.options)
@@ -313,27 +358,12 @@ class Ingestor:
         self.reporter.advance(ckpt.n_done, ckpt.n_tokens)
         tokenizer = self.loaded.tokenizer
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        read = self.recorder is not None and not resumed and \
+            self.recorder.reads(prep.task.name, method.prompt_rule)
         try:
-            while ckpt.n_done < len(examples):
-                chunk = examples[ckpt.n_done : ckpt.n_done + ckpt.chunk_size]
-                ids = [ex.encoded.input_ids for ex in chunk]
-                targets = [
-                    list(range(1, len(i))) if method.targets == "all" else ex.encoded.target_groups
-                    for i, ex in zip(ids, chunk)
-                ]
-                sums = reduce_neurons(
-                    self.loaded.model, ids, targets,
-                    reduction=(method.reduction, *(c.reduction for c in companions)),
-                    batch_size=self.options.batch_size,
-                    max_batch_tokens=self.options.max_batch_tokens, pad_id=pad_id,
-                    on_batch=self.reporter.advance,
-                )
-                ckpt.sums += sums[0]
-                for total, part in zip(companion_sums, sums[1:]):
-                    total += part
-                ckpt.n_done += len(chunk)
-                ckpt.n_tokens += sum(len(i) for i in ids)
-                self.runs.save_checkpoint(handle, ckpt)
+            with self.recorder.observe(prep.task.name) if read else nullcontext() as at:
+                self._passes(examples, method, companions, ckpt, companion_sums, handle, pad_id,
+                             at)
         finally:
             self.reporter.finish()
         for companion, total in zip(companions, companion_sums):
@@ -341,6 +371,32 @@ class Ingestor:
                 total, ckpt.n_done, ckpt.n_tokens, n_skipped)
         scores = ckpt.sums / max(ckpt.n_tokens, 1) if method.per_token else ckpt.sums
         return scores, ckpt.n_done, ckpt.n_tokens, n_skipped, resumed
+
+    def _passes(self, examples: list[Example], method: Method, companions: list[Method],
+                ckpt, companion_sums: list[torch.Tensor], handle, pad_id: int, at) -> None:
+        """The scoring pass over ``examples`` from the checkpoint on, chunk by chunk, each chunk
+        checkpointed; ``at(chunk_start)``, when given, reads each batch for --exemplars."""
+        while ckpt.n_done < len(examples):
+            chunk = examples[ckpt.n_done : ckpt.n_done + ckpt.chunk_size]
+            ids = [ex.encoded.input_ids for ex in chunk]
+            targets = [
+                list(range(1, len(i))) if method.targets == "all" else ex.encoded.target_groups
+                for i, ex in zip(ids, chunk)
+            ]
+            sums = reduce_neurons(
+                self.loaded.model, ids, targets,
+                reduction=(method.reduction, *(c.reduction for c in companions)),
+                batch_size=self.options.batch_size,
+                max_batch_tokens=self.options.max_batch_tokens, pad_id=pad_id,
+                on_batch=self.reporter.advance,
+                before_batch=at(ckpt.n_done) if at is not None else None,
+            )
+            ckpt.sums += sums[0]
+            for total, part in zip(companion_sums, sums[1:]):
+                total += part
+            ckpt.n_done += len(chunk)
+            ckpt.n_tokens += sum(len(i) for i in ids)
+            self.runs.save_checkpoint(handle, ckpt)
 
     def _lape(self, prepared: list[Prepared]) -> list[IngestResult]:
         """LAPE needs every task's activation probabilities at the released site (gate_prob):

@@ -77,6 +77,9 @@ def ingest(
     device_map: str = typer.Option(None, help="'auto' splits the model across GPUs (accelerate)."),
     sni_dir: list[str] = SniDirOption,
     skip_missing: bool = typer.Option(False, help="Skip tasks that cannot be found."),
+    exemplars: int = typer.Option(None, min=0, help="Exemplars per neuron and sign recorded "
+                                  "in the scoring pass (atlas describe's evidence; 0: off; "
+                                  "default 8 for models of up to 65,536 neurons, else 0)."),
     force: bool = typer.Option(False, help="Recompute even when a complete run exists."),
     drop_evaluations: bool = typer.Option(False, help="With --force: also delete the "
                                                       "evaluations of the replaced run's sets."),
@@ -102,7 +105,7 @@ def ingest(
         checkpoint_every=checkpoint_every, selection_rule=selection_rule, force=force,
         skip_missing=skip_missing,
         sni_dir=sni_path(sni_dir), split=split, demos_include_query=demos_include_query,
-        join_outputs=join_outputs, preset=preset,
+        join_outputs=join_outputs, preset=preset, exemplars=exemplars,
     )
     if preset and dtype == "auto":
         dtype = PRESET_DTYPE.get(preset, dtype)
@@ -132,7 +135,7 @@ def ingest(
                        TimeRemainingColumn()]
             with Progress(*columns, console=console) as progress:
                 results += Ingestor(loaded, options, DatabaseRuns(engine, drop_evaluations),
-                                    RichReporter(progress)).run(tasks)
+                                    RichReporter(progress), evidence_db=engine).run(tasks)
             del loaded
     finally:
         engine.dispose()

@@ -59,7 +59,8 @@ ingest() {  # model method...
   local methods=()
   for m in "$@"; do methods+=(--method "$m"); done
   $ATLAS ingest --model "$model" --dtype "$(dtype_of "$model")" "${task_args[@]}" "${dirs[@]}" \
-    --skip-missing --shots $SHOTS --examples $SCORE_EXAMPLES --seed $SEED "${methods[@]}"
+    --skip-missing --shots $SHOTS --examples $SCORE_EXAMPLES --seed $SEED "${methods[@]}" \
+    --exemplars 0  # the evidence comes from record_evidence (each instance alone)
   snapshot
 }
 record_evidence() {  # model: what every neuron responds to (each instance alone) and writes

@@ -237,12 +237,15 @@ def reduce_neurons(
     max_batch_tokens: int | None = None,
     pad_id: int = 0,
     on_batch: Callable[[int, int], None] | None = None,
+    before_batch: Callable[[Batch], Callable[[], None]] | None = None,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Run ``reduction`` over all examples; float32 CPU tensor [n_layers, d_mlp].
 
     A tuple of reductions (all gradient or all forward-only) shares one pass over the examples
     and gives one tensor per reduction, each equal to its own pass's.
-    ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
+    ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars);
+    ``before_batch(batch)`` before each batch's forward pass, returning what to call after it
+    (another reader of the same pass, e.g. exemplar recording).
     """
     reductions = (reduction,) if isinstance(reduction, str) else tuple(reduction)
     if not reductions:
@@ -267,6 +270,7 @@ def reduce_neurons(
             for batch in make_batches(input_ids, targets, batch_size, pad_id, max_batch_tokens):
                 for probe in probes:
                     probe.set_mask(batch.attention_mask.to(device))
+                after = before_batch(batch) if before_batch is not None else None
                 if gradient:
                     with torch.enable_grad():
                         example_losses(model, batch, device).sum().backward()
@@ -278,6 +282,8 @@ def reduce_neurons(
                             logits_to_keep=1,
                             use_cache=False,
                         )
+                if after is not None:
+                    after()
                 if on_batch is not None:
                     on_batch(len(batch.targets), batch.n_tokens)
     finally:

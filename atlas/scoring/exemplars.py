@@ -161,7 +161,8 @@ class ExemplarProbe:
 
     def _hook(self, layer: int):
         def hook(module, inputs):
-            self._record(layer, inputs[0].detach().float())  # [batch, pos, d_mlp]
+            if self.batch is not None:  # a pass this probe does not record leaves it alone
+                self._record(layer, inputs[0].detach().float())  # [batch, pos, d_mlp]
 
         return hook
 
@@ -266,6 +267,43 @@ def sample_positions(keeps: list[torch.Tensor], n: int, seed: int) -> list[tuple
     return [pairs[i] for i in sorted(chosen)]
 
 
+@dataclass
+class CorpusIndex:
+    """What a recording needs to know of the whole corpus before its first batch: per sequence
+    the positions that count (first occurrences) and those the histogram counts, and the
+    sampled positions (by sequence: (position, sample index))."""
+
+    keeps: list[torch.Tensor]
+    in_hist: list[torch.Tensor]
+    samples: list[tuple[int, int]]
+    by_seq: dict[int, list[tuple[int, int]]]
+
+    def batch(self, group: list[int], lengths: list[int], mask: torch.Tensor) -> _Batch:
+        """The probe's view of one batch: ``group`` the corpus indices of its rows, right-padded
+        to ``mask`` [batch, pos]."""
+        keep = torch.zeros_like(mask, dtype=torch.bool)
+        hist = torch.zeros_like(keep)
+        for row, (i, n) in enumerate(zip(group, lengths)):
+            keep[row, :n] = self.keeps[i]
+            hist[row, :n] = self.in_hist[i]
+        samples = [(row, pos, index) for row, i in enumerate(group)
+                   for pos, index in self.by_seq.get(i, [])]
+        return _Batch(list(group), keep, mask.bool(), samples,
+                      torch.nonzero(hist.flatten()[keep.flatten()]).flatten(),
+                      torch.nonzero(keep.flatten()).flatten())
+
+
+def index_corpus(sequences: Sequence[Sequence[int]], parts: Sequence[int], *, before: int,
+                 after: int, n_samples: int, seed: int, hist_tokens: int | None) -> CorpusIndex:
+    keeps = first_occurrences(sequences, before, after)
+    samples = sample_positions(keeps, n_samples, seed)
+    by_seq: dict[int, list[tuple[int, int]]] = {}
+    for index, (seq, pos) in enumerate(samples):
+        by_seq.setdefault(seq, []).append((pos, index))
+    return CorpusIndex(keeps, histogram_positions(keeps, parts, hist_tokens, seed), samples,
+                       by_seq)
+
+
 @torch.no_grad()
 def record_exemplars(model: nn.Module, sequences: Sequence[Sequence[int]], parts: Sequence[int],
                      *, k: int = 8, before: int = 8, after: int = 4, n_samples: int = 64,
@@ -291,13 +329,9 @@ def record_exemplars(model: nn.Module, sequences: Sequence[Sequence[int]], parts
     """
     adapter = adapter_for(model)
     device = next(model.parameters()).device
-    keeps = first_occurrences(sequences, before, after)
-    samples = sample_positions(keeps, n_samples, seed)
-    by_seq: dict[int, list[tuple[int, int]]] = {}
-    for index, (seq, pos) in enumerate(samples):
-        by_seq.setdefault(seq, []).append((pos, index))
-    in_hist = histogram_positions(keeps, parts, hist_tokens, seed)
-    probe = ExemplarProbe(adapter, k, before, after, samples)
+    index = index_corpus(sequences, parts, before=before, after=after, n_samples=n_samples,
+                         seed=seed, hist_tokens=hist_tokens)
+    probe = ExemplarProbe(adapter, k, before, after, index.samples)
     groups = []
     for part in dict.fromkeys(parts):  # each part's sequences together, parts in order
         members = [i for i, p in enumerate(parts) if p == part]
@@ -309,21 +343,49 @@ def record_exemplars(model: nn.Module, sequences: Sequence[Sequence[int]], parts
             if part != current:
                 probe.begin_part(part)
                 current = part
-            ids, mask = padded([sequences[i] for i in group], pad_id)
-            keep = torch.zeros_like(mask, dtype=torch.bool)
-            hist = torch.zeros_like(keep)
-            for row, i in enumerate(group):
-                keep[row, :len(sequences[i])] = keeps[i]
-                hist[row, :len(sequences[i])] = in_hist[i]
-            probe.batch = _Batch(group, keep, mask.bool(), [
-                (row, pos, index) for row, i in enumerate(group) for pos, index in by_seq.get(i, [])],
-                torch.nonzero(hist.flatten()[keep.flatten()]).flatten(),
-                torch.nonzero(keep.flatten()).flatten())
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                  logits_to_keep=1)
+            record_batch(model, probe, index, sequences, group, pad_id, device)
             if on_batch is not None:
-                on_batch(len(group), int(mask.sum()))
+                on_batch(len(group), sum(len(sequences[i]) for i in group))
     return probe.result()
+
+
+def record_batch(model: nn.Module, probe: ExemplarProbe, index: CorpusIndex,
+                 sequences: Sequence[Sequence[int]], group: list[int], pad_id: int,
+                 device: torch.device) -> None:
+    """One forward pass over the sequences ``group`` (corpus indices), right-padded, recorded
+    by ``probe`` (whose hooks are installed)."""
+    ids, mask = padded([sequences[i] for i in group], pad_id)
+    probe.batch = index.batch(group, [len(sequences[i]) for i in group], mask)
+    try:
+        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+              logits_to_keep=1)
+    finally:
+        probe.batch = None
+
+
+def merge_records(records: list[Exemplars]) -> Exemplars:
+    """One record of several passes over disjoint parts of one corpus (sequence indices of the
+    same corpus): per neuron and sign the best ``k`` of all, by value, ties by input order;
+    the parts' densities; each sample's values from the pass that read it."""
+    first = records[0]
+    k = first.value.shape[2]
+    value = torch.cat([r.value for r in records], 2)  # [2, n_layers, n·k, d_mlp]
+    seq, pos = torch.cat([r.seq for r in records], 2), torch.cat([r.pos for r in records], 2)
+    window = torch.cat([r.window for r in records], 2)
+    sign = torch.tensor(SIGNS, dtype=value.dtype).view(2, 1, 1, 1)
+    key = (value * sign).nan_to_num(nan=-torch.inf)  # larger is better, empty slots last
+    big = int(pos.max()) + 2
+    order = torch.argsort(torch.where(seq < 0, torch.iinfo(torch.int64).max // 2, seq * big + pos),
+                          dim=2, stable=True)
+    order = order.gather(2, torch.argsort(-key.gather(2, order), dim=2, stable=True))[:, :, :k]
+    samples = first.sample_values.clone()
+    for r in records[1:]:
+        read = ~torch.isnan(r.sample_values)
+        samples[read] = r.sample_values[read]
+    return Exemplars(value.gather(2, order), seq.gather(2, order), pos.gather(2, order),
+                     window.gather(2, order[..., None].expand(-1, -1, -1, -1, window.shape[-1])),
+                     {p: d for r in records for p, d in r.density.items()},
+                     first.sample_positions, samples, first.before, first.after)
 
 
 @dataclass

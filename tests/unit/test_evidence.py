@@ -206,7 +206,8 @@ def test_restricted_to_stored_sets_keeps_their_rows_only(tmp_path):
     assert describe(folder, db).exit_code == 0
     res = describe(folder, db, "--sets-of", "cgvst")
     assert res.exit_code == 0, res.output
-    full, part = [r[0] for r in rows_of(db, "SELECT evidence_id FROM evidence_runs ORDER BY 1")]
+    full, part = [r[0] for r in rows_of(db, "SELECT evidence_id FROM evidence_runs WHERE "
+                                            "params->>'source' IS NULL ORDER BY 1")]
     members = set(rows_of(db, "SELECT DISTINCT layer, neuron FROM neuron_set_members m JOIN "
                               "neuron_sets s USING (set_id) WHERE s.method = 'cgvst'"))
     for table in ("neuron_exemplars", "neuron_quantiles", "neuron_density"):
@@ -235,3 +236,64 @@ def test_restricted_to_stored_sets_keeps_their_rows_only(tmp_path):
         assert ev.latest_evidence(engine, 1) == full
     finally:
         engine.dispose()
+
+
+def _ingest(folder, db, *extra):
+    return runner.invoke(app, [
+        "ingest", "--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots",
+        "1", "--dtype", "float32", "--examples", "6", "--task", "task379", "--task", "task195",
+        "--checkpoint-every", "4", "--method", "cgvst", "--method", "gv", *extra])
+
+
+EVIDENCE_ROWS = {
+    "neuron_exemplars": "SELECT x.layer, x.neuron, x.sign, x.rank, x.activation, x.activations, "
+                        "c.token_ids, c.peak FROM neuron_exemplars x JOIN evidence_contexts c "
+                        "USING (evidence_id, context_id)",
+    "neuron_quantiles": "SELECT * EXCLUDE (evidence_id, context_id) FROM neuron_quantiles",
+    "neuron_density": "SELECT * EXCLUDE (evidence_id) FROM neuron_density"}
+
+
+def _evidence_rows(db) -> dict[str, list]:
+    return {t: rows_of(db, f"{sql} ORDER BY ALL") for t, sql in EVIDENCE_ROWS.items()}
+
+
+def test_ingest_records_exemplars_in_its_scoring_pass(tmp_path, monkeypatch):
+    """--exemplars read live in the scoring pass equal those read by a pass of their own (runs
+    reused), and a killed ingest leaves no evidence and resumes to the same rows."""
+    folder = save_tiny("llama", tmp_path / "tiny")
+    live = _ingest(folder, tmp_path / "a.duckdb")
+    assert live.exit_code == 0, live.output
+    assert "exemplars stored as evidence run" in live.output and "reused" not in live.output
+    expected = _evidence_rows(tmp_path / "a.duckdb")
+    assert len(expected["neuron_exemplars"]) == 2 * 8 * 2 * 48
+    params = json.loads(rows_of(tmp_path / "a.duckdb", "SELECT params FROM evidence_runs")[0][0])
+    assert params["source"] == "ingest" and params["k"] == 8 and params["prompt_rule"] == "reference"
+
+    later = tmp_path / "b.duckdb"
+    assert _ingest(folder, later, "--exemplars", "0").exit_code == 0
+    assert rows_of(later, "SELECT count(*) FROM evidence_runs")[0][0] == 0
+    fallback = _ingest(folder, later)
+    assert "whose runs were reused" in fallback.output
+    assert _evidence_rows(later) == expected
+
+    import atlas.ingest as ingest_module
+
+    killed, calls = tmp_path / "c.duckdb", []
+    real = ingest_module.reduce_neurons
+
+    def dies_on_the_third_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "reduce_neurons", dies_on_the_third_chunk)
+    assert _ingest(folder, killed).exit_code != 0
+    assert rows_of(killed, "SELECT count(*) FROM evidence_runs WHERE status = 'complete'") \
+        == [(0,)]
+    monkeypatch.setattr(ingest_module, "reduce_neurons", real)
+    resumed = _ingest(folder, killed)
+    assert resumed.exit_code == 0, resumed.output
+    assert _evidence_rows(killed) == expected
+    again = _ingest(folder, killed)
+    assert "reusing complete evidence run" in again.output

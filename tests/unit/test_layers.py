@@ -1,4 +1,4 @@
-"""Imports run downward: models → tasks → scoring → store → query / evaluate / ingest →
+"""Imports run downward: models → tasks → scoring → store → evidence → query / evaluate / ingest →
 intervene / distributed → serve / api, with the dependency-free modules at the bottom. Every
 import is read, those inside functions too."""
 
@@ -17,7 +17,8 @@ LAYERS = [
     {"tasks"},
     {"scoring"},
     {"store"},
-    {"query", "evaluate", "ingest", "evidence"},
+    {"evidence"},
+    {"query", "evaluate", "ingest"},
     {"intervene", "distributed"},
     {"serve", "api"},
 ]
