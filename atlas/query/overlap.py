@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, NotFound
 from atlas.query.core import check_method, resolve_model, rows
 from atlas.store.identity import task_labels
 
@@ -147,3 +147,49 @@ def neuron_entropy(engine: Engine, model: str, method: str = "cgvst", limit: int
     if limit:
         sql += f" LIMIT {int(limit)}"
     return rows(engine, sql, mid=info["model_id"], method=method)
+
+
+@dataclass(frozen=True)
+class SetPair:
+    """Two sets side by side: how many neurons are in both and in each alone, and (up to a
+    limit each) which, by (layer, neuron)."""
+
+    set_a: int
+    set_b: int
+    n_shared: int
+    n_a_only: int
+    n_b_only: int
+    jaccard: float | None
+    shared: list[tuple[int, int]]
+    a_only: list[tuple[int, int]]
+    b_only: list[tuple[int, int]]
+
+
+def set_pair(engine: Engine, set_a: int, set_b: int, limit: int = 200) -> SetPair:
+    """The neurons sets ``set_a`` and ``set_b`` share and each holds alone (by id).
+
+    Args:
+        engine: the atlas database.
+        set_a, set_b: the sets.
+        limit: neurons listed at most per part (the counts are whole).
+
+    Returns:
+        :class:`SetPair`; a set that does not exist is a NotFound error.
+    """
+    for set_id in (set_a, set_b):
+        if not rows(engine, "SELECT 1 FROM neuron_sets WHERE set_id = :s", s=set_id):
+            raise NotFound(f"no set with id {set_id}")
+    found = rows(engine, """
+        SELECT coalesce(a.layer, b.layer) AS layer, coalesce(a.neuron, b.neuron) AS neuron,
+               CASE WHEN a.set_id IS NULL THEN 'b' WHEN b.set_id IS NULL THEN 'a'
+                    ELSE 'shared' END AS part
+        FROM (SELECT * FROM neuron_set_members WHERE set_id = :a) a
+        FULL JOIN (SELECT * FROM neuron_set_members WHERE set_id = :b) b
+        USING (layer, neuron) ORDER BY 1, 2""", a=set_a, b=set_b)
+    parts: dict[str, list[tuple[int, int]]] = {"shared": [], "a": [], "b": []}
+    for r in found:
+        parts[r["part"]].append((r["layer"], r["neuron"]))
+    union = len(found)
+    return SetPair(set_a, set_b, len(parts["shared"]), len(parts["a"]), len(parts["b"]),
+                   len(parts["shared"]) / union if union else None, parts["shared"][:limit],
+                   parts["a"][:limit], parts["b"][:limit])

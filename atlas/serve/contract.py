@@ -328,6 +328,18 @@ class SetNeurons(Strict):
     rows: list[SetNeuronRow]
 
 
+class SetPairAnswer(Strict):
+    set_a: int
+    set_b: int
+    n_shared: int = Field(description="Neurons in both sets.")
+    n_a_only: int = Field(description="Neurons in set_a alone.")
+    n_b_only: int = Field(description="Neurons in set_b alone.")
+    jaccard: float | None
+    shared: list[list[int]] = Field(description="[layer, neuron] in both (up to limit).")
+    a_only: list[list[int]] = Field(description="[layer, neuron] in set_a alone (up to limit).")
+    b_only: list[list[int]] = Field(description="[layer, neuron] in set_b alone (up to limit).")
+
+
 class DisplayRow(Strict):
     name: str
     values: list[float | None]

@@ -9,12 +9,14 @@ from fastapi.responses import JSONResponse, Response
 
 from atlas.query import evidence
 from atlas.query.neurons import neuron_profile
+from atlas.query.overlap import set_pair
 from atlas.serve.contract import (
     MODEL_SPEC,
     NeuronAnswer,
     NeuronEvidenceAnswer,
     SetNeuronOrder,
     SetNeurons,
+    SetPairAnswer,
     TokenNeurons,
     json_answer,
 )
@@ -78,4 +80,17 @@ def set_neurons(request: Request, set_id: int = Path(..., ge=0, le=2**31 - 1),
         return cached(st, eng, request, None, lambda: Response(json_bytes({
             "set_id": set_id, "order": order.value,
             "rows": evidence.set_neurons(eng, set_id, limit, order.value)}),
+            media_type="application/json"))
+
+
+@router.get("/sets/{set_a}/pair/{set_b}",
+            responses=json_answer(SetPairAnswer, "The neurons both sets hold, and each alone."))
+def pair(request: Request, set_a: int = Path(..., ge=0, le=2**31 - 1),
+         set_b: int = Path(..., ge=0, le=2**31 - 1),
+         limit: int = Query(200, ge=1, le=10000, description="Neurons listed per part."),
+         st: AtlasState = Depends(state)):
+    """Two sets side by side: the neurons in both and in each alone, with their counts."""
+    with st.request() as eng:
+        return cached(st, eng, request, None, lambda: Response(
+            json_bytes(asdict(set_pair(eng, set_a, set_b, limit))),
             media_type="application/json"))

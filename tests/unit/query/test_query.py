@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from atlas.errors import NotFound
 from atlas.query import compare_models, overlap_matrix, specificity
 from atlas.query.core import rows
 from atlas.store import open_db
@@ -378,3 +379,27 @@ def test_one_definition_of_the_set_pair_measures(tiny_db):
         x, y = members(a, row["task"]), members(b, row["task"])
         assert row["n_shared"] == len(x & y) and row["jaccard"] == len(x & y) / len(x | y)
     engine.dispose()
+
+
+def test_a_set_pair_is_the_set_operations(tmp_path):
+    from atlas.query.overlap import set_pair
+    from atlas.store.db import open_db
+    from tests.helpers import ingested_tiny
+
+    _, db, _ = ingested_tiny(tmp_path, tasks=("task379", "task195"))
+    engine = open_db(db, read_only=True)
+    try:
+        members = {s: set(map(tuple, [(r["layer"], r["neuron"]) for r in rows(
+            engine, "SELECT layer, neuron FROM neuron_set_members WHERE set_id = :s", s=s)]))
+            for s in (1, 2)}
+        got = set_pair(engine, 1, 2)
+        assert set(got.shared) == members[1] & members[2]
+        assert set(got.a_only) == members[1] - members[2]
+        assert set(got.b_only) == members[2] - members[1]
+        assert got.n_shared + got.n_a_only == len(members[1])
+        assert got.jaccard == pytest.approx(len(members[1] & members[2]) / len(members[1] | members[2]))
+        assert len(set_pair(engine, 1, 2, limit=1).a_only) <= 1
+        with pytest.raises(NotFound):
+            set_pair(engine, 1, 999)
+    finally:
+        engine.dispose()

@@ -237,6 +237,24 @@ def test_page_in_a_real_browser(server, atlas_db, tmp_path):
         first = (text("#set-title"), text("#set-title-b"))
         assert "task195" in first[0] and "task379" in first[1] and "17612 neurons" in first[0]
         assert "neurons in both sets" in text("#set-pair")
+        # the pair view: the neurons both sets hold and each alone, counted, with links
+        ids = [int(t.rsplit("#", 1)[1].rstrip(")")) for t in first]
+        api = server.get(f"/sets/{ids[0]}/pair/{ids[1]}").json()
+        heads = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#pair-view h3")]
+        assert heads == [f"in both ({api['n_shared']})", f"only task195 ({api['n_a_only']})",
+                         f"only task379 ({api['n_b_only']})"]
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#pair-view a.member")) == sum(
+            min(200, api[n]) for n in ("n_shared", "n_a_only", "n_b_only"))
+        # a set's neurons paged: 25 more on request, the state in the URL; members as CSV
+        assert len(browser.find_elements(By.CSS_SELECTOR, "table.set-neurons tbody tr")) == 50
+        browser.find_element(By.ID, "set-more").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR,
+                                                 "table.set-neurons tbody tr")) == 100)
+        assert "sl=50" in browser.current_url
+        assert "format=csv" in browser.find_element(By.CSS_SELECTOR, "a.csv").get_attribute("href")
+        browser.back()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR,
+                                                 "table.set-neurons tbody tr")) == 50)
         cells = browser.find_elements(By.CSS_SELECTOR, "rect.cell")
         cells[5].send_keys(Keys.ENTER)  # by keyboard: row 1, column 2
         wait.until(lambda b: "task391" in text("#set-title-b"))
@@ -254,6 +272,11 @@ def test_page_in_a_real_browser(server, atlas_db, tmp_path):
         assert text("#set-title-b") == first[1]
         legend = browser.find_elements(By.CSS_SELECTOR, "#layers-legend button")
         assert len(legend) == 3 and "relative depth" in text("#layers")
+        legend[1].click()  # isolate one task: the others fade and stay faded
+        browser.execute_script("document.activeElement.blur()")
+        faded = [p.get_attribute("opacity") for p in
+                 browser.find_elements(By.CSS_SELECTOR, "polyline.profile")]
+        assert faded.count("1") == 1 and faded.count("0.12") == 2
         shot = tmp_path / "atlas-serve.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
