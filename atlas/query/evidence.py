@@ -5,7 +5,7 @@ and the neurons that respond most to a token."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -59,64 +59,126 @@ def latest_evidence(engine: Engine, model_id: int, layer: int | None = None,
     return found[0]["e"] if found else None
 
 
-def neuron_evidence(engine: Engine, model: str, layer: int, neuron: int) -> NeuronEvidence:
+class EvidenceRows(Protocol):
+    """Where a neuron's stored evidence is read from: the database (:class:`SqlEvidence`), or a
+    server that keeps what answers share (:mod:`atlas.serve.evidence`): the same rows."""
+
+    def run_for(self, model_id: int, layer: int, neuron: int) -> int | None: ...
+    def samples(self, evidence_id: int, layer: int, neuron: int) -> tuple[list, list]: ...
+    def density(self, evidence_id: int, layer: int, neuron: int) -> list[dict]: ...
+    def contexts(self, evidence_id: int, ids: list[int]) -> dict[int, dict]: ...
+    def logits(self, model_id: int, layer: int, neuron: int) -> tuple[list, list]: ...
+    def newest_whole(self, model_id: int) -> int | None: ...
+    def token_neurons(self, evidence_id: int, token: str, sign: int, limit: int
+                      ) -> list[dict]: ...
+
+
+class SqlEvidence:
+    """A neuron's evidence read by SQL, a few small queries per neuron."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def run_for(self, model_id: int, layer: int, neuron: int) -> int | None:
+        return latest_evidence(self.engine, model_id, layer, neuron)
+
+    def samples(self, evidence_id: int, layer: int, neuron: int) -> tuple[list, list]:
+        """(exemplars: sign, rank, activation, activations, context_id, highest sign first, by
+        rank; quantile samples: bin, low, high, activation, context_id, by bin), one query."""
+        found = rows(self.engine, """
+            SELECT 1 AS part, sign, rank, NULL::SMALLINT AS bin, NULL::FLOAT AS low,
+                   NULL::FLOAT AS high, activation, activations, context_id
+            FROM neuron_exemplars WHERE evidence_id = :e AND layer = :l AND neuron = :n
+            UNION ALL
+            SELECT 2, NULL, NULL, bin, low, high, activation, NULL, context_id
+            FROM neuron_quantiles WHERE evidence_id = :e AND layer = :l AND neuron = :n
+            ORDER BY part, sign DESC, rank, bin""", e=evidence_id, l=layer, n=neuron)
+        keys = {1: ("sign", "rank", "activation", "activations", "context_id"),
+                2: ("bin", "low", "high", "activation", "context_id")}
+        parts: dict[int, list[dict]] = {1: [], 2: []}
+        for r in found:
+            parts[r["part"]].append({k: r[k] for k in keys[r["part"]]})
+        return parts[1], parts[2]
+
+    def density(self, evidence_id: int, layer: int, neuron: int) -> list[dict]:
+        """task, n_tokens, share_positive, mean, hist; by task name."""
+        return rows(self.engine, """
+            SELECT t.name AS task, d.n_tokens, d.n_positive / d.n_tokens AS share_positive,
+                   d.mean, d.hist
+            FROM neuron_density d JOIN tasks t USING (task_id)
+            WHERE d.evidence_id = :e AND d.layer = :l AND d.neuron = :n ORDER BY t.name""",
+                    e=evidence_id, l=layer, n=neuron)
+
+    def contexts(self, evidence_id: int, ids: list[int]) -> dict[int, dict]:
+        """context id -> task, instance_id, tokens, peak."""
+        return {r.pop("context_id"): r for r in rows(self.engine, """
+            SELECT c.context_id, c.tokens, c.peak, c.instance_id, t.name AS task
+            FROM evidence_contexts c JOIN tasks t USING (task_id)
+            WHERE c.evidence_id = :e AND list_contains(:ids, c.context_id)""",
+                                                      e=evidence_id, ids=sorted(set(ids)))}
+
+    def logits(self, model_id: int, layer: int, neuron: int) -> tuple[list, list]:
+        return _logits(self.engine, model_id, layer, neuron)
+
+    def newest_whole(self, model_id: int) -> int | None:
+        """The run a token search reads (see :func:`latest_evidence`)."""
+        return latest_evidence(self.engine, model_id)
+
+    def token_neurons(self, evidence_id: int, token: str, sign: int, limit: int) -> list[dict]:
+        """layer, neuron, n_exemplars, peak, tokens of the neurons whose ``sign`` exemplars
+        peak on ``token``; most exemplars first, then the largest |activation|."""
+        # the contexts peaking on the token first (a small table), then their exemplars
+        return rows(self.engine, """
+            WITH c AS (SELECT context_id, tokens[peak + 1] AS token FROM evidence_contexts
+                       WHERE evidence_id = :e
+                       AND lower(trim(tokens[peak + 1])) = lower(trim(:tok)))
+            SELECT x.layer, x.neuron, count(*) AS n_exemplars, max(abs(x.activation)) AS peak,
+                   list(DISTINCT c.token ORDER BY c.token) AS tokens
+            FROM neuron_exemplars x JOIN c USING (context_id)
+            WHERE x.evidence_id = :e AND x.sign = :s
+            GROUP BY x.layer, x.neuron
+            ORDER BY n_exemplars DESC, peak DESC, x.layer, x.neuron LIMIT :lim""",
+                    e=evidence_id, s=sign, tok=token, lim=limit)
+
+
+def neuron_evidence(engine: Engine, model: str | dict, layer: int, neuron: int,
+                    source: EvidenceRows | None = None) -> NeuronEvidence:
     """The evidence of neuron ``neuron`` in ``layer`` of ``model`` (an identity spec).
 
     Args:
         engine: the atlas database.
-        model: NAME, NAME@DTYPE, NAME@REVISION or #ID.
+        model: NAME, NAME@DTYPE, NAME@REVISION or #ID (or the resolved model's row).
         layer, neuron: the neuron.
+        source: where the rows are read (default: by SQL).
 
     Returns:
         :class:`NeuronEvidence`; a neuron outside the model is a NotFound error.
     """
-    info = resolve_model(engine, model)
+    info = model if isinstance(model, dict) else resolve_model(engine, model)
     if not (0 <= layer < info["n_layers"] and 0 <= neuron < info["d_mlp"]):
         raise NotFound(f"neuron {layer}/{neuron} is outside {info['name']} "
                        f"({info['n_layers']} layers × {info['d_mlp']} neurons)")
-    evidence_id = latest_evidence(engine, info["model_id"], layer, neuron)
+    source = source or SqlEvidence(engine)
+    evidence_id = source.run_for(info["model_id"], layer, neuron)
     top, bottom, quantiles, density = [], [], [], []
     if evidence_id is not None:
-        at = {"e": evidence_id, "l": layer, "n": neuron}
-        exemplars = rows(engine, """
-            SELECT sign, rank, activation, activations, context_id FROM neuron_exemplars
-            WHERE evidence_id = :e AND layer = :l AND neuron = :n ORDER BY sign DESC, rank""",
-                         **at)
-        samples = rows(engine, """
-            SELECT bin, low, high, activation, context_id FROM neuron_quantiles
-            WHERE evidence_id = :e AND layer = :l AND neuron = :n ORDER BY bin""", **at)
-        context = _contexts(engine, evidence_id, [r["context_id"] for r in exemplars + samples])
+        exemplars, samples = source.samples(evidence_id, layer, neuron)
+        found = source.contexts(evidence_id, [r["context_id"] for r in exemplars + samples])
+
+        def context(r: dict, activations: list[float] | None) -> Context:
+            c = found[r["context_id"]]
+            return Context(c["task"], c["instance_id"], list(c["tokens"]), activations,
+                           c["peak"], r["activation"])
+
         for r in exemplars:
-            (top if r["sign"] > 0 else bottom).append(context(
-                r["context_id"], r["activation"], [float(v) for v in r["activations"]]))
+            (top if r["sign"] > 0 else bottom).append(
+                context(r, [float(v) for v in r["activations"]]))
         quantiles = [{"bin": r["bin"], "low": r["low"], "high": r["high"],
-                      "sample": context(r["context_id"], r["activation"], None)}
-                     for r in samples]
-        density = rows(engine, """
-            SELECT t.name AS task, d.n_tokens, d.n_positive / d.n_tokens AS share_positive,
-                   d.mean, d.hist
-            FROM neuron_density d JOIN tasks t USING (task_id)
-            WHERE d.evidence_id = :e AND d.layer = :l AND d.neuron = :n ORDER BY t.name""", **at)
-    promoted, suppressed = _logits(engine, info["model_id"], layer, neuron)
+                      "sample": context(r, None)} for r in samples]
+        density = source.density(evidence_id, layer, neuron)
+    promoted, suppressed = source.logits(info["model_id"], layer, neuron)
     return NeuronEvidence(info["name"], layer, neuron, evidence_id, top, bottom, quantiles,
                           density, promoted, suppressed)
-
-
-def _contexts(engine: Engine, evidence_id: int, ids: list[int]):
-    """The stored contexts ``ids`` of a run (one query, by id: the neuron's rows were found
-    first), as a function of (context id, activation, per-token activations) -> Context."""
-    found = {r["context_id"]: r for r in rows(engine, """
-        SELECT c.context_id, c.tokens, c.peak, c.instance_id, t.name AS task
-        FROM evidence_contexts c JOIN tasks t USING (task_id)
-        WHERE c.evidence_id = :e AND list_contains(:ids, c.context_id)""",
-                                                e=evidence_id, ids=sorted(set(ids)))}
-
-    def context(context_id: int, activation: float, activations: list[float] | None) -> Context:
-        r = found[context_id]
-        return Context(r["task"], r["instance_id"], list(r["tokens"]), activations, r["peak"],
-                       activation)
-
-    return context
 
 
 def _logits(engine: Engine, model_id: int, layer: int, neuron: int) -> tuple[list, list]:
@@ -139,34 +201,27 @@ def _logits(engine: Engine, model_id: int, layer: int, neuron: int) -> tuple[lis
     return side[1], side[2]
 
 
-def neurons_for_token(engine: Engine, model: str, token: str, limit: int = 20,
-                      sign: int = 1) -> list[dict[str, Any]]:
+def neurons_for_token(engine: Engine, model: str | dict, token: str, limit: int = 20,
+                      sign: int = 1, source: EvidenceRows | None = None
+                      ) -> list[dict[str, Any]]:
     """The neurons whose stored exemplars peak most strongly on ``token`` (its text, matched
     with surrounding spaces ignored and case-insensitively), strongest first: layer, neuron,
     the number of its exemplars that peak there, the largest such activation.
 
     Args:
         engine: the atlas database.
-        model: an identity spec.
+        model: an identity spec (or the resolved model's row).
         token: the token's text, e.g. "Spanish".
         limit: how many neurons.
         sign: 1 for the highest activations, -1 for the lowest.
+        source: where the rows are read (default: by SQL).
     """
-    info = resolve_model(engine, model)
-    evidence_id = latest_evidence(engine, info["model_id"])
+    info = model if isinstance(model, dict) else resolve_model(engine, model)
+    source = source or SqlEvidence(engine)
+    evidence_id = source.newest_whole(info["model_id"])
     if evidence_id is None:
         raise NotFound(f"no evidence of {info['name']} is stored; run atlas describe first")
-    # the contexts peaking on the token first (a small table), then their exemplars
-    return rows(engine, """
-        WITH c AS (SELECT context_id, tokens[peak + 1] AS token FROM evidence_contexts
-                   WHERE evidence_id = :e AND lower(trim(tokens[peak + 1])) = lower(trim(:tok)))
-        SELECT x.layer, x.neuron, count(*) AS n_exemplars, max(abs(x.activation)) AS peak,
-               list(DISTINCT c.token ORDER BY c.token) AS tokens
-        FROM neuron_exemplars x JOIN c USING (context_id)
-        WHERE x.evidence_id = :e AND x.sign = :s
-        GROUP BY x.layer, x.neuron
-        ORDER BY n_exemplars DESC, peak DESC, x.layer, x.neuron LIMIT :lim""",
-                e=evidence_id, s=sign, tok=token, lim=limit)
+    return source.token_neurons(evidence_id, token, sign, limit)
 
 
 ORDERS = {"score": "score DESC NULLS LAST, layer, neuron",

@@ -21,6 +21,7 @@ from atlas.errors import Unavailable
 from atlas.query.core import resolve_model
 from atlas.query.neurons import flat_mask, flat_scores, model_sets_and_runs
 from atlas.serve.cache import LRU, array_bytes, counted
+from atlas.serve.evidence import EvidenceMemory
 from atlas.serve.lease import SharedOpen
 from atlas.serve.live import LiveModels
 from atlas.store.db import check_read_schema, connect
@@ -75,6 +76,7 @@ class AtlasState:
         self._models = LRU(256, counted)
         self._computed = LRU(256, counted)
         self._answers = LRU(ANSWER_CACHE_BYTES, lambda answer: len(answer[0]))
+        self.evidence = EvidenceMemory()  # evidence runs' layers, for the neuron view
 
     @contextmanager
     def request(self) -> Iterator[Pinned]:

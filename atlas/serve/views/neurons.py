@@ -52,7 +52,10 @@ def neuron_evidence(model: str = Path(..., description=MODEL_SPEC),
     """A neuron's exemplars of both signs with per-token activations, quantile samples,
     density per task and the tokens its output promotes and suppresses (`atlas describe`)."""
     with st.request() as eng:
-        return JSONResponse(asdict(evidence.neuron_evidence(eng, model, layer, neuron)))
+        stamp = st.stamp(eng)
+        found = evidence.neuron_evidence(eng, st.model(eng, model, stamp), layer, neuron,
+                                         st.evidence.source(eng, stamp))
+    return JSONResponse(asdict(found))
 
 
 @router.get("/models/{model}/token-neurons",
@@ -65,7 +68,9 @@ def token_neurons(model: str = Path(..., description=MODEL_SPEC),
                   st: AtlasState = Depends(state)) -> JSONResponse:
     """The neurons whose stored exemplars peak most often and most strongly on ``token``."""
     with st.request() as eng:
-        found = evidence.neurons_for_token(eng, model, token, limit, sign or 1)
+        stamp = st.stamp(eng)
+        found = evidence.neurons_for_token(eng, st.model(eng, model, stamp), token, limit,
+                                           sign or 1, st.evidence.source(eng, stamp))
     return JSONResponse({"model": model, "token": token, "sign": sign or 1, "rows": found})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -317,6 +318,27 @@ def test_neuron_evidence_served_and_shown(server, atlas_db, tmp_path):
     assert server.get("/models/llama-2-7b-chat/token-neurons",
                       params={"token": "x"}).status_code == 404  # no evidence stored for it
     assert server.get(f"/models/{name}/neurons/99/0/evidence").status_code == 404
+    from dataclasses import asdict
+
+    from atlas.query.evidence import neuron_evidence
+    from atlas.store.db import open_db
+
+    engine = open_db(atlas_db[0], read_only=True)
+    try:  # answered from the server's memory of whole layers: the rows SQL gives
+        for layer, neuron in ((0, 0), (1, 5), (1, 47), (0, 30)):
+            direct = json.loads(json.dumps(asdict(neuron_evidence(engine, name, layer, neuron))))
+            assert server.get(f"/models/{name}/neurons/{layer}/{neuron}/evidence").json() == direct
+        from atlas.query.evidence import neurons_for_token
+
+        peak_tokens = {c["tokens"][c["peak"]] for c in ev["top"] + ev["bottom"]}
+        for token in sorted(peak_tokens)[:4] + ["no such token"]:
+            for sign in (1, -1):
+                direct = json.loads(json.dumps(neurons_for_token(engine, name, token, 1000, sign)))
+                served = server.get(f"/models/{name}/token-neurons",
+                                    params={"token": token, "sign": sign, "limit": 1000})
+                assert served.json()["rows"] == direct, token
+    finally:
+        engine.dispose()
     tiny_set = server.get("/sets", params={"model": name, "task": "task195",
                                            "method": "cgvst"}).json()["rows"][0]
     listed = server.get(f"/sets/{tiny_set['set_id']}/neurons", params={"limit": 3}).json()

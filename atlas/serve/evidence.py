@@ -1,0 +1,140 @@
+"""A served atlas's memory of neuron evidence: what every neuron's answer shares (a model's
+complete runs, a run's contexts, the vocabulary) and, for the token search, a run's exemplars by
+the token they peak on; a neuron's own rows are read by SQL (a few small queries). Keys carry the
+atlas state, so a replaced file is read again. Gives the same rows as
+:class:`atlas.query.evidence.SqlEvidence`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from atlas.query.core import rows
+from atlas.query.evidence import SqlEvidence
+from atlas.serve.cache import LRU, counted
+
+PEAK_BYTES = 256 << 20  # a Llama-7B-sized run's exemplars by token: about 85 MB
+
+
+class EvidenceMemory:
+    """What the server keeps of evidence runs (bounded; shared by every request)."""
+
+    def __init__(self, max_bytes: int = PEAK_BYTES):
+        self.contexts = LRU(8, counted)
+        self.runs = LRU(256, counted)
+        self.vocab = LRU(8, counted)
+        self.peaks = LRU(max_bytes, lambda p: p.nbytes)
+
+    def source(self, eng: Any, stamp: tuple) -> RememberedEvidence:
+        """The evidence rows for one request on ``eng`` at atlas state ``stamp``."""
+        return RememberedEvidence(self, eng, stamp)
+
+
+class RememberedEvidence(SqlEvidence):
+    """:class:`SqlEvidence` with what its answers share read from :class:`EvidenceMemory`."""
+
+    def __init__(self, memory: EvidenceMemory, eng: Any, stamp: tuple):
+        super().__init__(eng)
+        self.memory, self.stamp = memory, stamp
+
+    def _runs(self, model_id: int) -> list[dict]:
+        return self.memory.runs.get(("runs", model_id, self.stamp), lambda: rows(
+            self.engine, "SELECT evidence_id, (params->'neurons') IS NULL AS whole FROM "
+                         "evidence_runs WHERE model_id = :m AND status = 'complete' "
+                         "ORDER BY evidence_id DESC", m=model_id))
+
+    def run_for(self, model_id: int, layer: int, neuron: int) -> int | None:
+        runs = self._runs(model_id)
+        if runs and runs[0]["whole"]:  # the newest run holds every neuron
+            return runs[0]["evidence_id"]
+        return super().run_for(model_id, layer, neuron) if runs else None
+
+    def newest_whole(self, model_id: int) -> int | None:
+        runs = self._runs(model_id)
+        whole = [r["evidence_id"] for r in runs if r["whole"]]
+        return whole[0] if whole else (runs[0]["evidence_id"] if runs else None)
+
+    def token_neurons(self, evidence_id: int, token: str, sign: int, limit: int) -> list[dict]:
+        peaks = self.memory.peaks.get(("peaks", evidence_id, self.stamp),
+                                      lambda: Peaks.read(self.engine, evidence_id))
+        return peaks.neurons(token, sign, limit)
+
+    def contexts(self, evidence_id: int, ids: list[int]) -> dict[int, dict]:
+        every = self.memory.contexts.get(("contexts", evidence_id, self.stamp), lambda: {
+            r.pop("context_id"): r for r in rows(self.engine, """
+                SELECT c.context_id, c.tokens, c.peak, c.instance_id, t.name AS task
+                FROM evidence_contexts c JOIN tasks t USING (task_id)
+                WHERE c.evidence_id = :e""", e=evidence_id)})
+        return {i: every[i] for i in ids}
+
+    def logits(self, model_id: int, layer: int, neuron: int) -> tuple[list, list]:
+        found = rows(self.engine, """
+            SELECT promoted_ids, promoted, suppressed_ids, suppressed FROM neuron_logits
+            WHERE model_id = :m AND layer = :l AND neuron = :n""", m=model_id, l=layer, n=neuron)
+        if not found:
+            return [], []
+        vocab = self.memory.vocab.get(("vocab", model_id, self.stamp), lambda: [
+            r["token"] for r in rows(self.engine, "SELECT token FROM vocab WHERE model_id = :m "
+                                                  "ORDER BY token_id", m=model_id)])
+        r = found[0]
+
+        def side(ids: list[int], values: list[float]) -> list[dict]:
+            return [{"token": vocab[t] if t < len(vocab) else "", "token_id": t,
+                     "logit": float(v)} for t, v in zip(ids, values)]
+
+        return side(r["promoted_ids"], r["promoted"]), side(r["suppressed_ids"],
+                                                             r["suppressed"])
+
+
+class Peaks:
+    """One run's exemplars by the token they peak on: per normalised token text its contexts,
+    and every exemplar (context, layer, neuron, sign, activation) sorted by context."""
+
+    def __init__(self, by_token: dict[str, list[tuple[int, str]]], columns: dict[str, np.ndarray]):
+        self.by_token, self.columns = by_token, columns
+        self.nbytes = sum(a.nbytes for a in columns.values())
+
+    @staticmethod
+    def key(text: str) -> str:
+        return text.strip(" ").lower()  # as SQL's lower(trim(...))
+
+    @classmethod
+    def read(cls, engine: Any, evidence_id: int) -> Peaks:
+        duck = engine.conn.connection.driver_connection
+        by_token: dict[str, list[tuple[int, str]]] = {}
+        for context_id, text in duck.execute(
+                "SELECT context_id, tokens[peak + 1] FROM evidence_contexts WHERE evidence_id = ?",
+                [evidence_id]).fetchall():
+            by_token.setdefault(cls.key(text), []).append((context_id, text))
+        columns = duck.sql("""
+            SELECT context_id, layer, neuron, sign, activation FROM neuron_exemplars
+            WHERE evidence_id = ? ORDER BY context_id""", params=[evidence_id]).fetchnumpy()
+        return cls(by_token, {k: np.asarray(v) for k, v in columns.items()})
+
+    def neurons(self, token: str, sign: int, limit: int) -> list[dict]:
+        contexts = self.by_token.get(self.key(token), [])
+        ctx = self.columns["context_id"]
+        parts, texts = [], []
+        for context_id, text in contexts:
+            # the needles in the haystack's own dtype: a wider one would copy the haystack
+            start, end = ctx.searchsorted(np.array([context_id, context_id + 1], ctx.dtype))
+            parts.append(np.arange(start, end))
+            texts += [text] * (end - start)
+        if not parts:
+            return []
+        at = np.concatenate(parts)
+        texts_at = np.array(texts, dtype=object)
+        mine = self.columns["sign"][at] == sign
+        at, texts_at = at[mine], texts_at[mine]
+        found: dict[tuple[int, int], dict] = {}
+        for i, text in zip(at, texts_at):
+            key = (int(self.columns["layer"][i]), int(self.columns["neuron"][i]))
+            row = found.setdefault(key, {"layer": key[0], "neuron": key[1], "n_exemplars": 0,
+                                         "peak": 0.0, "tokens": set()})
+            row["n_exemplars"] += 1
+            row["peak"] = max(row["peak"], abs(float(self.columns["activation"][i])))
+            row["tokens"].add(text)
+        ranked = sorted(found.values(), key=lambda r: (-r["n_exemplars"], -r["peak"],
+                                                        r["layer"], r["neuron"]))[:limit]
+        return [{**r, "tokens": sorted(r["tokens"])} for r in ranked]
