@@ -151,8 +151,8 @@ def save_tiny(family: str, folder: Path, chat_template: str | None = CHATML) -> 
     return folder
 
 
-def ingested_tiny(tmp_path: Path, tasks=("task379", "task195"), family: str = "llama"
-                  ) -> tuple[Path, Path, list[str]]:
+def ingested_tiny(tmp_path: Path, tasks=("task379", "task195"), family: str = "llama",
+                  extra: tuple[str, ...] = ()) -> tuple[Path, Path, list[str]]:
     """A tiny random model saved under ``tmp_path``, ingested (cgvst, 4 examples, 1 shot) on
     ``tasks`` into ``tmp_path/a.duckdb``: (model folder, database, the CLI options both used)."""
     from typer.testing import CliRunner
@@ -165,7 +165,7 @@ def ingested_tiny(tmp_path: Path, tasks=("task379", "task195"), family: str = "l
     common = ["--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db), "--shots", "1",
               "--dtype", "float32"]
     task_args = [arg for task in tasks for arg in ("--task", task)]
-    res = CliRunner().invoke(app, ["ingest", *common, "--examples", "4", *task_args])
+    res = CliRunner().invoke(app, ["ingest", *common, "--examples", "4", *task_args, *extra])
     assert res.exit_code == 0, res.output
     return folder, db, common
 

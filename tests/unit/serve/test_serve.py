@@ -28,8 +28,8 @@ def atlas_db(tmp_path_factory):
     folder = save_tiny("llama", base / "tiny")
     res = runner.invoke(app, ["ingest", "--model", str(folder), "--sni-dir", str(SNI_DIR), "--db",
                               str(db), "--shots", "1", "--examples", "3", "--task", "task195",
-                              "--task", "task379", "--task", "task391"])
-    assert res.exit_code == 0, res.output
+                              "--task", "task379", "--task", "task391", "--exemplars", "0"])
+    assert res.exit_code == 0, res.output  # the evidence read below is describe's
     for task in ("task195", "task379", "task391"):
         res = runner.invoke(app, ["import", str(PUBLISHED_DIR / f"{task}.pth"), "--model",
                                   "llama-2-7b-chat", "--task", task, "--layers", "32", "--d-mlp",
@@ -136,7 +136,8 @@ def test_ingest_writes_while_the_server_runs(server, atlas_db):
     scored = len(server.get(f"/models/{folder.name}/neurons/1/7").json()["scores"])
     out = subprocess.run([sys.executable, "-c", "from cli.main import app; app()", "ingest",
                           "--model", str(folder), "--sni-dir", str(SNI_DIR), "--db", str(db),
-                          "--shots", "1", "--examples", "3", "--task", "task512"],
+                          "--shots", "1", "--examples", "3", "--task", "task512",
+                          "--exemplars", "0"],
                          cwd=ROOT_DIR, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert server.get("/runs").json()["total"] == before + 1

@@ -133,7 +133,7 @@ def test_answers_follow_a_new_evidence_run(tmp_path):
     from cli.main import app as cli
     from tests.helpers import SNI_DIR, ingested_tiny
 
-    folder, db, _ = ingested_tiny(tmp_path, tasks=("task379",))
+    folder, db, _ = ingested_tiny(tmp_path, tasks=("task379",), extra=("--exemplars", "0"))
     client = TestClient(create_app(db))
     before = client.get("/sets/1/neurons").json()["rows"]
     assert before and all(r["top_tokens"] == [] for r in before)
