@@ -238,9 +238,7 @@ class IngestEvidence:
         """Record one task's whole scoring pass: yields ``at(chunk_start)``, the
         ``before_batch`` of the chunk that starts at that example; the task's record is kept
         when the pass ends without error."""
-        probe = ExemplarProbe(self.loaded.adapter, self.options.k, self.options.before,
-                              self.options.after, self.index.samples)
-        probe.begin_part(self.task_ids[task_name])
+        probe = self._probe(task_name)
         offset = self.offsets[task_name]
 
         def at(chunk_start: int) -> Callable:
@@ -275,14 +273,19 @@ class IngestEvidence:
         store.complete_run(self.engine, evidence_id, tables, len(self.corpus.sequences), n_tokens)
         return evidence_id
 
+    def _probe(self, task_name: str) -> ExemplarProbe:
+        """A probe of one task's pass, counting its density under the task."""
+        probe = ExemplarProbe(self.loaded.adapter, self.options.k, self.options.before,
+                              self.options.after, self.index.samples)
+        probe.begin_part(self.task_ids[task_name])
+        return probe
+
     @torch.no_grad()
     def _read(self, task_name: str) -> Exemplars:
         """A task's pass of its own, in the scoring pass's chunks and batches."""
         chunk, batch_size, max_tokens = self.batching
         offset, size = self.offsets[task_name], self.sizes[task_name]
-        probe = ExemplarProbe(self.loaded.adapter, self.options.k, self.options.before,
-                              self.options.after, self.index.samples)
-        probe.begin_part(self.task_ids[task_name])
+        probe = self._probe(task_name)
         sequences = self.corpus.sequences
         with probe:
             for start in range(0, size, chunk):

@@ -141,6 +141,7 @@ def generate_side_by_side(model: nn.Module, tokenizer, prompt_ids: list[int],
         for row, spec in enumerate(interventions, start=1):
             stack.enter_context(apply(model, spec, rows=[row]))
         out = model(input_ids=ids, use_cache=True)
+        cache_name = _cache_argument(model)  # once, not per step
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()  # [rows, vocab]
             choice = _choose(logits, temperature, noise)
@@ -149,19 +150,22 @@ def generate_side_by_side(model: nn.Module, tokenizer, prompt_ids: list[int],
                 first_token_s = time.perf_counter() - started
             if all(rows.done) or step == max_new_tokens - 1:
                 break
-            out = model(input_ids=choice[:, None], use_cache=True, **_cache_kwarg(model, out))
+            out = model(input_ids=choice[:, None], use_cache=True, **{cache_name: _cache(out)})
     outputs = [_output(tokenizer, rows, r, None if r == 0 else interventions[r - 1], stops)
                for r in range(rows.n)]
     return SideBySide(list(prompt_ids), token_texts(tokenizer, prompt_ids), outputs,
                       first_token_s, time.perf_counter() - started)
 
 
-def _cache_kwarg(model: nn.Module, out) -> dict:
-    """The KV cache of ``out`` as the next forward's argument (``cache`` in newer transformers,
+def _cache_argument(model: nn.Module) -> str:
+    """The name under which a forward pass takes the KV cache (``cache`` in newer transformers,
     ``past_key_values`` before)."""
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache}
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache(out):
+    """The KV cache an output carries."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def _choose(logits: torch.Tensor, temperature: float, noise: torch.Generator) -> torch.Tensor:

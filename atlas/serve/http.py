@@ -7,9 +7,26 @@ gzip for large answers, except to a ranged request."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 Scope = dict[str, Any]
+
+
+async def whole_answer(app: Any, scope: Scope, receive: Any,
+                       answer: Callable[[dict, bytes], Awaitable[None]]) -> None:
+    """Run ``app`` and hand its answer, buffered whole, to ``answer(start message, body)``."""
+    start: dict = {}
+    chunks: list[bytes] = []
+
+    async def buffered(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            await answer(start, b"".join(chunks))
+    await app(scope, receive, buffered)
 
 
 class HeadAsGet:
@@ -40,17 +57,8 @@ class ConditionalGet:
         if scope["type"] != "http" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        start: dict = {}
-        chunks: list[bytes] = []
-
-        async def buffered(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                await self._answer(scope, start, b"".join(chunks), send)
-        await self.app(scope, receive, buffered)
+        await whole_answer(self.app, scope, receive,
+                           lambda start, body: self._answer(scope, start, body, send))
 
     @staticmethod
     async def _answer(scope: Scope, start: dict, body: bytes, send: Any) -> None:
@@ -112,17 +120,8 @@ class GZip:
         if b"range" in asked or b"gzip" not in asked.get(b"accept-encoding", b""):
             await self.app(scope, receive, send)
             return
-        start: dict = {}
-        chunks: list[bytes] = []
-
-        async def buffered(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                await self._answer(start, b"".join(chunks), send)
-        await self.app(scope, receive, buffered)
+        await whole_answer(self.app, scope, receive,
+                           lambda start, body: self._answer(start, body, send))
 
     async def _answer(self, start: dict, body: bytes, send: Any) -> None:
         headers = list(start.get("headers", []))

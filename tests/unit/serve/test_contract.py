@@ -134,11 +134,22 @@ def test_head_gzip_and_conditional_get(base_url):
 
 def test_the_schema_fuzz_finds_nothing(base_url):
     """Every operation, generated from the schema with a fixed seed, every check on."""
+    url, _ = base_url
+    operations, failures, calls = fuzz_schema(url)
+    assert not failures, "\n".join(failures[:10])
+    assert {op.label for op in operations} == set(calls) and len(operations) >= 14
+    assert len(calls) >= 5 * len(operations)
+
+
+def fuzz_schema(url: str, labels: set[str] | None = None
+                ) -> tuple[list, list[str], list[str]]:
+    """Fuzz every operation of the server's schema (or those named by ``labels``):
+    (operations, failures, the label of every call made)."""
     import schemathesis
 
-    url, _ = base_url
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [result.ok() for result in schema.get_all_operations()
+                  if labels is None or result.ok().label in labels]
     failures: list[str] = []
     calls: list[str] = []
     for operation in operations:
@@ -147,9 +158,7 @@ def test_the_schema_fuzz_finds_nothing(base_url):
         except Exception as err:  # hypothesis re-raises the first failure, already collected
             if not failures or not failures[-1].startswith(operation.label):
                 failures.append(f"{operation.label}: {type(err).__name__}: {str(err)[:400]}")
-    assert not failures, "\n".join(failures[:10])
-    assert {op.label for op in operations} == set(calls) and len(operations) >= 14
-    assert len(calls) >= 5 * len(operations)
+    return operations, failures, calls
 
 
 # A schema-valid request can still be refused for what it means: bad SQL, or a neuron outside the

@@ -14,7 +14,7 @@ import pytest
 
 from atlas.serve import contract
 from tests.helpers import ingested_tiny, served
-from tests.unit.serve.test_serve import _browser
+from tests.unit.serve.test_serve import _browser, screenshot
 
 pytestmark = pytest.mark.system  # a server and a browser
 
@@ -124,22 +124,10 @@ def test_without_a_model_the_endpoints_say_how_to_enable_them(live_atlas):
 def test_the_live_operations_fuzzed_with_a_model_loaded(live_atlas):
     """The schema's live operations, generated with a fixed seed against a loaded model: no
     server error, every answer and status as declared."""
-    import schemathesis
+    from tests.unit.serve.test_contract import fuzz_schema
 
-    from tests.unit.serve.test_contract import _fuzzer
-
-    url = str(live_atlas[0].base_url)
-    schema = schemathesis.openapi.from_url(url + "/openapi.json")
-    operations = [r.ok() for r in schema.get_all_operations()
-                  if r.ok().label in {"GET /live", "POST /generate", "POST /activations"}]
-    failures: list[str] = []
-    calls: list[str] = []
-    for operation in operations:
-        try:
-            _fuzzer(operation, url, failures, calls)()
-        except Exception as err:
-            if not failures or not failures[-1].startswith(operation.label):
-                failures.append(f"{operation.label}: {type(err).__name__}: {str(err)[:400]}")
+    operations, failures, calls = fuzz_schema(
+        str(live_atlas[0].base_url), {"GET /live", "POST /generate", "POST /activations"})
     assert not failures, "\n".join(failures[:10])
     assert len(operations) == 3 and len(calls) >= 15
 
@@ -166,9 +154,6 @@ def test_the_try_panel_in_a_real_browser(live_atlas, tmp_path):
         acts = browser.find_elements(By.CSS_SELECTOR, "#try-acts span.t")
         assert len(acts) > 5 and "firing" in acts[0].get_attribute("title")
         assert "tp=" in browser.current_url and "tf=0" in browser.current_url
-        shot = tmp_path / "atlas-try.png"
-        browser.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-        print(f"screenshot: {shot}")
+        screenshot(browser, tmp_path / "atlas-try.png")
     finally:
         browser.quit()

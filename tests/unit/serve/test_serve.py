@@ -211,6 +211,13 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+def screenshot(browser, path) -> None:
+    """Write the page as a picture (a real one: not blank) and say where."""
+    browser.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    print(f"screenshot: {path}")
+
+
 def test_page_in_a_real_browser(server, atlas_db, tmp_path):
     """The page as a browser: state in the URL (permalinks, Back, deep links), both sets of a
     heatmap cell, keyboard use, panels that follow the model, and a narrow window."""
@@ -279,10 +286,7 @@ def test_page_in_a_real_browser(server, atlas_db, tmp_path):
         faded = [p.get_attribute("opacity") for p in
                  browser.find_elements(By.CSS_SELECTOR, "polyline.profile")]
         assert faded.count("1") == 1 and faded.count("0.12") == 2
-        shot = tmp_path / "atlas-serve.png"
-        browser.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-        print(f"screenshot: {shot}")
+        screenshot(browser, tmp_path / "atlas-serve.png")
         tiny = next(b for b in browser.find_elements(By.CSS_SELECTOR, "button.model")
                     if b.text.startswith(atlas_db[1].name))
         tiny.click()  # another model: the previous model's set and neuron are gone
@@ -370,10 +374,7 @@ def test_neuron_evidence_served_and_shown(server, atlas_db, tmp_path):
         first_row = browser.find_element(By.CSS_SELECTOR, "table.set-neurons tbody tr").text
         top = server.get(f"/sets/{tiny_set['set_id']}/neurons").json()["rows"][0]
         assert first_row.startswith(f"{top['layer']}/{top['neuron']}")
-        shot = tmp_path / "atlas-neuron.png"
-        browser.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-        print(f"screenshot: {shot}")
+        screenshot(browser, tmp_path / "atlas-neuron.png")
     finally:
         browser.quit()
 
