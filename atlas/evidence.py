@@ -325,57 +325,60 @@ def logits_table(model_id: int, effects) -> pa.Table:
 def evidence_tables(evidence_id: int, rec: Exemplars, corpus: Corpus, vocab: list[str],
                     chosen: np.ndarray | None = None) -> dict[str, pa.Table]:
     """The run's rows: contexts, exemplars, quantile samples and density, as Arrow tables;
-    only the neurons of ``chosen`` (bool [n_layers, d_mlp]) when given."""
+    only the neurons of ``chosen`` (bool [n_layers, d_mlp]) when given. Each table's rows come
+    in (layer, neuron) order, so a neuron's lookups read one row group (zone maps on layer and
+    neuron)."""
     n_signs, n_layers, k, d_mlp = rec.value.shape
     if chosen is None:
         chosen = np.ones((n_layers, d_mlp), dtype=bool)
-    valid = (rec.seq >= 0).numpy() & chosen[None, :, None, :]
-    seq, pos = rec.seq.numpy()[valid], rec.pos.numpy()[valid]
+    by_neuron = lambda t: t.numpy().transpose(1, 3, 0, 2, *range(4, t.dim()))  # noqa: E731
+    # [n_layers, d_mlp, sign (1, then -1), rank, ...]
+    valid = (by_neuron(rec.seq) >= 0) & chosen[:, :, None, None]
+    seq, pos = by_neuron(rec.seq)[valid], by_neuron(rec.pos)[valid]
     bins = quantile_bins(rec.sample_values.numpy(), N_QUANTILE_BINS)
     sample_seq = np.array([s for s, _ in rec.sample_positions], dtype=np.int64)
     sample_pos = np.array([p for _, p in rec.sample_positions], dtype=np.int64)
-    in_chosen = np.broadcast_to(chosen[None], bins.index.shape).ravel()
-    q_bin, q_layer, q_neuron = np.indices(bins.index.shape).reshape(3, -1)[:, in_chosen]
-    q_index = bins.index.ravel()[in_chosen]
+    index = bins.index.transpose(1, 2, 0)  # [n_layers, d_mlp, bin]
+    in_chosen = np.broadcast_to(chosen[:, :, None], index.shape)
+    q_layer, q_neuron, q_bin = (a[in_chosen] for a in np.indices(index.shape))
+    q_index = index[in_chosen]
     q_seq, q_pos = sample_seq[q_index], sample_pos[q_index]
-    all_pairs = np.stack([np.concatenate([seq, q_seq]), np.concatenate([pos, q_pos])], 1)
-    pairs, inverse = np.unique(all_pairs, axis=0, return_inverse=True)
+    # contexts: the distinct (sequence, position) pairs, in that order
+    width = int(max(pos.max(initial=0), q_pos.max(initial=0))) + 1
+    keys, inverse = np.unique(np.concatenate([seq * width + pos, q_seq * width + q_pos]),
+                              return_inverse=True)
     inverse = inverse.reshape(-1)
-    contexts = _contexts_table(evidence_id, pairs, rec, corpus, vocab)
-    grid = np.indices((n_signs, n_layers, k, d_mlp))
-    windows = rec.window.numpy()[valid]  # [n, width]
+    contexts = _contexts_table(evidence_id, np.stack([keys // width, keys % width], 1), rec,
+                               corpus, vocab)
+    grid = np.indices(valid.shape)
+    windows = by_neuron(rec.window)[valid]  # [n, width]
     kept = ~np.isnan(windows)
     exemplars = pa.table({
         "evidence_id": pa.array(np.full(len(seq), evidence_id, dtype=np.int32)),
-        "layer": pa.array(grid[1][valid].astype(np.int16)),
-        "neuron": pa.array(grid[3][valid].astype(np.int32)),
-        "sign": pa.array(np.array(SIGNS, dtype=np.int16)[grid[0][valid]]),
-        "rank": pa.array(grid[2][valid].astype(np.int16) + 1),
+        "layer": pa.array(grid[0][valid].astype(np.int16)),
+        "neuron": pa.array(grid[1][valid].astype(np.int32)),
+        "sign": pa.array(np.array(SIGNS, dtype=np.int16)[grid[2][valid]]),
+        "rank": pa.array(grid[3][valid].astype(np.int16) + 1),
         "context_id": pa.array(inverse[:len(seq)].astype(np.int32)),
-        "activation": pa.array(rec.value.numpy()[valid].astype(np.float32)),
+        "activation": pa.array(by_neuron(rec.value)[valid].astype(np.float32)),
         "activations": pa.ListArray.from_arrays(
             np.concatenate([[0], np.cumsum(kept.sum(1))]).astype(np.int32),
             windows[kept].astype(np.float32)),
     })
+    pick = lambda a: a.transpose(1, 2, 0)[in_chosen]  # noqa: E731  [bin, layer, neuron] arrays
     quantile_table = pa.table({
         "evidence_id": pa.array(np.full(len(q_index), evidence_id, dtype=np.int32)),
         "layer": pa.array(q_layer.astype(np.int16)),
         "neuron": pa.array(q_neuron.astype(np.int32)),
         "bin": pa.array(q_bin.astype(np.int16)),
-        "low": pa.array(bins.low.ravel()[in_chosen].astype(np.float32)),
-        "high": pa.array(bins.high.ravel()[in_chosen].astype(np.float32)),
-        "activation": pa.array(bins.value.ravel()[in_chosen].astype(np.float32)),
+        "low": pa.array(pick(bins.low).astype(np.float32)),
+        "high": pa.array(pick(bins.high).astype(np.float32)),
+        "activation": pa.array(pick(bins.value).astype(np.float32)),
         "context_id": pa.array(inverse[len(seq):].astype(np.int32)),
     })
-    # a neuron's rows together: its lookups read one row group (zone maps on layer and neuron)
-    return {"evidence_contexts": contexts,
-            "neuron_exemplars": exemplars.sort_by(
-                [("layer", "ascending"), ("neuron", "ascending"), ("sign", "descending"),
-                 ("rank", "ascending")]),
-            "neuron_quantiles": quantile_table.sort_by(
-                [("layer", "ascending"), ("neuron", "ascending"), ("bin", "ascending")]),
-            "neuron_density": _density_table(evidence_id, rec, chosen).sort_by(
-                [("layer", "ascending"), ("neuron", "ascending"), ("task_id", "ascending")])}
+    return {"evidence_contexts": contexts, "neuron_exemplars": exemplars,
+            "neuron_quantiles": quantile_table,
+            "neuron_density": _density_table(evidence_id, rec, chosen)}
 
 
 def _contexts_table(evidence_id: int, pairs: np.ndarray, rec: Exemplars, corpus: Corpus,
@@ -401,20 +404,24 @@ def _contexts_table(evidence_id: int, pairs: np.ndarray, rec: Exemplars, corpus:
 
 
 def _density_table(evidence_id: int, rec: Exemplars, chosen: np.ndarray) -> pa.Table:
-    parts = []
-    keep = chosen.ravel()
-    for task_id, dens in rec.density.items():
-        n_layers, d_mlp, n_bins = dens.hist.shape
-        n = n_layers * d_mlp
-        parts.append(pa.table({
-            "evidence_id": pa.array(np.full(n, evidence_id, dtype=np.int32)),
-            "task_id": pa.array(np.full(n, task_id, dtype=np.int32)),
-            "layer": pa.array(np.repeat(np.arange(n_layers, dtype=np.int16), d_mlp)),
-            "neuron": pa.array(np.tile(np.arange(d_mlp, dtype=np.int32), n_layers)),
-            "n_tokens": pa.array(np.full(n, dens.n_tokens, dtype=np.int32)),
-            "n_positive": pa.array(dens.n_positive.numpy().ravel().astype(np.int32)),
-            "mean": pa.array((dens.total.numpy().ravel() / max(dens.n_tokens, 1)).astype(np.float32)),
-            "hist": pa.ListArray.from_arrays(np.arange(0, n * n_bins + 1, n_bins, dtype=np.int32),
-                                             dens.hist.numpy().reshape(-1).astype(np.int32)),
-        }).filter(pa.array(keep)))
-    return pa.concat_tables(parts)
+    """Per chosen neuron and task (tasks by id), its density: rows in (layer, neuron, task)
+    order."""
+    tasks = sorted(rec.density)
+    stack = lambda name: np.stack([getattr(rec.density[t], name).numpy() for t in tasks],  # noqa: E731
+                                  2)[chosen]  # [n, n_tasks, ...]: chosen neurons, in order
+    hist = stack("hist")  # [n, n_tasks, n_bins]
+    n, n_tasks, n_bins = hist.shape
+    layer, neuron = np.nonzero(chosen)
+    n_tokens = np.array([rec.density[t].n_tokens for t in tasks], dtype=np.int64)
+    return pa.table({
+        "evidence_id": pa.array(np.full(n * n_tasks, evidence_id, dtype=np.int32)),
+        "task_id": pa.array(np.tile(np.array(tasks, dtype=np.int32), n)),
+        "layer": pa.array(np.repeat(layer.astype(np.int16), n_tasks)),
+        "neuron": pa.array(np.repeat(neuron.astype(np.int32), n_tasks)),
+        "n_tokens": pa.array(np.tile(n_tokens.astype(np.int32), n)),
+        "n_positive": pa.array(stack("n_positive").ravel().astype(np.int32)),
+        "mean": pa.array((stack("total") / np.maximum(n_tokens, 1).astype(np.float32)).ravel()),
+        "hist": pa.ListArray.from_arrays(np.arange(0, n * n_tasks * n_bins + 1, n_bins,
+                                                   dtype=np.int32),
+                                         hist.reshape(-1).astype(np.int32)),
+    })

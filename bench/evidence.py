@@ -7,7 +7,13 @@
   bfloat16 candidates rescored in float32 where the CPU has native bfloat16, and the float32
   product, and how many neurons' tokens differ between the two.
 
-    python bench/evidence.py [--model smollm2-135m-instruct] [--texts 48] [--repeats 2]
+    python bench/evidence.py [--model smollm2-135m-instruct] [--texts 192] [--repeats 2]
+
+The corpus is random text of 200 tokens a text, in two parts (tasks) of 96 texts by default:
+`atlas describe` reads every instance of every task (the paper's run: 12 tasks of 100), and
+the top-k's work per batch falls as the corpus grows (once every neuron holds k contexts, only
+the tokens that reach a neuron's k-th best are merged), so a corpus of a few batches shows the
+worst case: pass `--texts 48` for it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ def plain_forward(model, sequences, batch_size=8, max_tokens=1024):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--texts", type=int, default=48)
+    ap.add_argument("--texts", type=int, default=192)
     ap.add_argument("--parts", type=int, default=2, help="tasks the texts are split into")
     ap.add_argument("--hist-tokens", type=int, default=2048)
     ap.add_argument("--length", type=int, default=200)

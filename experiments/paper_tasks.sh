@@ -141,8 +141,12 @@ for model in "${MODELS[@]}"; do
     done
   fi
 done
+amplify_of=()
+for model in "${MODELS[@]}"; do
+  amplify_of+=(--amplify-of "$model=$(factors_up_of "$model" | tr ' ' ',')")
+done
 .venv/bin/python experiments/write_results.py --db "$ATLAS_DB" --amplify "${FACTORS_UP[@]}" \
-  --n-tasks ${#TASKS[@]} --set-controls $SET_CONTROLS \
+  "${amplify_of[@]}" --n-tasks ${#TASKS[@]} --controls $CONTROLS --set-controls $SET_CONTROLS \
   --wall-seconds $(( $(date +%s) - start )) \
   --command "bash experiments/paper_tasks.sh $SNI $MORE" --sni-dir "$SNI" "$MORE" \
   --sizes "shots=$SHOTS, scoring examples=$SCORE_EXAMPLES, evaluation examples=$EVAL_EXAMPLES, seed=$SEED, controls=$CONTROLS on the set's own task ($SET_CONTROLS for the set-level test)"

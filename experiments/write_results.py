@@ -128,7 +128,8 @@ def above_chance_tasks(engine, name: str) -> dict[str, int] | None:
     return {c.task: c.task_id for c in rep.columns_info if c.chance and c.chance.above}
 
 
-def progress_lines(engine, n_tasks: int, factors: list[float], set_controls: int = 20
+def progress_lines(engine, n_tasks: int, factors: list[float], set_controls: int = 20,
+                   factors_of: dict[str, list[float]] | None = None, n_controls: int = 3
                    ) -> list[str]:
     """How far the run got: per model and method, complete scoring runs and the sets evaluated
     on every task at each factor. The design: every task's CGVST set at ×0; beyond it, the sets
@@ -154,9 +155,10 @@ def progress_lines(engine, n_tasks: int, factors: list[float], set_controls: int
     above_by_model = {name: above_chance_tasks(engine, name) for name in MODELS}
     for name, above in above_by_model.items():
         for method in METHODS:
+            mine = [0.0, *(factors_of or {}).get(name, factors[1:])]  # the model's factors
             wanted = {f: (n_tasks if (method, f) == ("cgvst", 0.0) else
                           None if above is None else len(above))
-                      for f in (factors if method == "cgvst" else factors[:1])}
+                      for f in (mine if method == "cgvst" else factors[:1])}
             cells = [("—" if f not in wanted else
                       f"{evaluated.get((name, method, f), 0)} / {'?' if wanted[f] is None else wanted[f]}")
                      for f in factors]
@@ -193,7 +195,99 @@ def progress_lines(engine, n_tasks: int, factors: list[float], set_controls: int
     lines += ["", "The run is complete." if complete else
               "**The run is not complete**: the sections below show what was finished; stages "
               "with no data are left out. `bash experiments/paper_tasks.sh` resumes it."]
+    if not complete:
+        lines += ["", *remaining_lines(engine, n_tasks, {m: (factors_of or {}).get(m, factors[1:])
+                                                         for m in MODELS}, n_controls,
+                                     set_controls)]
     return lines
+
+
+SCORED_AFTER = {"lape": ("act_prob",)}  # a method whose scores are read from another's pass
+
+
+def scoring_hours(engine) -> dict[tuple[str, str], float]:
+    """(model, method) -> median hours of one task's complete scoring run; for a method not
+    scored on a model yet, its median ratio to CGVST on the other models times the model's CGVST
+    (a method scored after another's pass counts that pass too)."""
+    own = {(r["model"], r["method"]): r["h"] for r in rows(engine, """
+        SELECT m.name AS model, r.method,
+               median(epoch(r.finished_at) - epoch(r.started_at)) / 3600 AS h
+        FROM runs r JOIN models m USING (model_id) WHERE r.status = 'complete' GROUP BY ALL""")}
+    per_task = lambda model, method: own.get((model, method), 0.0) + sum(  # noqa: E731
+        own.get((model, before), 0.0) for before in SCORED_AFTER.get(method, ()))
+    hours = {}
+    for model in MODELS:
+        for method in METHODS:
+            if (model, method) in own:
+                hours[model, method] = per_task(model, method)
+                continue
+            ratios = [per_task(m, method) / own[m, "cgvst"] for m in MODELS
+                      if (m, method) in own and own.get((m, "cgvst"))]
+            if ratios and (model, "cgvst") in own:
+                hours[model, method] = float(np.median(ratios)) * own[model, "cgvst"]
+    return hours
+
+
+def evaluation_hours(engine) -> dict[str, float]:
+    """model -> mean hours per stored evaluation (one set or control on one task): the model's
+    evaluation time from the stored timestamps (gaps over 10 min left out) over its rows."""
+    return {r["model"]: r["h"] for r in rows(engine, """
+        SELECT m.name AS model, sum(g) / count(*) / 3600 AS h FROM (
+            SELECT model_id, epoch(created_at) - lag(epoch(created_at))
+                   OVER (PARTITION BY model_id ORDER BY created_at) AS g FROM evaluations)
+        JOIN models m USING (model_id) WHERE g < 600 GROUP BY ALL""")}
+
+
+def remaining_lines(engine, n_tasks: int, factors_of: dict[str, list[float]], controls: int,
+                    set_controls: int) -> list[str]:
+    """What the run has left, per model and stage, and its projected CPU-hours from the stored
+    timings of the stages done (scoring runs per task, evaluations per set and task)."""
+    score_h, eval_h = scoring_hours(engine), evaluation_hours(engine)
+    done = {(r["model"], r["method"]): r["n"] for r in rows(engine, """
+        SELECT m.name AS model, r.method, count(DISTINCT r.task_id) AS n
+        FROM runs r JOIN models m USING (model_id) WHERE r.status = 'complete' GROUP BY ALL""")}
+    stored = {(r["model"], r["method"], r["task_id"], r["factor"], r["control"]): r["n"]
+              for r in rows(engine, """
+        SELECT m.name AS model, s.method, s.task_id, e.factor, e.is_control AS control,
+               count(DISTINCT (e.eval_task_id, e.control_seed)) AS n
+        FROM evaluations e JOIN task_sets s USING (set_id) JOIN models m ON m.model_id = e.model_id
+        WHERE NOT e.is_control OR e.eval_task_id = s.task_id GROUP BY ALL""")}
+    table, total = [], 0.0
+    for model in MODELS:
+        above = above_chance_tasks(engine, model) or {}
+        every = [r["task_id"] for r in rows(engine, """
+            SELECT DISTINCT task_id FROM task_sets s JOIN models m USING (model_id)
+            WHERE m.name = :n AND s.method = 'cgvst'""", n=model)]
+        stages = [("cgvst", 0.0, every, set_controls if above else controls)]
+        stages += [("cgvst", f, list(above.values()), controls) for f in factors_of[model]]
+        stages += [(m, 0.0, list(above.values()), set_controls if m in SET_LEVEL_METHODS else
+                    controls) for m in [*METHODS[1:], *SPLIT_METHODS]]
+        for method in METHODS:  # scoring
+            left = n_tasks - done.get((model, method), 0)
+            if left > 0:
+                h = left * score_h.get((model, method), float("nan"))
+                table.append(f"| {model} | score {method} | {left} tasks | {h:.2f} |")
+                total += h
+        for method, factor, tasks, wanted in stages:
+            units = 0
+            for task_id in tasks:
+                want_controls = wanted if task_id in above.values() or method != "cgvst" else \
+                    controls
+                units += max(0, n_tasks - stored.get((model, method, task_id, factor, False), 0))
+                units += max(0, want_controls - stored.get((model, method, task_id, factor, True), 0))
+            if units:
+                h = units * eval_h.get(model, float("nan"))
+                table.append(f"| {model} | {method} ×{factor:g} | {units} evaluations | "
+                             f"{h:.2f} |")
+                total += h
+    if not table:
+        return []
+    return ["What is left, and its projected CPU-hours on the 2-core CPU the finished stages "
+            "ran on (from the stored timings: a task's scoring run of the method on the model, "
+            "or the method's median ratio to CGVST on the other models; an evaluation of a set "
+            "or control on one task, the model's mean):", "",
+            "| model | stage | left | projected CPU-h |", "|---|---|---|---|", *table,
+            f"| all | | | **{total:.1f}** |"]
 
 
 def method_agreement_lines(engine) -> list[str]:
@@ -320,6 +414,10 @@ def main() -> None:
     ap.add_argument("--db", required=True)
     ap.add_argument("--amplify", type=float, nargs="+", default=[2.0],
                     help="Amplification factors (the first gets a full report).")
+    ap.add_argument("--amplify-of", action="append", default=[], metavar="MODEL=F[,F]",
+                    help="A model's own amplification factors (default: --amplify).")
+    ap.add_argument("--controls", type=int, default=3,
+                    help="Controls per set on its own task (the paired test's comparison).")
     ap.add_argument("--n-tasks", type=int, default=12, help="Tasks per model in the design.")
     ap.add_argument("--wall-seconds", type=int, default=0)
     ap.add_argument("--command", default="bash experiments/paper_tasks.sh")
@@ -360,7 +458,10 @@ def main() -> None:
     lines += [f"| {m['name']} | {m['family']} | {m['n_layers']} × {m['d_mlp']} | `{m['revision']}` "
               f"| {m['dtype']} |" for m in models]
 
-    lines += ["", *progress_lines(engine, args.n_tasks, [0.0, *args.amplify], args.set_controls)]
+    factors_of = {m: [float(f) for f in fs.split(",")]
+                  for m, fs in (a.split("=", 1) for a in args.amplify_of)}
+    lines += ["", *progress_lines(engine, args.n_tasks, [0.0, *args.amplify], args.set_controls,
+                                  factors_of, args.controls)]
     lines += ["", "## Overlap of task neuron sets (CGVST, top 5%)", "",
               "Mean pairwise Jaccard between different tasks' sets (the paper's released sets "
               "for Llama-2-7B-chat imported for reference):", "",

@@ -5,7 +5,7 @@ and the neurons that respond most to a token."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -59,13 +59,22 @@ def latest_evidence(engine: Engine, model_id: int, layer: int | None = None,
     return found[0]["e"] if found else None
 
 
+class NeuronRows(NamedTuple):
+    """A neuron's stored rows in one evidence run."""
+
+    exemplars: list[dict]  # sign, rank, activation, activations, context_id; highest sign
+    # first, by rank
+    samples: list[dict]  # bin, low, high, activation, context_id; by bin
+    density: list[dict]  # task_id, n_tokens, n_positive, mean, hist
+
+
 class EvidenceRows(Protocol):
     """Where a neuron's stored evidence is read from: the database (:class:`SqlEvidence`), or a
     server that keeps what answers share (:mod:`atlas.serve.evidence`): the same rows."""
 
     def run_for(self, model_id: int, layer: int, neuron: int) -> int | None: ...
-    def samples(self, evidence_id: int, layer: int, neuron: int) -> tuple[list, list]: ...
-    def density(self, evidence_id: int, layer: int, neuron: int) -> list[dict]: ...
+    def neuron_rows(self, evidence_id: int, layer: int, neuron: int) -> NeuronRows: ...
+    def task_names(self) -> dict[int, str]: ...
     def contexts(self, evidence_id: int, ids: list[int]) -> dict[int, dict]: ...
     def logits(self, model_id: int, layer: int, neuron: int) -> tuple[list, list]: ...
     def newest_whole(self, model_id: int) -> int | None: ...
@@ -82,32 +91,35 @@ class SqlEvidence:
     def run_for(self, model_id: int, layer: int, neuron: int) -> int | None:
         return latest_evidence(self.engine, model_id, layer, neuron)
 
-    def samples(self, evidence_id: int, layer: int, neuron: int) -> tuple[list, list]:
-        """(exemplars: sign, rank, activation, activations, context_id, highest sign first, by
-        rank; quantile samples: bin, low, high, activation, context_id, by bin), one query."""
+    def neuron_rows(self, evidence_id: int, layer: int, neuron: int) -> NeuronRows:
+        """The neuron's exemplars, quantile samples and density rows, in one query."""
         found = rows(self.engine, """
             SELECT 1 AS part, sign, rank, NULL::SMALLINT AS bin, NULL::FLOAT AS low,
-                   NULL::FLOAT AS high, activation, activations, context_id
+                   NULL::FLOAT AS high, activation, activations, context_id,
+                   NULL::INTEGER AS task_id, NULL::INTEGER AS n_tokens,
+                   NULL::INTEGER AS n_positive, NULL::FLOAT AS mean, NULL::INTEGER[] AS hist
             FROM neuron_exemplars WHERE evidence_id = :e AND layer = :l AND neuron = :n
             UNION ALL
-            SELECT 2, NULL, NULL, bin, low, high, activation, NULL, context_id
+            SELECT 2, NULL, NULL, bin, low, high, activation, NULL, context_id, NULL, NULL, NULL,
+                   NULL, NULL
             FROM neuron_quantiles WHERE evidence_id = :e AND layer = :l AND neuron = :n
-            ORDER BY part, sign DESC, rank, bin""", e=evidence_id, l=layer, n=neuron)
+            UNION ALL
+            SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, task_id, n_tokens,
+                   n_positive, mean, hist
+            FROM neuron_density WHERE evidence_id = :e AND layer = :l AND neuron = :n
+            ORDER BY part, sign DESC, rank, bin, task_id""", e=evidence_id, l=layer, n=neuron)
         keys = {1: ("sign", "rank", "activation", "activations", "context_id"),
-                2: ("bin", "low", "high", "activation", "context_id")}
-        parts: dict[int, list[dict]] = {1: [], 2: []}
+                2: ("bin", "low", "high", "activation", "context_id"),
+                3: ("task_id", "n_tokens", "n_positive", "mean", "hist")}
+        parts: dict[int, list[dict]] = {1: [], 2: [], 3: []}
         for r in found:
             parts[r["part"]].append({k: r[k] for k in keys[r["part"]]})
-        return parts[1], parts[2]
+        return NeuronRows(parts[1], parts[2], parts[3])
 
-    def density(self, evidence_id: int, layer: int, neuron: int) -> list[dict]:
-        """task, n_tokens, share_positive, mean, hist; by task name."""
-        return rows(self.engine, """
-            SELECT t.name AS task, d.n_tokens, d.n_positive / d.n_tokens AS share_positive,
-                   d.mean, d.hist
-            FROM neuron_density d JOIN tasks t USING (task_id)
-            WHERE d.evidence_id = :e AND d.layer = :l AND d.neuron = :n ORDER BY t.name""",
-                    e=evidence_id, l=layer, n=neuron)
+    def task_names(self) -> dict[int, str]:
+        """task id -> name."""
+        return {r["task_id"]: r["name"] for r in rows(self.engine,
+                                                      "SELECT task_id, name FROM tasks")}
 
     def contexts(self, evidence_id: int, ids: list[int]) -> dict[int, dict]:
         """context id -> task, instance_id, tokens, peak."""
@@ -162,7 +174,7 @@ def neuron_evidence(engine: Engine, model: str | dict, layer: int, neuron: int,
     evidence_id = source.run_for(info["model_id"], layer, neuron)
     top, bottom, quantiles, density = [], [], [], []
     if evidence_id is not None:
-        exemplars, samples = source.samples(evidence_id, layer, neuron)
+        exemplars, samples, counts = source.neuron_rows(evidence_id, layer, neuron)
         found = source.contexts(evidence_id, [r["context_id"] for r in exemplars + samples])
 
         def context(r: dict, activations: list[float] | None) -> Context:
@@ -175,10 +187,18 @@ def neuron_evidence(engine: Engine, model: str | dict, layer: int, neuron: int,
                 context(r, [float(v) for v in r["activations"]]))
         quantiles = [{"bin": r["bin"], "low": r["low"], "high": r["high"],
                       "sample": context(r, None)} for r in samples]
-        density = source.density(evidence_id, layer, neuron)
+        density = _density(counts, source.task_names())
     promoted, suppressed = source.logits(info["model_id"], layer, neuron)
     return NeuronEvidence(info["name"], layer, neuron, evidence_id, top, bottom, quantiles,
                           density, promoted, suppressed)
+
+
+def _density(counts: list[dict], names: dict[int, str]) -> list[dict[str, Any]]:
+    """Per task, by name: n_tokens, share_positive (None without tokens), mean, hist."""
+    return sorted(({"task": names[r["task_id"]], "n_tokens": r["n_tokens"],
+                    "share_positive": r["n_positive"] / r["n_tokens"] if r["n_tokens"] else None,
+                    "mean": r["mean"], "hist": r["hist"]} for r in counts),
+                  key=lambda r: r["task"])
 
 
 def _logits(engine: Engine, model_id: int, layer: int, neuron: int) -> tuple[list, list]:

@@ -101,10 +101,14 @@ class _Batch:
 
 @dataclass
 class _LayerState:
-    value: torch.Tensor  # [2, k, d_mlp]
-    seq: torch.Tensor
-    pos: torch.Tensor
-    window: torch.Tensor  # [2, k, d_mlp, width]
+    """One layer's best contexts so far, neuron-major: per sign (0: highest, 1: lowest) and
+    neuron, the ``k`` best signed values (value × sign, descending; −inf where empty), their
+    sequence and position (−1 where empty) and windows."""
+
+    value: torch.Tensor  # [2, d_mlp, k]
+    seq: torch.Tensor  # [2, d_mlp, k]
+    pos: torch.Tensor  # [2, d_mlp, k]
+    window: torch.Tensor  # [2, d_mlp, k, width]
     n_positive: torch.Tensor = field(default=None)
     total: torch.Tensor = field(default=None)
     hist: torch.Tensor = field(default=None)
@@ -119,9 +123,9 @@ class ExemplarProbe:
         self.width = before + 1 + after
         self.sample_positions = sample_positions
         d = adapter.d_mlp
-        self.layers = [_LayerState(torch.full((2, k, d), -torch.inf), torch.full((2, k, d), -1),
-                                   torch.full((2, k, d), -1),
-                                   torch.full((2, k, d, self.width), torch.nan))
+        self.layers = [_LayerState(torch.full((2, d, k), -torch.inf), torch.full((2, d, k), -1),
+                                   torch.full((2, d, k), -1),
+                                   torch.full((2, d, k, self.width), torch.nan))
                        for _ in range(adapter.n_layers)]
         self.sample_values = torch.full((len(sample_positions), adapter.n_layers, d), torch.nan)
         self.density: dict[int, Density] = {}
@@ -169,61 +173,123 @@ class ExemplarProbe:
     def _record(self, layer: int, act: torch.Tensor) -> None:
         batch, state = self.batch, self.layers[layer]
         n_rows, n_pos, d = act.shape
-        flat = act.reshape(n_rows * n_pos, d)  # [batch·pos, d_mlp]
-        kept_at = batch.kept_at.to(act.device)  # [n_kept]: the kept tokens' places in ``flat``
-        columns = flat.index_select(0, kept_at).T.contiguous()  # [d_mlp, n_kept]: a neuron a row
+        kept_at = batch.kept_at.to(act.device)  # [n_kept]: the kept tokens' places in the batch
+        kept = act.reshape(n_rows * n_pos, d).index_select(0, kept_at)  # [n_kept, d_mlp]
         if layer == 0:
-            self._n_tokens += columns.shape[1]
+            self._n_tokens += kept.shape[0]
         if state.n_positive is not None:
-            self._count(state, columns, batch.hist_rows.to(act.device))
+            self._count(state, kept, batch.hist_rows.to(act.device))
         for row, pos, sample in batch.samples:
             self.sample_values[sample, layer] = act[row, pos].cpu()
-        n_cand = min(self.k, columns.shape[1])
-        if n_cand == 0:
+        if kept.shape[0] == 0:
             return
-        real = batch.real.to(act.device)
-        order = torch.tensor(batch.seqs, device=act.device)
-        neuron = torch.arange(d, device=act.device)
-        offsets = torch.arange(self.width, device=act.device) - self.before
         for s, sign in enumerate(SIGNS):
-            top = columns.topk(n_cand, dim=1, largest=sign > 0)  # [d_mlp, n_cand]
-            values, indices = top.values.T, top.indices.T  # [n_cand, d_mlp]
-            at = kept_at[indices]
-            rows, pos = at // n_pos, at % n_pos
-            # the window's activations, NaN beyond the sequence's real tokens and its edges
-            where = pos[..., None] + offsets  # [n_cand, d_mlp, width]
-            inside = (where >= 0) & (where < n_pos)
-            where = where.clamp(0, n_pos - 1)
-            window = act[rows[..., None], where, neuron[None, :, None]]
-            window = window.masked_fill(~(inside & real[rows[..., None], where]), torch.nan)
-            self._merge(state, s, values.cpu() * sign, order[rows].cpu(), pos.cpu(),
-                        window.cpu())
+            kth = state.value[s, :, -1]  # [d_mlp]: each neuron's k-th best so far (signed)
+            if torch.isfinite(kth).all():  # every neuron holds k: the few tokens that reach it
+                self._reaching(state, s, act, kept, kth)
+                continue
+            # only the neurons whose best in this batch reaches their k-th best so far can
+            # change (an equal value may win on input order); amax: 20x faster than aminmax
+            best = kept.amax(0) if sign > 0 else -kept.amin(0)  # [d_mlp]
+            neurons = torch.nonzero(best.cpu() >= kth).flatten()  # [r]
+            if neurons.numel():
+                self._candidates(state, s, act, kept, neurons)
 
-    def _count(self, state: _LayerState, columns: torch.Tensor, hist_rows: torch.Tensor
-               ) -> None:
-        """Add a batch's kept tokens [d_mlp, n_kept] to the part's density: above 0 and the sum
+    def _reaching(self, state: _LayerState, s: int, act: torch.Tensor, kept: torch.Tensor,
+                  kth: torch.Tensor) -> None:
+        """Merge the kept tokens [n_kept, d_mlp] whose value of sign ``s`` reaches their
+        neuron's ``kth`` best so far (a tie may win on input order): once every neuron holds k
+        contexts, few tokens do, and one comparison finds them."""
+        sign, n_pos = SIGNS[s], act.shape[1]
+        token, neuron = reaching(kept, kth * sign, sign)
+        if not len(token):
+            return
+        value = (kept[token, neuron] * sign).cpu()  # [c]
+        at = self.batch.kept_at.to(kept.device)[token].cpu()
+        neuron = neuron.cpu()
+        # by neuron, each neuron's best first; at most k each
+        order = best_first(value, at)
+        order = order[torch.argsort(neuron[order], stable=True)]
+        grouped = neuron[order]
+        rank = torch.arange(len(order)) - torch.searchsorted(grouped, grouped)
+        order, rank = order[rank < self.k], rank[rank < self.k]
+        neurons, slot = torch.unique_consecutive(neuron[order], return_inverse=True)
+        # [r, n_cand] candidates, the missing ones −inf (never kept: every neuron holds k)
+        n_cand = int(rank.max()) + 1
+        values = torch.full((len(neurons), n_cand), -torch.inf)
+        places = torch.zeros((len(neurons), n_cand), dtype=torch.long)
+        values[slot, rank], places[slot, rank] = value[order], at[order]
+        self._take(state, s, act, neurons, values, places // n_pos, places % n_pos)
+
+    def _candidates(self, state: _LayerState, s: int, act: torch.Tensor, kept: torch.Tensor,
+                    neurons: torch.Tensor) -> None:
+        """The batch's best ``k`` contexts of sign ``s`` for ``neurons`` [r], merged into the
+        layer's state."""
+        batch, sign, n_pos = self.batch, SIGNS[s], act.shape[1]
+        on = neurons.to(act.device)
+        n_cand = min(self.k, len(kept))
+        columns = kept if len(on) == kept.shape[1] else kept.index_select(1, on)  # [n_kept, r]
+        values, indices = columns.topk(n_cand, dim=0, largest=sign > 0)  # [n_cand, r]
+        at = batch.kept_at.to(act.device)[indices.T].cpu()  # [r, n_cand]
+        self._take(state, s, act, neurons, (values.T * sign).cpu(), at // n_pos, at % n_pos)
+
+    def _take(self, state: _LayerState, s: int, act: torch.Tensor, neurons: torch.Tensor,
+              values: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> None:
+        """Merge candidates [r, n_cand] of ``neurons`` [r] (signed values, batch rows and
+        positions) into the layer's state; their windows are read only where they enter it."""
+        order = self._merge(state, s, neurons, values, torch.tensor(self.batch.seqs)[rows],
+                            pos)  # [r, k]
+        changed = torch.nonzero((order >= self.k).any(1)).flatten()  # rows with a new context
+        if not changed.numel():
+            return
+        order = order[changed]
+        expand = (-1, -1, self.width)
+        window = state.window[s, neurons[changed]].gather(  # [c, k, width]
+            1, order.clamp(max=self.k - 1)[..., None].expand(*expand))
+        row, slot = torch.nonzero(order >= self.k, as_tuple=True)
+        cand, src = order[row, slot] - self.k, changed[row]
+        window[row, slot] = self._windows(act, rows[src, cand], pos[src, cand], neurons[src])
+        state.window[s, neurons[changed]] = window
+
+    def _windows(self, act: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor,
+                 neurons: torch.Tensor) -> torch.Tensor:
+        """The activations [n, width] of ``neurons`` [n] in the windows around (``rows``,
+        ``pos``) of the batch, NaN beyond the sequence's real tokens and its edges."""
+        n_pos, device = act.shape[1], act.device
+        where = pos[:, None] + (torch.arange(self.width) - self.before)  # [n, width]
+        inside = (where >= 0) & (where < n_pos)
+        where = where.clamp(0, n_pos - 1)
+        rows = rows[:, None]
+        window = act[rows.to(device), where.to(device), neurons[:, None].to(device)].cpu()
+        return window.masked_fill(~(inside & self.batch.real[rows, where]), torch.nan)
+
+    def _count(self, state: _LayerState, kept: torch.Tensor, hist_rows: torch.Tensor) -> None:
+        """Add a batch's kept tokens [n_kept, d_mlp] to the part's density: above 0 and the sum
         over all of them, the histogram over ``hist_rows`` (float passes: a bool reduction is
         several times slower on a CPU)."""
-        state.n_positive += torch.sign(columns).clamp_(min=0).sum(1).long().cpu()
-        state.total += columns.sum(1).double().cpu()
+        state.n_positive += torch.sign(kept).clamp_(min=0).sum(0).long().cpu()
+        state.total += kept.sum(0).double().cpu()
         if hist_rows.numel():
-            state.hist += histogram(columns[:, hist_rows]).cpu()
+            state.hist += histogram(kept.index_select(0, hist_rows), dim=0).cpu()
 
-    def _merge(self, state: _LayerState, s: int, value, seq, pos, window) -> None:
-        """Keep the k best of the stored and the new candidates: by value, ties by input order."""
-        value = torch.cat([state.value[s], value])
-        seq, pos = torch.cat([state.seq[s], seq]), torch.cat([state.pos[s], pos])
-        window = torch.cat([state.window[s], window])
-        big = pos.max().item() + 2
-        order = torch.argsort(seq * big + pos, dim=0, stable=True)
-        order = order.gather(0, torch.argsort(-value.gather(0, order), dim=0, stable=True))[:self.k]
-        state.value[s] = value.gather(0, order)
-        state.seq[s], state.pos[s] = seq.gather(0, order), pos.gather(0, order)
-        state.window[s] = window.gather(0, order[..., None].expand(-1, -1, self.width))
+    def _merge(self, state: _LayerState, s: int, neurons: torch.Tensor, value: torch.Tensor,
+               seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Keep, for ``neurons`` [r], the values and places of the k best of the stored and the
+        new candidates [r, n_cand] (signed values): by value, ties by input order. Returns each
+        kept one's place [r, k] among the stored (below k) and the new (k and above)."""
+        value = torch.cat([state.value[s, neurons], value], 1)  # [r, k + n_cand]
+        seq = torch.cat([state.seq[s, neurons], seq], 1)
+        pos = torch.cat([state.pos[s, neurons], pos], 1)
+        order = best_first(value, seq * (pos.max().item() + 2) + pos)[:, :self.k]
+        state.value[s, neurons] = value.gather(1, order)
+        state.seq[s, neurons], state.pos[s, neurons] = seq.gather(1, order), pos.gather(1, order)
+        return order
 
     def result(self) -> Exemplars:
         self.end_part()
-        stack = lambda name: torch.stack([getattr(st, name) for st in self.layers], 1)  # noqa: E731
+        # [2, d_mlp, k, ...] per layer -> [2, n_layers, k, d_mlp, ...]
+        stack = lambda name: torch.stack([getattr(st, name) for st in self.layers], 1  # noqa: E731
+                                         ).transpose(2, 3).contiguous()
         value = stack("value")  # [2, n_layers, k, d_mlp]
         value = value * torch.tensor(SIGNS, dtype=value.dtype).view(2, 1, 1, 1)
         return Exemplars(value.masked_fill(~torch.isfinite(value), torch.nan), stack("seq"),
@@ -231,14 +297,51 @@ class ExemplarProbe:
                          self.sample_values, self.before, self.after)
 
 
-def histogram(columns: torch.Tensor) -> torch.Tensor:
-    """Per row of ``columns`` [d_mlp, n], its values' counts in the bins of :data:`EDGES` (bin
-    i holds ``EDGES[i-1] < x <= EDGES[i]``, as ``torch.bucketize``): long [d_mlp, N_BINS]."""
-    d = columns.shape[0]
-    bins = torch.bucketize(columns, torch.tensor(EDGES, device=columns.device),
-                           out_int32=True)  # [d_mlp, n]
-    index = bins + torch.arange(0, d * N_BINS, N_BINS, dtype=torch.int32,
-                                device=columns.device)[:, None]
+def reaching(values: torch.Tensor, bound: torch.Tensor, sign: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (row, neuron) places of ``values`` [n, d_mlp] at or above each neuron's ``bound``
+    [d_mlp] (sign 1) or at or below it (sign -1), row by row (on a CPU in NumPy: twice as fast
+    as torch's compare and nonzero)."""
+    if values.device.type != "cpu":
+        bound = bound.to(values.device)[None]
+        return torch.nonzero(values >= bound if sign > 0 else values <= bound, as_tuple=True)
+    array, limit = values.numpy(), bound.numpy().astype(values.numpy().dtype)[None]
+    flat = torch.from_numpy(np.flatnonzero(array >= limit if sign > 0 else array <= limit))
+    return flat // values.shape[1], flat % values.shape[1]
+
+
+def best_first(value: torch.Tensor, place: torch.Tensor) -> torch.Tensor:
+    """Per row (last dimension), the order of the entries by ``value`` (float, descending), ties by
+    ``place`` (int, ascending): one sort of a combined int64 key while the places fit in 31
+    bits (the value's float32 bits made monotone above them), else two stable sorts."""
+    if place.max() < 2 ** 31 and place.min() >= -1:
+        bits = ((-value).float() + 0.0).view(torch.int32)  # + 0.0: -0.0 is 0.0
+        monotone = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()  # ascending with -value
+        return torch.argsort((monotone << 32) + place + 1, dim=-1)
+    order = torch.argsort(place, dim=-1, stable=True)
+    return order.gather(-1, torch.argsort(-value.gather(-1, order), dim=-1, stable=True))
+
+
+def histogram(values: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Each neuron's counts in the bins of :data:`EDGES` (bin i holds ``EDGES[i-1] < x <=
+    EDGES[i]``, as ``torch.bucketize``) over ``dim`` of ``values`` (float32 [d_mlp, n] by
+    default): long [d_mlp, N_BINS]. A value's bin is how many edges it lies above: one
+    byte-wide compare and add per edge (on a CPU in NumPy, whose compares are several times
+    faster than torch's), then one bincount."""
+    d = values.shape[1 - dim]
+    neuron = torch.arange(0, d * N_BINS, N_BINS, dtype=torch.int32, device=values.device)
+    neuron = neuron[None, :] if dim == 0 else neuron[:, None]  # broadcast along ``dim``
+    if values.device.type == "cpu":
+        array = values.numpy()
+        bins = np.zeros(array.shape, dtype=np.uint8)
+        for edge in np.array(EDGES, dtype=np.float32):
+            np.add(bins, array > edge, out=bins, casting="unsafe")
+        bins = torch.from_numpy(bins)
+    else:
+        bins = torch.zeros_like(values, dtype=torch.uint8)
+        for edge in EDGES:
+            bins += values > edge
+    index = bins.int() + neuron  # [d_mlp, n] or [n, d_mlp]: each neuron's bins apart
     return torch.bincount(index.flatten(), minlength=N_BINS * d).view(d, N_BINS)
 
 

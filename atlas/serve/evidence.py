@@ -55,6 +55,9 @@ class RememberedEvidence(SqlEvidence):
         whole = [r["evidence_id"] for r in runs if r["whole"]]
         return whole[0] if whole else (runs[0]["evidence_id"] if runs else None)
 
+    def task_names(self) -> dict[int, str]:
+        return self.memory.runs.get(("tasks", self.stamp), super().task_names)
+
     def token_neurons(self, evidence_id: int, token: str, sign: int, limit: int) -> list[dict]:
         peaks = self.memory.peaks.get(("peaks", evidence_id, self.stamp),
                                       lambda: Peaks.read(self.engine, evidence_id))

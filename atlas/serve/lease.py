@@ -31,6 +31,7 @@ class SharedOpen:
         self._users = 0
         self._anchor: Any = None
         self._draining = False
+        self._memo: dict[str, Any] = {}  # what holds while the file stays open (see ``once``)
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -47,8 +48,18 @@ class SharedOpen:
                 if self._users == 0:
                     self._anchor.close()
                     self._anchor = None
+                    self._memo.clear()
                     self._draining = False
                     self._cond.notify_all()
+
+    def once(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per open of the file (called inside ``hold``): while the server
+        holds the file open no writer can change it, so what is read of it holds until the
+        last request in flight is answered."""
+        with self._cond:
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
 
     def _yield_to_writer(self) -> None:
         """Wait (the condition's lock held) while a writer waits for the file, up to the lock

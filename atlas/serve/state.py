@@ -101,10 +101,10 @@ class AtlasState:
                 self._shared = SharedOpen(self._engine.connect, self.db)
             return self._shared
 
-    @staticmethod
-    def stamp(eng: Pinned) -> tuple:
-        """What keys the memory of this atlas's state (one small query)."""
-        return tuple(eng.conn.exec_driver_sql(ATLAS_STAMP).one())
+    def stamp(self, eng: Pinned) -> tuple:
+        """What keys the memory of this atlas's state (one small query, once per open of the
+        file: requests in flight together share it)."""
+        return self._open().once("stamp", lambda: tuple(eng.conn.exec_driver_sql(ATLAS_STAMP).one()))
 
     def model(self, eng: Pinned, spec: str, stamp: tuple) -> dict:
         """The stored model ``spec`` names, from memory while the atlas is unchanged."""

@@ -170,3 +170,18 @@ def test_histogram_counts_equal_bucketize_also_on_the_edges():
     want = torch.stack([torch.bincount(torch.bucketize(row, torch.tensor(EDGES)),
                                        minlength=len(EDGES) + 1) for row in values])
     assert torch.equal(histogram(values), want)
+
+
+@pytest.mark.parametrize("offset", [0, -1, 2 ** 33])  # one key; empty slots (-1); two sorts
+def test_best_first_orders_by_value_then_place(offset):
+    from atlas.scoring.exemplars import best_first
+
+    gen = torch.Generator().manual_seed(1)
+    value = torch.randint(-3, 3, (50, 16), generator=gen).float() * 0.5  # many ties
+    value[value == 1.0] = -torch.inf
+    value[:, 0], value[:, 1] = 0.0, -0.0  # equal values with other bits
+    place = torch.randperm(1000, generator=gen)[:800].view(50, 16) + offset
+    got = best_first(value, place)
+    for row in range(50):
+        want = sorted(range(16), key=lambda i: (-float(value[row, i]), int(place[row, i])))
+        assert got[row].tolist() == want

@@ -51,6 +51,23 @@ def test_open_only_while_a_request_holds_it(atlas_file):
         pass
 
 
+def test_what_is_read_once_holds_until_the_file_is_closed(atlas_file):
+    """The atlas stamp is read once per open: requests in flight together share it, and a
+    writer's change (only possible while the file is closed) is read after it."""
+    lease = _lease(atlas_file)
+    reads = []
+    read = lambda: reads.append(len(reads)) or len(reads)  # noqa: E731
+    with lease.hold():
+        with lease.hold():
+            assert lease.once("stamp", read) == 1
+        assert lease.once("stamp", read) == 1
+    with open_db(atlas_file).begin() as conn:  # a writer between two opens
+        conn.exec_driver_sql("CREATE TABLE t (x INT)")
+    with lease.hold():
+        assert lease.once("stamp", read) == 2
+    assert len(reads) == 2
+
+
 def test_a_waiting_writer_gets_the_file_from_overlapping_requests(atlas_file):
     """Requests overlap without a gap; the writer still gets in, well within its lock wait."""
     lease = _lease(atlas_file)
