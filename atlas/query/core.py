@@ -20,6 +20,13 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in result]
 
 
+def fetch(engine: Engine, sql: str, *params: Any) -> list[tuple]:
+    """A query's rows as tuples, run on the DuckDB connection itself with positional
+    parameters (``?``): for small lookups, a few milliseconds less than :func:`rows`."""
+    with engine.connect() as conn:
+        return conn.connection.driver_connection.execute(sql, list(params)).fetchall()
+
+
 def set_methods(engine: Engine, model: dict) -> list[str]:
     """The methods ``model`` has current sets of, sorted."""
     return [r["method"] for r in rows(

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from atlas.errors import AtlasError, NotFound
 from atlas.histogram import EDGES
-from atlas.query.core import resolve_model, rows
+from atlas.query.core import fetch, resolve_model, rows
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,21 @@ class EvidenceRows(Protocol):
     server that keeps what answers share (:mod:`atlas.serve.evidence`): the same rows."""
 
     def run_for(self, model_id: int, layer: int, neuron: int) -> int | None: ...
-    def neuron_rows(self, evidence_id: int, layer: int, neuron: int) -> NeuronRows: ...
+    def neuron_rows(self, evidence_id: int, layer: int, neuron: int) -> NeuronRows:
+        """The neuron's exemplars, quantile samples and density rows (three lookups)."""
+        def read(table: str, columns: tuple[str, ...], order: str) -> list[dict]:
+            return [dict(zip(columns, r)) for r in fetch(
+                self.engine, f"SELECT {', '.join(columns)} FROM {table} WHERE evidence_id = ? "
+                             f"AND layer = ? AND neuron = ? ORDER BY {order}",
+                evidence_id, layer, neuron)]
+
+        return NeuronRows(
+            read("neuron_exemplars", ("sign", "rank", "activation", "activations", "context_id"),
+                 "sign DESC, rank"),
+            read("neuron_quantiles", ("bin", "low", "high", "activation", "context_id"), "bin"),
+            read("neuron_density", ("task_id", "n_tokens", "n_positive", "mean", "hist"),
+                 "task_id"))
+
     def task_names(self) -> dict[int, str]: ...
     def contexts(self, evidence_id: int, ids: list[int]) -> dict[int, dict]: ...
     def logits(self, model_id: int, layer: int, neuron: int) -> tuple[list, list]: ...

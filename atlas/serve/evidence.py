@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from atlas.query.core import rows
+from atlas.query.core import fetch, rows
 from atlas.query.evidence import SqlEvidence
 from atlas.serve.cache import LRU, counted
 
@@ -72,22 +72,21 @@ class RememberedEvidence(SqlEvidence):
         return {i: every[i] for i in ids}
 
     def logits(self, model_id: int, layer: int, neuron: int) -> tuple[list, list]:
-        found = rows(self.engine, """
+        found = fetch(self.engine, """
             SELECT promoted_ids, promoted, suppressed_ids, suppressed FROM neuron_logits
-            WHERE model_id = :m AND layer = :l AND neuron = :n""", m=model_id, l=layer, n=neuron)
+            WHERE model_id = ? AND layer = ? AND neuron = ?""", model_id, layer, neuron)
         if not found:
             return [], []
         vocab = self.memory.vocab.get(("vocab", model_id, self.stamp), lambda: [
             r["token"] for r in rows(self.engine, "SELECT token FROM vocab WHERE model_id = :m "
                                                   "ORDER BY token_id", m=model_id)])
-        r = found[0]
+        promoted_ids, promoted, suppressed_ids, suppressed = found[0]
 
         def side(ids: list[int], values: list[float]) -> list[dict]:
             return [{"token": vocab[t] if t < len(vocab) else "", "token_id": t,
                      "logit": float(v)} for t, v in zip(ids, values)]
 
-        return side(r["promoted_ids"], r["promoted"]), side(r["suppressed_ids"],
-                                                             r["suppressed"])
+        return side(promoted_ids, promoted), side(suppressed_ids, suppressed)
 
 
 class Peaks:
