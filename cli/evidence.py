@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 
 import typer
 
@@ -84,7 +83,7 @@ def neurons(
     engine = open_db(db, read_only=True, create=False)
     try:
         if chosen[2]:
-            data = asdict(ev.neuron_evidence(engine, model, layer, neuron))
+            data = ev.neuron_evidence(engine, model, layer, neuron).as_dict()
             sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
             return
         found = (ev.neurons_for_token(engine, model, token, limit, -1 if negative else 1)

@@ -47,6 +47,9 @@ def serve(db: str = DbOption,
                                                      "(1 serves 2 cores best)."),
           threads: int = typer.Option(1, min=0, help="DuckDB threads per query (0: one per core); 1 "
                                               "lets concurrent requests share the cores."),
+          linger: float = typer.Option(0.25, min=0.0, help="Seconds the file stays open after "
+                                       "the last request (a waiting writer gets it at once); "
+                                       "an open file keeps DuckDB's caches warm under load."),
           model: list[str] = typer.Option([], "--model", "-m", help="Load a model to try its sets "
                                           "live (POST /generate, /activations; repeatable)."),
           device: str = typer.Option("auto", help="With --model: cpu, cuda, cuda:N or auto."),
@@ -76,12 +79,13 @@ def serve(db: str = DbOption,
                   f"{workers} worker(s)" + (f"; live: {', '.join(live.names)}" if model else ""))
     if workers == 1:
         uvicorn.run(create_app(path, sql_timeout_s=sql_timeout, sql_max_rows=sql_max_rows,
-                               threads=threads or None, live=live), host=host, port=port,
+                               threads=threads or None, live=live, linger_s=linger),
+                    host=host, port=port,
                     log_level="warning")
         return
     os.environ.update({"ATLAS_SERVE_DB": str(path.resolve()),
                        "ATLAS_SERVE_SQL_TIMEOUT": str(sql_timeout),
                        "ATLAS_SERVE_SQL_MAX_ROWS": str(sql_max_rows),
-                       "ATLAS_SERVE_THREADS": str(threads)})
+                       "ATLAS_SERVE_THREADS": str(threads), "ATLAS_SERVE_LINGER": str(linger)})
     uvicorn.run("atlas.serve.app:app_from_env", factory=True, workers=workers, host=host,
                 port=port, log_level="warning")

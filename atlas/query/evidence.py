@@ -42,6 +42,13 @@ class NeuronEvidence:
     suppressed: list[dict[str, Any]]
     edges: list[float] = field(default_factory=lambda: list(EDGES))  # the histogram's bin edges
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for JSON, as ``dataclasses.asdict`` gives them (without its deep
+        copy: the lists are shared)."""
+        return {**vars(self), "top": [vars(c) for c in self.top],
+                "bottom": [vars(c) for c in self.bottom],
+                "quantiles": [{**q, "sample": vars(q["sample"])} for q in self.quantiles]}
+
 
 def latest_evidence(engine: Engine, model_id: int, layer: int | None = None,
                     neuron: int | None = None) -> int | None:
@@ -73,21 +80,7 @@ class EvidenceRows(Protocol):
     server that keeps what answers share (:mod:`atlas.serve.evidence`): the same rows."""
 
     def run_for(self, model_id: int, layer: int, neuron: int) -> int | None: ...
-    def neuron_rows(self, evidence_id: int, layer: int, neuron: int) -> NeuronRows:
-        """The neuron's exemplars, quantile samples and density rows (three lookups)."""
-        def read(table: str, columns: tuple[str, ...], order: str) -> list[dict]:
-            return [dict(zip(columns, r)) for r in fetch(
-                self.engine, f"SELECT {', '.join(columns)} FROM {table} WHERE evidence_id = ? "
-                             f"AND layer = ? AND neuron = ? ORDER BY {order}",
-                evidence_id, layer, neuron)]
-
-        return NeuronRows(
-            read("neuron_exemplars", ("sign", "rank", "activation", "activations", "context_id"),
-                 "sign DESC, rank"),
-            read("neuron_quantiles", ("bin", "low", "high", "activation", "context_id"), "bin"),
-            read("neuron_density", ("task_id", "n_tokens", "n_positive", "mean", "hist"),
-                 "task_id"))
-
+    def neuron_rows(self, evidence_id: int, layer: int, neuron: int) -> NeuronRows: ...
     def task_names(self) -> dict[int, str]: ...
     def contexts(self, evidence_id: int, ids: list[int]) -> dict[int, dict]: ...
     def logits(self, model_id: int, layer: int, neuron: int) -> tuple[list, list]: ...
@@ -106,29 +99,19 @@ class SqlEvidence:
         return latest_evidence(self.engine, model_id, layer, neuron)
 
     def neuron_rows(self, evidence_id: int, layer: int, neuron: int) -> NeuronRows:
-        """The neuron's exemplars, quantile samples and density rows, in one query."""
-        found = rows(self.engine, """
-            SELECT 1 AS part, sign, rank, NULL::SMALLINT AS bin, NULL::FLOAT AS low,
-                   NULL::FLOAT AS high, activation, activations, context_id,
-                   NULL::INTEGER AS task_id, NULL::INTEGER AS n_tokens,
-                   NULL::INTEGER AS n_positive, NULL::FLOAT AS mean, NULL::INTEGER[] AS hist
-            FROM neuron_exemplars WHERE evidence_id = :e AND layer = :l AND neuron = :n
-            UNION ALL
-            SELECT 2, NULL, NULL, bin, low, high, activation, NULL, context_id, NULL, NULL, NULL,
-                   NULL, NULL
-            FROM neuron_quantiles WHERE evidence_id = :e AND layer = :l AND neuron = :n
-            UNION ALL
-            SELECT 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, task_id, n_tokens,
-                   n_positive, mean, hist
-            FROM neuron_density WHERE evidence_id = :e AND layer = :l AND neuron = :n
-            ORDER BY part, sign DESC, rank, bin, task_id""", e=evidence_id, l=layer, n=neuron)
-        keys = {1: ("sign", "rank", "activation", "activations", "context_id"),
-                2: ("bin", "low", "high", "activation", "context_id"),
-                3: ("task_id", "n_tokens", "n_positive", "mean", "hist")}
-        parts: dict[int, list[dict]] = {1: [], 2: [], 3: []}
-        for r in found:
-            parts[r["part"]].append({k: r[k] for k in keys[r["part"]]})
-        return NeuronRows(parts[1], parts[2], parts[3])
+        """The neuron's exemplars, quantile samples and density rows (three lookups)."""
+        def read(table: str, columns: tuple[str, ...], order: str) -> list[dict]:
+            return [dict(zip(columns, r)) for r in fetch(
+                self.engine, f"SELECT {', '.join(columns)} FROM {table} WHERE evidence_id = ? "
+                             f"AND layer = ? AND neuron = ? ORDER BY {order}",
+                evidence_id, layer, neuron)]
+
+        return NeuronRows(
+            read("neuron_exemplars", ("sign", "rank", "activation", "activations", "context_id"),
+                 "sign DESC, rank"),
+            read("neuron_quantiles", ("bin", "low", "high", "activation", "context_id"), "bin"),
+            read("neuron_density", ("task_id", "n_tokens", "n_positive", "mean", "hist"),
+                 "task_id"))
 
     def task_names(self) -> dict[int, str]:
         """task id -> name."""

@@ -32,7 +32,8 @@ log = logging.getLogger("atlas.serve")
 
 
 def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int = 10_000,
-               threads: int | None = 1, live: LiveModels | None = None) -> FastAPI:
+               threads: int | None = 1, live: LiveModels | None = None,
+               linger_s: float = 0.0) -> FastAPI:
     """The API of the atlas database at ``db`` (read-only).
 
     Args:
@@ -43,6 +44,9 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
             cores; None: one per core).
         live: models loaded for ``POST /generate`` and ``POST /activations`` (none: those
             answer 404 with how to enable them).
+        linger_s: seconds the file stays open after the last request in flight (at once
+            closed when a writer in another process waits for it; 0: closed with the last
+            request, so this process may open it otherwise between requests).
 
     Returns:
         The FastAPI app; its state is ``app.state.atlas``.
@@ -53,7 +57,7 @@ def create_app(db: str | Path, *, sql_timeout_s: float = 10.0, sql_max_rows: int
                   "read-only access to one atlas database.", version="1", docs_url=None,
                   redoc_url=None)
     app.state.atlas = AtlasState(db, sql_timeout_s=sql_timeout_s, sql_max_rows=sql_max_rows,
-                                 threads=threads, live=live)
+                                 threads=threads, live=live, linger_s=linger_s)
     _swagger_assets(app)
 
     _error_handlers(app)
@@ -116,4 +120,5 @@ def app_from_env() -> FastAPI:
     return create_app(os.environ["ATLAS_SERVE_DB"],
                       sql_timeout_s=float(os.environ.get("ATLAS_SERVE_SQL_TIMEOUT", "10")),
                       sql_max_rows=int(os.environ.get("ATLAS_SERVE_SQL_MAX_ROWS", "10000")),
-                      threads=int(os.environ.get("ATLAS_SERVE_THREADS", "1")) or None)
+                      threads=int(os.environ.get("ATLAS_SERVE_THREADS", "1")) or None,
+                      linger_s=float(os.environ.get("ATLAS_SERVE_LINGER", "0")))

@@ -15,6 +15,8 @@ from atlas.query.evidence import SqlEvidence
 from atlas.serve.cache import LRU, counted
 
 PEAK_BYTES = 256 << 20  # a Llama-7B-sized run's exemplars by token: about 85 MB
+LOGIT_BYTES = 128 << 20  # a Llama-7B-sized model's logit effects: about 113 MB (a model's
+# larger than this is read a neuron at a time)
 
 
 class EvidenceMemory:
@@ -25,6 +27,7 @@ class EvidenceMemory:
         self.runs = LRU(256, counted)
         self.vocab = LRU(8, counted)
         self.peaks = LRU(max_bytes, lambda p: p.nbytes)
+        self.logits = LRU(LOGIT_BYTES, lambda t: t.nbytes)
 
     def source(self, eng: Any, stamp: tuple) -> RememberedEvidence:
         """The evidence rows for one request on ``eng`` at atlas state ``stamp``."""
@@ -72,9 +75,17 @@ class RememberedEvidence(SqlEvidence):
         return {i: every[i] for i in ids}
 
     def logits(self, model_id: int, layer: int, neuron: int) -> tuple[list, list]:
-        found = fetch(self.engine, """
-            SELECT promoted_ids, promoted, suppressed_ids, suppressed FROM neuron_logits
-            WHERE model_id = ? AND layer = ? AND neuron = ?""", model_id, layer, neuron)
+        n_bytes = self.memory.runs.get(("logit bytes", model_id, self.stamp), lambda: fetch(
+            self.engine, "SELECT coalesce(sum(8 * (len(promoted) + len(suppressed))), 0) "
+                         "FROM neuron_logits WHERE model_id = ?", model_id)[0][0])
+        if n_bytes <= self.memory.logits.max_bytes:  # the model's table kept in memory
+            found = self.memory.logits.get(("logits", model_id, self.stamp),
+                                           lambda: LogitTable.read(self.engine, model_id)
+                                           ).row(layer, neuron)
+        else:
+            found = fetch(self.engine, """
+                SELECT promoted_ids, promoted, suppressed_ids, suppressed FROM neuron_logits
+                WHERE model_id = ? AND layer = ? AND neuron = ?""", model_id, layer, neuron)
         if not found:
             return [], []
         vocab = self.memory.vocab.get(("vocab", model_id, self.stamp), lambda: [
@@ -87,6 +98,40 @@ class RememberedEvidence(SqlEvidence):
                      "logit": float(v)} for t, v in zip(ids, values)]
 
         return side(promoted_ids, promoted), side(suppressed_ids, suppressed)
+
+
+class LogitTable:
+    """One model's logit effects: per neuron (rows by layer, then neuron) its promoted and
+    suppressed token ids and logits, each column flat with its offsets."""
+
+    COLUMNS = ("promoted_ids", "promoted", "suppressed_ids", "suppressed")
+
+    def __init__(self, keys: np.ndarray, columns: dict[str, tuple[np.ndarray, np.ndarray]]):
+        self.keys, self.columns = keys, columns
+        self.nbytes = keys.nbytes + sum(o.nbytes + v.nbytes for o, v in columns.values())
+
+    @classmethod
+    def read(cls, engine: Any, model_id: int) -> LogitTable:
+        duck = engine.conn.connection.driver_connection
+        table = duck.execute(f"""
+            SELECT layer, neuron, {', '.join(cls.COLUMNS)} FROM neuron_logits
+            WHERE model_id = ? ORDER BY layer, neuron""", [model_id]).to_arrow_table()
+        keys = (table["layer"].to_numpy().astype(np.int64) << 32) | table["neuron"].to_numpy()
+        columns = {}
+        for name in cls.COLUMNS:
+            lists = table[name].combine_chunks()
+            columns[name] = lists.offsets.to_numpy(), lists.values.to_numpy()
+        return cls(keys, columns)
+
+    def row(self, layer: int, neuron: int) -> list[tuple] | None:
+        """[(promoted_ids, promoted, suppressed_ids, suppressed)] of the neuron, as lists ([]
+        when it has none)."""
+        key = (layer << 32) | neuron
+        at = int(self.keys.searchsorted(key))
+        if at == len(self.keys) or self.keys[at] != key:
+            return []
+        return [tuple(values[offsets[at]:offsets[at + 1]].tolist()
+                      for offsets, values in (self.columns[c] for c in self.COLUMNS))]
 
 
 class Peaks:

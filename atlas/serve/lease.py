@@ -1,10 +1,11 @@
 """One read-only open of the atlas file, shared by the requests in flight.
 
-Opening DuckDB costs about 25 ms (a new database instance), more than most answers. Requests
-that overlap share one open instance, each with its own connection; when the last request in
-flight is answered the file is closed, so the server never holds it between requests. When an
-atlas writer waits for the file (:func:`atlas.store.db.writer_waiting`), new requests wait until
-the ones in flight are answered, the file is closed and the writer has it.
+Opening DuckDB costs about 25 ms (a new database instance, its caches empty), more than most
+answers. Requests that overlap share one open instance, each with its own connection; the file
+is closed ``linger_s`` after the last request in flight is answered (at once when an atlas writer
+waits for it), so a server under load keeps it open and an idle one does not hold it. When a
+writer waits (:func:`atlas.store.db.writer_waiting`), new requests wait until the ones in flight
+are answered, the file is closed and the writer has it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ POLL_S = 0.005
 class SharedOpen:
     """Keeps ``open_anchor()`` (a connection) open while at least one request holds it."""
 
-    def __init__(self, open_anchor: Callable[[], Any], path: Path):
+    def __init__(self, open_anchor: Callable[[], Any], path: Path, linger_s: float = 0.0):
         self._open_anchor = open_anchor
         self._path = path
+        self._linger_s = linger_s  # how long the file stays open after the last request
+        self._idle = 0  # counts the times the last request left; a lingering close checks it
         self._cond = threading.Condition()
         self._users = 0
         self._anchor: Any = None
@@ -37,7 +40,7 @@ class SharedOpen:
     def hold(self) -> Iterator[None]:
         with self._cond:
             self._yield_to_writer()
-            if self._users == 0:
+            if self._anchor is None:
                 self._anchor = self._open_anchor()  # waits for the file lock if need be
             self._users += 1
         try:
@@ -46,11 +49,33 @@ class SharedOpen:
             with self._cond:
                 self._users -= 1
                 if self._users == 0:
-                    self._anchor.close()
-                    self._anchor = None
-                    self._memo.clear()
-                    self._draining = False
-                    self._cond.notify_all()
+                    self._idle += 1
+                    if self._linger_s > 0 and not writer_waiting(self._path):
+                        threading.Thread(target=self._linger, args=(self._idle,),
+                                         daemon=True).start()
+                    else:
+                        self._close()
+
+    def _linger(self, idle: int) -> None:
+        """Close the file ``linger_s`` after the last request left (idle time number ``idle``),
+        or as soon as a writer waits for it, unless a request came meanwhile."""
+        deadline = time.monotonic() + self._linger_s
+        while True:
+            with self._cond:
+                if self._users or self._anchor is None or self._idle != idle:
+                    return  # a request came (its last leaving starts another linger)
+                if time.monotonic() >= deadline or writer_waiting(self._path):
+                    self._close()
+                    return
+            time.sleep(POLL_S)
+
+    def _close(self) -> None:
+        """Close the file (the condition's lock held, no request in flight)."""
+        self._anchor.close()
+        self._anchor = None
+        self._memo.clear()
+        self._draining = False
+        self._cond.notify_all()
 
     def once(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per open of the file (called inside ``hold``): while the server
@@ -64,6 +89,8 @@ class SharedOpen:
     def _yield_to_writer(self) -> None:
         """Wait (the condition's lock held) while a writer waits for the file, up to the lock
         wait; then opening waits for the writer's lock in the usual way."""
+        if self._users == 0 and self._anchor is not None and writer_waiting(self._path):
+            self._close()  # lingering open: the writer first
         deadline = time.monotonic() + lock_wait()
         while time.monotonic() < deadline and (self._draining or writer_waiting(self._path)):
             if self._users:

@@ -59,12 +59,13 @@ class AtlasState:
 
     def __init__(self, db: str | Path, *, sql_timeout_s: float = 10.0,
                  sql_max_rows: int = 10_000, threads: int | None = 1,
-                 live: LiveModels | None = None):
+                 live: LiveModels | None = None, linger_s: float = 0.0):
         self.db = Path(db)
         self.live = live or LiveModels()
         self.sql_timeout_s = sql_timeout_s
         self.sql_max_rows = sql_max_rows
         self.threads = threads
+        self.linger_s = linger_s
         self._engine: Any = None  # opened on the first request; holds no connection between
         self._shared: SharedOpen | None = None
         self._open_lock = threading.Lock()
@@ -98,7 +99,7 @@ class AtlasState:
         with self._open_lock:
             if self._shared is None:
                 self._engine = connect(self.db, read_only=True, threads=self.threads)
-                self._shared = SharedOpen(self._engine.connect, self.db)
+                self._shared = SharedOpen(self._engine.connect, self.db, self.linger_s)
             return self._shared
 
     def stamp(self, eng: Pinned) -> tuple:

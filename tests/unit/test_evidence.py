@@ -4,6 +4,7 @@ nothing visible, and snapshot/restore/export carry the tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import duckdb
@@ -85,6 +86,7 @@ def test_neuron_evidence_and_token_search(described):
         assert len(got.density) == 2 and all(d["n_tokens"] > 0 for d in got.density)
         assert [p["logit"] for p in got.promoted] == sorted([p["logit"] for p in got.promoted],
                                                             reverse=True)
+        assert got.as_dict() == dataclasses.asdict(got)  # the served answer's plain values
         peak_token = got.top[0].tokens[got.top[0].peak]
         found = ev.neurons_for_token(engine, folder.name, peak_token, limit=10000)
         assert (1, 5) in {(r["layer"], r["neuron"]) for r in found}

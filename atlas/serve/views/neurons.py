@@ -55,7 +55,7 @@ def neuron_evidence(model: str = Path(..., description=MODEL_SPEC),
         stamp = st.stamp(eng)
         found = evidence.neuron_evidence(eng, st.model(eng, model, stamp), layer, neuron,
                                          st.evidence.source(eng, stamp))
-    return JSONResponse(asdict(found))
+    return JSONResponse(found.as_dict())
 
 
 @router.get("/models/{model}/token-neurons",

@@ -329,7 +329,7 @@ def test_neuron_evidence_served_and_shown(server, atlas_db, tmp_path):
     from atlas.store.db import open_db
 
     engine = open_db(atlas_db[0], read_only=True)
-    try:  # answered from the server's memory of whole layers: the rows SQL gives
+    try:  # answered from the server's memory (contexts, vocabulary, logit effects): SQL's rows
         for layer, neuron in ((0, 0), (1, 5), (1, 47), (0, 30)):
             direct = json.loads(json.dumps(asdict(neuron_evidence(engine, name, layer, neuron))))
             assert server.get(f"/models/{name}/neurons/{layer}/{neuron}/evidence").json() == direct

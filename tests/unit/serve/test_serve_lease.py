@@ -34,9 +34,9 @@ def atlas_file(tmp_path):
     return path
 
 
-def _lease(path):
+def _lease(path, linger_s: float = 0.0):
     """The server's lease: the anchor is a connection of the sandboxed read-only engine."""
-    return SharedOpen(connect(path, read_only=True).connect, path)
+    return SharedOpen(connect(path, read_only=True).connect, path, linger_s)
 
 
 def test_open_only_while_a_request_holds_it(atlas_file):
@@ -98,3 +98,26 @@ def test_a_waiting_writer_gets_the_file_from_overlapping_requests(atlas_file):
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) < 5
     assert not writer_waiting(atlas_file) and not (atlas_file.parent / "a.duckdb.wait").exists()
+
+
+def test_a_lingering_open_closes_when_idle_and_at_once_for_a_writer(atlas_file):
+    """`atlas serve --linger`: the file stays open a while after the last request (DuckDB's
+    caches stay warm under load), closes when that time passes, and a writer in another
+    process gets it at once, not after the linger."""
+    lease = _lease(atlas_file, linger_s=0.4)
+    with lease.hold():
+        lease.once("stamp", lambda: 1)
+    assert lease.is_open
+    with lease.hold():  # a request within the linger shares the open file and what it read
+        assert lease.once("stamp", lambda: 2) == 1
+    time.sleep(1.0)
+    assert not lease.is_open
+    lease = _lease(atlas_file, linger_s=60)
+    with lease.hold():
+        pass
+    assert lease.is_open
+    out = subprocess.run([sys.executable, "-c", WRITE, str(atlas_file)], cwd=ROOT_DIR,
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "ATLAS_LOCK_WAIT": "8"})
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 5 and not lease.is_open
