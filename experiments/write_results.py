@@ -134,6 +134,7 @@ def progress_lines(engine, n_tasks: int, factors: list[float], set_controls: int
     """How far the run got: per model and method, complete scoring runs and the sets evaluated
     on every task at each factor. The design: every task's CGVST set at ×0; beyond it, the sets
     of the tasks the model does above chance."""
+    factors_of = {m: (factors_of or {}).get(m, factors[1:]) for m in MODELS}
     done = {(r["model"], r["method"]): r["n"] for r in rows(engine, """
         SELECT m.name AS model, r.method, count(DISTINCT r.task_id) AS n
         FROM runs r JOIN models m USING (model_id) WHERE r.status = 'complete' GROUP BY ALL""")}
@@ -155,7 +156,7 @@ def progress_lines(engine, n_tasks: int, factors: list[float], set_controls: int
     above_by_model = {name: above_chance_tasks(engine, name) for name in MODELS}
     for name, above in above_by_model.items():
         for method in METHODS:
-            mine = [0.0, *(factors_of or {}).get(name, factors[1:])]  # the model's factors
+            mine = [0.0, *factors_of[name]]  # the model's factors
             wanted = {f: (n_tasks if (method, f) == ("cgvst", 0.0) else
                           None if above is None else len(above))
                       for f in (mine if method == "cgvst" else factors[:1])}
@@ -196,9 +197,8 @@ def progress_lines(engine, n_tasks: int, factors: list[float], set_controls: int
               "**The run is not complete**: the sections below show what was finished; stages "
               "with no data are left out. `bash experiments/paper_tasks.sh` resumes it."]
     if not complete:
-        lines += ["", *remaining_lines(engine, n_tasks, {m: (factors_of or {}).get(m, factors[1:])
-                                                         for m in MODELS}, n_controls,
-                                     set_controls)]
+        lines += ["", *remaining_lines(engine, n_tasks, factors_of, n_controls, set_controls,
+                                       done, above_by_model)]
     return lines
 
 
@@ -239,13 +239,12 @@ def evaluation_hours(engine) -> dict[str, float]:
 
 
 def remaining_lines(engine, n_tasks: int, factors_of: dict[str, list[float]], controls: int,
-                    set_controls: int) -> list[str]:
+                    set_controls: int, done: dict[tuple[str, str], int],
+                    above_by_model: dict[str, dict[str, int] | None]) -> list[str]:
     """What the run has left, per model and stage, and its projected CPU-hours from the stored
-    timings of the stages done (scoring runs per task, evaluations per set and task)."""
+    timings of the stages done (scoring runs per task, evaluations per set and task); ``done``
+    and ``above_by_model`` as :func:`progress_lines` reads them."""
     score_h, eval_h = scoring_hours(engine), evaluation_hours(engine)
-    done = {(r["model"], r["method"]): r["n"] for r in rows(engine, """
-        SELECT m.name AS model, r.method, count(DISTINCT r.task_id) AS n
-        FROM runs r JOIN models m USING (model_id) WHERE r.status = 'complete' GROUP BY ALL""")}
     stored = {(r["model"], r["method"], r["task_id"], r["factor"], r["control"]): r["n"]
               for r in rows(engine, """
         SELECT m.name AS model, s.method, s.task_id, e.factor, e.is_control AS control,
@@ -254,7 +253,7 @@ def remaining_lines(engine, n_tasks: int, factors_of: dict[str, list[float]], co
         WHERE NOT e.is_control OR e.eval_task_id = s.task_id GROUP BY ALL""")}
     table, total = [], 0.0
     for model in MODELS:
-        above = above_chance_tasks(engine, model) or {}
+        above = above_by_model[model] or {}
         every = [r["task_id"] for r in rows(engine, """
             SELECT DISTINCT task_id FROM task_sets s JOIN models m USING (model_id)
             WHERE m.name = :n AND s.method = 'cgvst'""", n=model)]

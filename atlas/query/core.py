@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from atlas.errors import NotFound
+from atlas.store.arrays import _duck
 from atlas.store.identity import resolve_model, resolve_task
 
 __all__ = ["check_method", "resolve_model", "resolve_task", "rows", "set_methods"]
@@ -24,7 +25,7 @@ def fetch(engine: Engine, sql: str, *params: Any) -> list[tuple]:
     """A query's rows as tuples, run on the DuckDB connection itself with positional
     parameters (``?``): for small lookups, a few milliseconds less than :func:`rows`."""
     with engine.connect() as conn:
-        return conn.connection.driver_connection.execute(sql, list(params)).fetchall()
+        return _duck(conn).execute(sql, list(params)).fetchall()
 
 
 def set_methods(engine: Engine, model: dict) -> list[str]:

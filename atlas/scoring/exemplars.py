@@ -90,7 +90,7 @@ class Density:
 
 @dataclass
 class _Batch:
-    seqs: list[int]  # indices in the corpus
+    seqs: torch.Tensor  # long [batch]: each row's index in the corpus (its input order)
     keep: torch.Tensor  # bool [batch, pos]: real tokens whose window is a first occurrence
     real: torch.Tensor  # bool [batch, pos]: real tokens (not padding)
     samples: list[tuple[int, int, int]]  # (row in batch, position, sample index)
@@ -207,8 +207,8 @@ class ExemplarProbe:
         value = (kept[token, neuron] * sign).cpu()  # [c]
         at = self.batch.kept_at.to(kept.device)[token].cpu()
         neuron = neuron.cpu()
-        # by neuron, each neuron's best first; at most k each
-        order = best_first(value, at)
+        # by neuron, each neuron's best first (ties by input order); at most k each
+        order = best_first(value, self.batch.seqs[at // n_pos] * (n_pos + 1) + at % n_pos)
         order = order[torch.argsort(neuron[order], stable=True)]
         grouped = neuron[order]
         rank = torch.arange(len(order)) - torch.searchsorted(grouped, grouped)
@@ -237,8 +237,7 @@ class ExemplarProbe:
               values: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> None:
         """Merge candidates [r, n_cand] of ``neurons`` [r] (signed values, batch rows and
         positions) into the layer's state; their windows are read only where they enter it."""
-        order = self._merge(state, s, neurons, values, torch.tensor(self.batch.seqs)[rows],
-                            pos)  # [r, k]
+        order = self._merge(state, s, neurons, values, self.batch.seqs[rows], pos)  # [r, k]
         changed = torch.nonzero((order >= self.k).any(1)).flatten()  # rows with a new context
         if not changed.numel():
             return
@@ -305,7 +304,8 @@ def reaching(values: torch.Tensor, bound: torch.Tensor, sign: int
     if values.device.type != "cpu":
         bound = bound.to(values.device)[None]
         return torch.nonzero(values >= bound if sign > 0 else values <= bound, as_tuple=True)
-    array, limit = values.numpy(), bound.numpy().astype(values.numpy().dtype)[None]
+    array = values.numpy()
+    limit = bound.numpy().astype(array.dtype)[None]
     flat = torch.from_numpy(np.flatnonzero(array >= limit if sign > 0 else array <= limit))
     return flat // values.shape[1], flat % values.shape[1]
 
@@ -391,7 +391,7 @@ class CorpusIndex:
             hist[row, :n] = self.in_hist[i]
         samples = [(row, pos, index) for row, i in enumerate(group)
                    for pos, index in self.by_seq.get(i, [])]
-        return _Batch(list(group), keep, mask.bool(), samples,
+        return _Batch(torch.tensor(group, dtype=torch.long), keep, mask.bool(), samples,
                       torch.nonzero(hist.flatten()[keep.flatten()]).flatten(),
                       torch.nonzero(keep.flatten()).flatten())
 

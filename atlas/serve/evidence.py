@@ -13,6 +13,7 @@ import numpy as np
 from atlas.query.core import fetch, rows
 from atlas.query.evidence import SqlEvidence
 from atlas.serve.cache import LRU, counted
+from atlas.store.arrays import _duck
 
 PEAK_BYTES = 256 << 20  # a Llama-7B-sized run's exemplars by token: about 85 MB
 LOGIT_BYTES = 128 << 20  # a Llama-7B-sized model's logit effects: about 113 MB (a model's
@@ -112,7 +113,7 @@ class LogitTable:
 
     @classmethod
     def read(cls, engine: Any, model_id: int) -> LogitTable:
-        duck = engine.conn.connection.driver_connection
+        duck = _duck(engine.conn)
         table = duck.execute(f"""
             SELECT layer, neuron, {', '.join(cls.COLUMNS)} FROM neuron_logits
             WHERE model_id = ? ORDER BY layer, neuron""", [model_id]).to_arrow_table()
@@ -123,7 +124,7 @@ class LogitTable:
             columns[name] = lists.offsets.to_numpy(), lists.values.to_numpy()
         return cls(keys, columns)
 
-    def row(self, layer: int, neuron: int) -> list[tuple] | None:
+    def row(self, layer: int, neuron: int) -> list[tuple]:
         """[(promoted_ids, promoted, suppressed_ids, suppressed)] of the neuron, as lists ([]
         when it has none)."""
         key = (layer << 32) | neuron
@@ -148,7 +149,7 @@ class Peaks:
 
     @classmethod
     def read(cls, engine: Any, evidence_id: int) -> Peaks:
-        duck = engine.conn.connection.driver_connection
+        duck = _duck(engine.conn)
         by_token: dict[str, list[tuple[int, str]]] = {}
         for context_id, text in duck.execute(
                 "SELECT context_id, tokens[peak + 1] FROM evidence_contexts WHERE evidence_id = ?",
